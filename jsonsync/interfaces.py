@@ -1,0 +1,351 @@
+"""
+The contracts between jsonsync's core and whatever plugs into it.
+
+Every provider found through C{twisted.plugin.getPlugins} or built by one is
+checked with L{zope.interface.verify.verifyObject} when it is activated, so a
+third-party package that misses a method is refused at start, by name.
+
+Asynchronous methods are documented as returning C{Awaitable[T]}: providers
+write them as C{async def} (or return a L{Deferred}).
+"""
+
+from __future__ import annotations
+
+from twisted.plugin import IPlugin
+from zope.interface import Attribute, Interface
+
+
+class ITransaction(Interface):
+    """
+    One unit of work: every storage and permission write made through it
+    becomes visible to others together, at L{commit}, or not at all.
+
+    Backends enlist themselves lazily (a PostgreSQL backend takes a
+    connection and opens C{BEGIN} the first time it is used) so a request
+    that touches nothing costs nothing.
+    """
+
+    def enlist(key, open_resource):
+        """
+        Return the resource registered under C{key}, creating it with
+        C{await open_resource()} the first time. The resource must provide
+        C{commit()} and C{rollback()} coroutines.
+
+        @rtype: C{Awaitable[object]}
+        """
+
+    def after_commit(callback):
+        """
+        Call C{callback()} (which may return an awaitable) once the
+        transaction committed. Never called after a rollback.
+        """
+
+    def commit():
+        """
+        Commit every enlisted resource, then run the after-commit callbacks.
+        @rtype: C{Awaitable[None]}
+        """
+
+    def rollback():
+        """
+        Roll back every enlisted resource. Idempotent.
+        @rtype: C{Awaitable[None]}
+        """
+
+
+class IStorage(Interface):
+    """
+    Objects (JSON mappings) stored by C{(resource_name, parent_id, id)}.
+
+    Guarantees every provider gives (the contract suite in
+    L{jsonsync.testing} checks them):
+      - each I{list} (one C{resource_name} under one C{parent_id}) has a
+        timestamp, in epoch milliseconds, and every write in the list gets
+        a C{last_modified} strictly greater than any before it in that list;
+      - a deleted object leaves a tombstone C{{"id", "last_modified",
+        "deleted": True}} that list queries return when asked to;
+      - filters, sorting and keyset pagination (L{jsonsync.query}) have the
+        same meaning on every backend, including the cross-type order
+        C{null < string < number < boolean < array < object < missing}.
+    """
+
+    def transaction():
+        """
+        A new L{ITransaction} for one request (or one batch).
+        """
+
+    def get(txn, resource_name, parent_id, object_id):
+        """
+        The live object, or C{None} (a tombstone counts as missing).
+        @rtype: C{Awaitable[dict | None]}
+        """
+
+    def create(txn, resource_name, parent_id, obj):
+        """
+        Store C{obj} (which carries its C{id}) as a new object and return it
+        with its C{last_modified}. A C{last_modified} integer in C{obj} is
+        honoured (replication); otherwise the list's next timestamp is used.
+        A tombstone with the same id is replaced.
+        @raise jsonsync.errors.ObjectExists: a live object has that id.
+        @rtype: C{Awaitable[dict]}
+        """
+
+    def update(txn, resource_name, parent_id, object_id, obj):
+        """
+        Replace (or create) the object and return it with its new
+        C{last_modified} (the given one when it is an integer greater than
+        the stored one, the list's next timestamp otherwise).
+        @rtype: C{Awaitable[dict]}
+        """
+
+    def delete(txn, resource_name, parent_id, object_id, last_modified=None):
+        """
+        Replace the live object by a tombstone and return the tombstone.
+        @raise jsonsync.errors.ObjectNotFound: no live object has that id.
+        @rtype: C{Awaitable[dict]}
+        """
+
+    def purge(txn, parent_prefix):
+        """
+        Remove, without tombstones, every object and tombstone whose parent
+        is C{parent_prefix} or lies below it (C{parent_prefix + "/..."}), and
+        the timestamps of those lists. Used for cascading deletes.
+        @rtype: C{Awaitable[None]}
+        """
+
+    def list(txn, resource_name, parent_id, query):
+        """
+        The objects of one list matching a L{jsonsync.query.Query}: its
+        filters, its keyset C{pagination} rules, its C{ids} restriction,
+        its C{sorting} and its C{limit}. Tombstones are included only when
+        C{query.include_deleted} is true.
+        @rtype: C{Awaitable[list[dict]]}
+        """
+
+    def count(txn, resource_name, parent_id, query):
+        """
+        How many live objects match the query's filters and ids (not its
+        limit or pagination).
+        @rtype: C{Awaitable[int]}
+        """
+
+    def list_timestamp(txn, resource_name, parent_id):
+        """
+        The list's current timestamp; a list never written gets one now,
+        which then stays until a write.
+        @rtype: C{Awaitable[int]}
+        """
+
+    def flush():
+        """
+        Remove everything. @rtype: C{Awaitable[None]}
+        """
+
+    def heartbeat():
+        """
+        C{True} when the backend answers. @rtype: C{Awaitable[bool]}
+        """
+
+
+class IPermissionStore(Interface):
+    """
+    Access control entries per object URI, and group membership.
+
+    An ACE is C{(object_uri, permission_name) -> set of principals}. Group
+    membership is stored per member string: C{add_user_principal(member,
+    group_uri)}. A provider takes part in the same L{ITransaction} as the
+    storage it is paired with.
+    """
+
+    def get_object_permissions(txn, object_uri):
+        """
+        C{{permission: set(principals)}} for one object (names with no
+        principal are left out).
+        @rtype: C{Awaitable[dict[str, set[str]]]}
+        """
+
+    def replace_object_permissions(txn, object_uri, permissions):
+        """
+        For each name in C{permissions}, replace that ACE by the given
+        principals (an empty collection removes it). Names not given are
+        kept.
+        @rtype: C{Awaitable[None]}
+        """
+
+    def delete_object_permissions(txn, uri_prefix):
+        """
+        Remove the ACEs of C{uri_prefix} and of every URI below it.
+        @rtype: C{Awaitable[None]}
+        """
+
+    def check(txn, principals, grants):
+        """
+        Whether any of C{principals} holds any of the C{(uri, permission)}
+        pairs of C{grants}, answered in one look-up.
+        @rtype: C{Awaitable[bool]}
+        """
+
+    def accessible_children(txn, principals, uri_prefix, permissions):
+        """
+        The ids of the objects directly under C{uri_prefix} (URIs
+        C{uri_prefix + id}, with no further slash) on which one of
+        C{principals} explicitly holds one of C{permissions}.
+        @rtype: C{Awaitable[set[str]]}
+        """
+
+    def accessible_objects(txn, principals):
+        """
+        C{{uri: set(permissions)}} for every object on which one of
+        C{principals} holds an explicit ACE.
+        @rtype: C{Awaitable[dict[str, set[str]]]}
+        """
+
+    def user_principals(txn, members):
+        """
+        The group principals of every member string in C{members} (a user
+        id and C{system.Authenticated}, say), in one look-up.
+        @rtype: C{Awaitable[set[str]]}
+        """
+
+    def add_user_principal(txn, member, principal):
+        """@rtype: C{Awaitable[None]}"""
+
+    def remove_user_principal(txn, member, principal):
+        """@rtype: C{Awaitable[None]}"""
+
+    def remove_principal(txn, principal):
+        """
+        Remove C{principal} from every member (a group was deleted) and
+        from every ACE.
+        @rtype: C{Awaitable[None]}
+        """
+
+    def remove_principal_prefix(txn, prefix):
+        """
+        Remove every group principal starting with C{prefix} from every
+        member (a bucket and all its groups were deleted).
+        @rtype: C{Awaitable[None]}
+        """
+
+    def flush():
+        """@rtype: C{Awaitable[None]}"""
+
+
+class IAuthenticationPolicy(Interface):
+    """
+    Turns a request's credentials into a user id.
+    """
+
+    name = Attribute("The policy's name; user ids it returns are prefixed C{name + ':'}.")
+    challenge = Attribute(
+        "The C{WWW-Authenticate} value to send with a 401 (for example "
+        "C{'Basic realm=\"Realm\"'}), or C{None}."
+    )
+
+    def authenticate(request, txn):
+        """
+        The user id (without prefix) when the request carries credentials
+        this policy accepts, C{None} when it carries none it knows (so the
+        next policy is tried).
+        @param request: a L{jsonsync.http.ApiRequest}.
+        @rtype: C{Awaitable[str | None]}
+        """
+
+
+class IResourceEvent(Interface):
+    """
+    What happened to objects of one resource type under one parent.
+    """
+
+    action = Attribute("C{'create'}, C{'update'}, C{'delete'} or C{'read'}.")
+    resource_name = Attribute("C{'bucket'}, C{'collection'}, C{'group'}, C{'record'}, ...")
+    parent_id = Attribute("The storage parent of the objects.")
+    user_id = Attribute("The prefixed user id of the request, or C{None}.")
+    timestamp = Attribute("The list timestamp after the change.")
+    impacted_objects = Attribute(
+        "A list of C{{'old': obj, 'new': obj}} (no C{'old'} on create, the "
+        "tombstone as C{'new'} on delete, no C{'old'} on read)."
+    )
+    payload = Attribute("Kinto's event payload: ids of bucket, collection, ...")
+
+
+class IResourceListener(Interface):
+    """
+    Told of changes to resources. A listener is registered for some
+    actions and resource names (all when C{None}).
+    """
+
+    actions = Attribute("A set of action names, or C{None} for create, update and delete.")
+    resource_names = Attribute("A set of resource names, or C{None} for all.")
+
+    def before_commit(event, txn):
+        """
+        Called inside the request's transaction, once per event, before
+        the commit. Raising L{jsonsync.errors.ListenerRejected} (or any
+        L{jsonsync.errors.ApiError}) rolls the whole request back and sends
+        the error to the client. The listener may alter C{new} objects
+        through the storage it is given.
+        @rtype: C{Awaitable[None]}
+        """
+
+    def after_commit(event):
+        """
+        Called once the change is durable. Failures are logged, never sent
+        to the client.
+        @rtype: C{Awaitable[None]}
+        """
+
+
+class IStorageBackend(IPlugin):
+    """
+    A storage backend that can be chosen by name (C{storage_backend} and
+    C{permission_backend} settings).
+    """
+
+    name = Attribute("The name used in the configuration.")
+    settings = Attribute("C{{setting name: default}} the backend accepts.")
+
+    def open_storage(settings, reactor):
+        """
+        An L{IStorage} provider, connected (or connecting).
+        @rtype: C{Awaitable[IStorage]}
+        """
+
+    def open_permissions(settings, reactor, storage):
+        """
+        An L{IPermissionStore} provider; C{storage} is the opened storage,
+        so that a backend can share its connections and transactions.
+        @rtype: C{Awaitable[IPermissionStore]}
+        """
+
+
+class IAuthenticationPolicyFactory(IPlugin):
+    """
+    An authentication policy that can be named in C{multiauth.policies}.
+    """
+
+    name = Attribute("The name used in C{multiauth.policies}.")
+
+    def build(settings, registry):
+        """
+        An L{IAuthenticationPolicy} provider.
+        """
+
+
+class IJsonSyncPlugin(IPlugin):
+    """
+    A feature activated by listing its name in the C{includes} setting.
+    """
+
+    name = Attribute("The name used in C{includes}.")
+    settings = Attribute(
+        "C{{setting name: default}} the plugin accepts (a name ending in "
+        "C{'.*'} accepts any setting below that prefix)."
+    )
+
+    def install(registry, settings):
+        """
+        Add routes, listeners, capabilities, authentication policies or
+        permission rules to C{registry} (a L{jsonsync.registry.Registry}).
+        @rtype: C{Awaitable[None] | None}
+        """

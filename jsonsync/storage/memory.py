@@ -1,0 +1,415 @@
+"""
+The in-memory storage and permission backends (the default).
+
+Each list keeps its objects by id and an index of C{(last_modified, id)}
+kept sorted, so the default order (newest first), C{_since} syncs and
+keyset pages walk only what they return instead of sorting the list.
+
+Writers are serialised by one lock taken at a transaction's first write
+and released at its end; every write is journalled so that a rollback puts
+back exactly what was there.
+"""
+
+from __future__ import annotations
+
+import copy
+from bisect import bisect_left, bisect_right, insort
+from typing import Any
+
+from twisted.internet.defer import DeferredLock
+from zope.interface import implementer
+
+from jsonsync.errors import ObjectExists, ObjectNotFound
+from jsonsync.interfaces import IPermissionStore, IStorage
+from jsonsync.query import (
+    Filter,
+    Op,
+    Query,
+    matches_all,
+    ordering_key,
+)
+from jsonsync.storage import Transaction, next_timestamp, now_ms
+
+
+class _Journal:
+    """The undo log of one transaction on the memory backend."""
+
+    def __init__(self, lock: DeferredLock):
+        self._lock = lock
+        self.undo: list = []
+
+    async def commit(self):
+        self.undo = []
+        self._lock.release()
+
+    async def rollback(self):
+        undo, self.undo = self.undo, []
+        for action in reversed(undo):
+            action()
+        self._lock.release()
+
+
+class _MemoryBase:
+    def __init__(self, lock: DeferredLock | None = None):
+        self._lock = lock or DeferredLock()
+
+    def transaction(self):
+        return Transaction()
+
+    async def _journal(self, txn) -> _Journal:
+        async def open_journal():
+            await self._lock.acquire()
+            return _Journal(self._lock)
+
+        return await txn.enlist(("memory", id(self._lock)), open_journal)
+
+
+class _List:
+    __slots__ = ("objects", "order", "timestamp")
+
+    def __init__(self):
+        self.objects: dict[str, dict] = {}
+        self.order: list[tuple[int, str]] = []
+        self.timestamp: int | None = None
+
+    def put(self, obj: dict):
+        old = self.objects.get(obj["id"])
+        if old is not None:
+            self._unindex(old)
+        self.objects[obj["id"]] = obj
+        insort(self.order, (obj["last_modified"], obj["id"]))
+
+    def remove(self, object_id: str):
+        old = self.objects.pop(object_id, None)
+        if old is not None:
+            self._unindex(old)
+
+    def _unindex(self, obj):
+        pos = bisect_left(self.order, (obj["last_modified"], obj["id"]))
+        if pos < len(self.order) and self.order[pos] == (obj["last_modified"], obj["id"]):
+            del self.order[pos]
+
+
+@implementer(IStorage)
+class MemoryStorage(_MemoryBase):
+    def __init__(self, lock: DeferredLock | None = None):
+        super().__init__(lock)
+        self._lists: dict[tuple[str, str], _List] = {}
+
+    def _list(self, resource_name: str, parent_id: str, create=False) -> _List | None:
+        key = (resource_name, parent_id)
+        found = self._lists.get(key)
+        if found is None and create:
+            found = self._lists[key] = _List()
+        return found
+
+    async def heartbeat(self):
+        return True
+
+    async def flush(self):
+        self._lists.clear()
+
+    async def get(self, txn, resource_name, parent_id, object_id):
+        lst = self._list(resource_name, parent_id)
+        if lst is None:
+            return None
+        obj = lst.objects.get(object_id)
+        if obj is None or obj.get("deleted"):
+            return None
+        return copy.deepcopy(obj)
+
+    async def list_timestamp(self, txn, resource_name, parent_id):
+        lst = self._list(resource_name, parent_id, create=True)
+        if lst.timestamp is None:
+            lst.timestamp = now_ms()
+        return lst.timestamp
+
+    async def _write(self, txn, resource_name, parent_id, obj, wanted):
+        journal = await self._journal(txn)
+        key = (resource_name, parent_id)
+        lst = self._list(resource_name, parent_id, create=True)
+        old = lst.objects.get(obj["id"])
+        old_ts = lst.timestamp
+        current = max(
+            (lst.order[-1][0] if lst.order else 0), old_ts if old_ts is not None else 0
+        )
+        stamp, lst.timestamp = next_timestamp(current, wanted)
+        stored = dict(obj)
+        stored["last_modified"] = stamp
+        lst.put(stored)
+
+        def undo():
+            target = self._lists.get(key)
+            if target is None:
+                target = self._lists[key] = lst
+            target.remove(stored["id"])
+            if old is not None:
+                target.put(old)
+            target.timestamp = old_ts
+
+        journal.undo.append(undo)
+        return copy.deepcopy(stored)
+
+    async def create(self, txn, resource_name, parent_id, obj):
+        lst = self._list(resource_name, parent_id)
+        if lst is not None:
+            existing = lst.objects.get(obj["id"])
+            if existing is not None and not existing.get("deleted"):
+                raise ObjectExists()
+        obj = copy.deepcopy(obj)
+        wanted = obj.pop("last_modified", None)
+        return await self._write(txn, resource_name, parent_id, obj, wanted)
+
+    async def update(self, txn, resource_name, parent_id, object_id, obj):
+        obj = copy.deepcopy(obj)
+        obj["id"] = object_id
+        obj.pop("deleted", None)
+        wanted = obj.pop("last_modified", None)
+        lst = self._list(resource_name, parent_id)
+        old = lst.objects.get(object_id) if lst else None
+        if old is not None and not old.get("deleted") and isinstance(wanted, int):
+            if wanted <= old["last_modified"]:
+                wanted = None
+        return await self._write(txn, resource_name, parent_id, obj, wanted)
+
+    async def delete(self, txn, resource_name, parent_id, object_id, last_modified=None):
+        lst = self._list(resource_name, parent_id)
+        old = lst.objects.get(object_id) if lst else None
+        if old is None or old.get("deleted"):
+            raise ObjectNotFound(resource_name, object_id)
+        wanted = last_modified
+        if not isinstance(wanted, int) or wanted <= old["last_modified"]:
+            wanted = None
+        tombstone = {"id": object_id, "deleted": True}
+        return await self._write(txn, resource_name, parent_id, tombstone, wanted)
+
+    async def purge(self, txn, parent_prefix):
+        journal = await self._journal(txn)
+        below = parent_prefix + "/"
+        removed = {
+            key: lst
+            for key, lst in self._lists.items()
+            if key[1] == parent_prefix or key[1].startswith(below)
+        }
+        for key in removed:
+            del self._lists[key]
+
+        def undo():
+            self._lists.update(removed)
+
+        journal.undo.append(undo)
+
+    def _candidates(self, lst: _List, query: Query):
+        """
+        Objects of the list, in C{query.sorting} order when it is the
+        timestamp order (walking the index, and starting where a
+        C{last_modified} bound puts it), in no particular order otherwise.
+        Returns C{(iterable, already_sorted)}.
+        """
+        sorting = query.sorting
+        if len(sorting) == 1 and sorting[0].field == "last_modified":
+            low, high = _timestamp_bounds(query.filters)
+            lo = 0 if low is None else bisect_right(lst.order, (low, "\U0010ffff"))
+            hi = len(lst.order) if high is None else bisect_left(lst.order, (high, ""))
+            objects = lst.objects
+            if sorting[0].direction < 0:
+                keys = (lst.order[i] for i in range(hi - 1, lo - 1, -1))
+            else:
+                keys = (lst.order[i] for i in range(lo, hi))
+            return (objects[k[1]] for k in keys), True
+        return lst.objects.values(), False
+
+    def _select(self, lst: _List, query: Query, limit: int | None):
+        candidates, ordered = self._candidates(lst, query)
+        ids = query.ids
+        result = []
+        for obj in candidates:
+            if ids is not None and obj["id"] not in ids:
+                continue
+            if obj.get("deleted") and not query.include_deleted:
+                continue
+            if query.filters and not matches_all(obj, query.filters):
+                continue
+            if query.pagination and not any(matches_all(obj, r) for r in query.pagination):
+                continue
+            result.append(obj)
+            if ordered and limit is not None and len(result) >= limit:
+                break
+        if not ordered:
+            result.sort(key=ordering_key(query.sorting))
+            if limit is not None:
+                del result[limit:]
+        return result
+
+    async def list(self, txn, resource_name, parent_id, query):
+        lst = self._list(resource_name, parent_id)
+        if lst is None:
+            return []
+        return copy.deepcopy(self._select(lst, query, query.limit))
+
+    async def count(self, txn, resource_name, parent_id, query):
+        lst = self._list(resource_name, parent_id)
+        if lst is None:
+            return 0
+        plain = Query(filters=query.filters, ids=query.ids, include_deleted=False)
+        plain.sorting = ()
+        if not plain.filters and plain.ids is None:
+            return sum(1 for o in lst.objects.values() if not o.get("deleted"))
+        return len(self._select(lst, plain, None))
+
+    # Introspection used by the memory benchmarks and the contract suite.
+    def size(self) -> int:
+        return sum(len(lst.objects) for lst in self._lists.values())
+
+
+def _timestamp_bounds(filters: list[Filter]) -> tuple[int | None, int | None]:
+    """The exclusive C{(low, high)} bounds that C{last_modified} filters put on a scan."""
+    low = high = None
+    for flt in filters:
+        if flt.field != "last_modified" or not isinstance(flt.value, int):
+            continue
+        if flt.op is Op.GT or flt.op is Op.MIN:
+            bound = flt.value if flt.op is Op.GT else flt.value - 1
+            low = bound if low is None else max(low, bound)
+        elif flt.op is Op.LT or flt.op is Op.MAX:
+            bound = flt.value if flt.op is Op.LT else flt.value + 1
+            high = bound if high is None else min(high, bound)
+    return low, high
+
+
+@implementer(IPermissionStore)
+class MemoryPermissions(_MemoryBase):
+    def __init__(self, lock: DeferredLock | None = None):
+        super().__init__(lock)
+        # uri -> permission -> set(principals)
+        self._aces: dict[str, dict[str, set[str]]] = {}
+        # member -> set(principals)
+        self._members: dict[str, set[str]] = {}
+
+    async def flush(self):
+        self._aces.clear()
+        self._members.clear()
+
+    async def _snapshot(self, txn):
+        """Journal the whole state once per transaction: ACL writes are rare and small."""
+        journal = await self._journal(txn)
+        marker = ("perm-snapshot", id(self))
+        if marker not in getattr(journal, "marks", ()):
+            if not hasattr(journal, "marks"):
+                journal.marks = set()
+            journal.marks.add(marker)
+            aces = {uri: {p: set(s) for p, s in perms.items()} for uri, perms in self._aces.items()}
+            members = {m: set(s) for m, s in self._members.items()}
+
+            def undo():
+                self._aces = aces
+                self._members = members
+
+            journal.undo.append(undo)
+
+    async def get_object_permissions(self, txn, object_uri):
+        perms = self._aces.get(object_uri, {})
+        return {name: set(principals) for name, principals in perms.items() if principals}
+
+    async def replace_object_permissions(self, txn, object_uri, permissions):
+        await self._snapshot(txn)
+        perms = self._aces.setdefault(object_uri, {})
+        for name, principals in permissions.items():
+            if principals:
+                perms[name] = set(principals)
+            else:
+                perms.pop(name, None)
+        if not perms:
+            del self._aces[object_uri]
+
+    async def delete_object_permissions(self, txn, uri_prefix):
+        await self._snapshot(txn)
+        below = uri_prefix + "/"
+        for uri in [u for u in self._aces if u == uri_prefix or u.startswith(below)]:
+            del self._aces[uri]
+
+    async def check(self, txn, principals, grants):
+        principals = set(principals)
+        for uri, perm in grants:
+            holders = self._aces.get(uri, {}).get(perm)
+            if holders and not holders.isdisjoint(principals):
+                return True
+        return False
+
+    async def accessible_children(self, txn, principals, uri_prefix, permissions):
+        principals = set(principals)
+        found = set()
+        for uri, perms in self._aces.items():
+            if not uri.startswith(uri_prefix):
+                continue
+            rest = uri[len(uri_prefix) :]
+            if not rest or "/" in rest:
+                continue
+            if any(not perms.get(p, set()).isdisjoint(principals) for p in permissions):
+                found.add(rest)
+        return found
+
+    async def accessible_objects(self, txn, principals):
+        principals = set(principals)
+        result: dict[str, set[str]] = {}
+        for uri, perms in self._aces.items():
+            held = {p for p, holders in perms.items() if not holders.isdisjoint(principals)}
+            if held:
+                result[uri] = held
+        return result
+
+    async def user_principals(self, txn, members):
+        found: set[str] = set()
+        for member in members:
+            found |= self._members.get(member, set())
+        return found
+
+    async def add_user_principal(self, txn, member, principal):
+        await self._snapshot(txn)
+        self._members.setdefault(member, set()).add(principal)
+
+    async def remove_user_principal(self, txn, member, principal):
+        await self._snapshot(txn)
+        principals = self._members.get(member)
+        if principals is not None:
+            principals.discard(principal)
+            if not principals:
+                del self._members[member]
+
+    async def remove_principal(self, txn, principal):
+        await self._snapshot(txn)
+        for member in list(self._members):
+            self._members[member].discard(principal)
+            if not self._members[member]:
+                del self._members[member]
+        for uri in list(self._aces):
+            perms = self._aces[uri]
+            for name in list(perms):
+                perms[name].discard(principal)
+                if not perms[name]:
+                    del perms[name]
+            if not perms:
+                del self._aces[uri]
+
+    async def remove_principal_prefix(self, txn, prefix):
+        await self._snapshot(txn)
+        for member in list(self._members):
+            kept = {p for p in self._members[member] if not p.startswith(prefix)}
+            if kept:
+                self._members[member] = kept
+            else:
+                del self._members[member]
+
+
+class MemoryBackend:
+    """Builds the memory storage and permission store (sharing one write lock)."""
+
+    name = "memory"
+    settings: dict[str, Any] = {}
+
+    async def open_storage(self, settings, reactor):
+        return MemoryStorage()
+
+    async def open_permissions(self, settings, reactor, storage):
+        lock = storage._lock if isinstance(storage, MemoryStorage) else None
+        return MemoryPermissions(lock)
