@@ -1,0 +1,294 @@
+"""
+The Klein application: mounts every route of the registry, runs each
+request in its transaction, and is the one place that turns exceptions into
+Kinto's JSON error responses (for the network and for batch sub-requests).
+"""
+
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import random
+import re
+from urllib.parse import unquote
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException, MethodNotAllowed as WzMethodNotAllowed, NotFound
+
+from jsonsync import errors, events
+from jsonsync.auth import authenticate
+from jsonsync.errors import (
+    InvalidParameters,
+    JsonSyncError,
+    MethodNotAllowed,
+    RouteNotFound,
+    ServiceDeprecated,
+    UnexpectedError,
+    VersionNotAvailable,
+)
+from jsonsync.http import (
+    API_PREFIX,
+    ApiRequest,
+    ApiResponse,
+    NotModified,
+    RequestContext,
+    check_accept,
+    check_content_type,
+    parse_query,
+    read_body,
+    validators,
+)
+from jsonsync.registry import Registry, Route
+
+_log = Logger()
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_BASE_EXPOSED = ["Backoff", "Retry-After", "Alert", "Content-Length", "Content-Type"]
+_READ_EXPOSED = ["Next-Page", "Last-Modified", "ETag", "Cache-Control", "Expires", "Pragma"]
+_COUNT_EXPOSED = ["Total-Objects", "Total-Records"]
+_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none';"
+_VERSIONED = re.compile(r"^/v\d+(/|$)")
+
+
+class JsonSyncApp:
+    """The HTTP face of one server, built from an activated L{Registry}."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self.settings = registry.settings
+        self.klein = Klein()
+        self.routes: dict[str, Route] = {}
+        for route in registry.routes:
+            self._mount(route)
+        self.klein.handle_errors(HTTPException)(self._werkzeug_error)
+        self.klein.handle_errors(Exception)(self._crash)
+        self._adapter = None
+
+    # -- mounting ----------------------------------------------------------------
+    def _mount(self, route: Route):
+        methods = set(route.methods) | {"OPTIONS"}
+        if "GET" in methods:
+            methods.add("HEAD")
+        self.routes[route.name] = route
+
+        def handler(request, **params):
+            return Deferred.fromCoroutine(self._serve(request, route, params))
+
+        self.klein.route(API_PREFIX + route.rule, methods=sorted(methods), endpoint=route.name)(handler)
+
+    def resource(self):
+        return self.klein.resource()
+
+    def match(self, path: str, method: str):
+        """C{(route, params)} for a batch sub-request; werkzeug errors propagate."""
+        if self._adapter is None:
+            self._adapter = self.klein.url_map.bind("localhost")
+        endpoint, params = self._adapter.match(path, method)
+        return self.routes[endpoint], params
+
+    # -- the network ---------------------------------------------------------------
+    def _api_request(self, request) -> ApiRequest:
+        headers = {
+            k.decode("latin-1").lower(): v[-1].decode("latin-1")
+            for k, v in request.requestHeaders.getAllRawHeaders()
+        }
+        raw_path, _, raw_query = request.uri.partition(b"?")
+        scheme = self.settings.get("http_scheme") or ("https" if request.isSecure() else "http")
+        host = self.settings.get("http_host") or headers.get("host") or "localhost"
+        req = ApiRequest(
+            request.method.decode("ascii", "replace"),
+            unquote(raw_path.decode("latin-1"), errors="replace"),
+            [],
+            headers,
+            b"",
+            scheme=scheme,
+            host=host,
+            raw_query=raw_query.decode("latin-1"),
+        )
+        return req
+
+    async def _serve(self, request, route: Route, params: dict) -> bytes:
+        req = self._api_request(request)
+        try:
+            req.query = parse_query(req.raw_query)
+            req.body = read_body(request, self.settings["max_request_body_bytes"])
+        except JsonSyncError as exc:
+            return self._write(request, req, self.finish(req, self.error_response(exc), route))
+        req.params = params
+        response = await self.process(req, route)
+        return self._write(request, req, response)
+
+    def _write(self, request, req: ApiRequest, response: ApiResponse) -> bytes:
+        body = response.encoded_body()
+        request.setResponseCode(response.status)
+        for name, value in response.headers:
+            request.responseHeaders.addRawHeader(name, value)
+        if response.status != 304:
+            request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
+        return body
+
+    # -- the request pipeline ----------------------------------------------------
+    async def process(self, req: ApiRequest, route: Route, ctx: RequestContext | None = None) -> ApiResponse:
+        """
+        Run one request (in its own transaction, or in C{ctx}'s for a batch
+        sub-request) and return its response, errors included. In a batch,
+        server errors propagate so that the whole batch rolls back.
+        """
+        own = ctx is None
+        if own:
+            ctx = RequestContext(self.registry.storage.transaction())
+        req.ctx = ctx
+        req.registry = self.registry
+        try:
+            response = await self._run(req, route)
+            if own:
+                await events.before_commit(self.registry, ctx)
+                await ctx.txn.commit()
+        except NotModified as nm:
+            if own:
+                await ctx.txn.rollback()
+            response = ApiResponse(None, 304, validators(nm.timestamp))
+        except JsonSyncError as exc:
+            if own:
+                await ctx.txn.rollback()
+            elif errors.status_of(exc)[0] >= 500:
+                raise
+            response = self.error_response(exc)
+        except Exception:
+            _log.failure("unexpected error on {method} {path}", method=req.method, path=req.path)
+            if own:
+                await ctx.txn.rollback()
+                response = self.error_response(UnexpectedError())
+            else:
+                raise
+        return self.finish(req, response, route)
+
+    async def _run(self, req: ApiRequest, route: Route) -> ApiResponse:
+        self.check_service(req)
+        if req.method == "OPTIONS":
+            return self.preflight(req, route)
+        if self.settings["readonly"] and req.method in WRITE_METHODS:
+            raise MethodNotAllowed([m for m in route.methods if m not in WRITE_METHODS])
+        if route.kind == "resource":
+            check_accept(req)
+            if req.method in ("POST", "PUT"):
+                check_content_type(req)
+        await authenticate(self.registry, req)
+        return await route.view(req)
+
+    def check_service(self, req: ApiRequest):
+        eos = self.settings.get("eos")
+        if eos and datetime.date.fromisoformat(eos) <= datetime.date.today():
+            raise ServiceDeprecated()
+        origin = req.header("Origin")
+        if origin is not None and not self.origin_allowed(origin):
+            raise InvalidParameters("header", "Origin", f"{origin} not allowed")
+
+    def origin_allowed(self, origin: str) -> bool:
+        return any(fnmatch.fnmatchcase(origin, pattern) for pattern in self.settings["cors_origins"])
+
+    def preflight(self, req: ApiRequest, route: Route) -> ApiResponse:
+        origin = req.header("Origin")
+        wanted = req.header("Access-Control-Request-Method")
+        if not origin or not wanted:
+            raise InvalidParameters(
+                "header", "Origin" if not origin else "Access-Control-Request-Method",
+                "CORS preflight needs Origin and Access-Control-Request-Method headers",
+            )
+        methods = set(route.methods) | {"OPTIONS"}
+        if "GET" in methods:
+            methods.add("HEAD")
+        asked = [h.strip() for h in (req.header("Access-Control-Request-Headers") or "").split(",") if h.strip()]
+        allowed_headers = ["Authorization", "Content-Type", "If-Match", "If-None-Match", "Response-Behavior", *asked]
+        headers = [
+            ("Access-Control-Allow-Methods", ",".join(sorted(methods))),
+            ("Access-Control-Allow-Headers", ",".join(dict.fromkeys(allowed_headers))),
+            ("Access-Control-Max-Age", str(self.settings["cors_max_age_seconds"])),
+        ]
+        return ApiResponse(None, 200, headers)
+
+    def error_response(self, exc: JsonSyncError) -> ApiResponse:
+        status, body = errors.error_body(exc, self.settings.get("error_info_link"))
+        headers = errors.error_headers(exc, self.settings["retry_after_seconds"])
+        return ApiResponse(body, status, headers)
+
+    def finish(self, req: ApiRequest, response: ApiResponse, route: Route | None) -> ApiResponse:
+        """The headers every response carries."""
+        h = response.headers
+        h.append(("Content-Type", "application/json"))
+        h.append(("X-Content-Type-Options", "nosniff"))
+        h.append(("Content-Security-Policy", _CSP))
+        origin = req.header("Origin")
+        if origin is not None and self.origin_allowed(origin):
+            allow = "*" if "*" in self.settings["cors_origins"] else origin
+            h.append(("Access-Control-Allow-Origin", allow))
+            exposed = list(_BASE_EXPOSED)
+            if route is not None and route.kind == "resource" and req.method in ("GET", "HEAD"):
+                exposed += _READ_EXPOSED
+                if req.method == "HEAD":
+                    exposed += _COUNT_EXPOSED
+            h.append(("Access-Control-Expose-Headers", ", ".join(exposed)))
+        backoff = self.settings.get("backoff")
+        if backoff is not None:
+            share = self.settings.get("backoff_percentage")
+            if share is None or random.random() * 100 < share:
+                h.append(("Backoff", str(backoff)))
+        eos = self.settings.get("eos")
+        if eos:
+            past = datetime.date.fromisoformat(eos) <= datetime.date.today()
+            alert = {"code": "hard-eol" if past else "soft-eol", "message": self.settings.get("eos_message") or "", "url": self.settings.get("eos_url") or ""}
+            from jsonsync import jsonutil
+
+            h.append(("Alert", jsonutil.dumps(alert).decode()))
+        if (
+            route is not None
+            and route.kind == "resource"
+            and req.method in ("GET", "HEAD")
+            and response.status == 200
+            and response.get_header("Cache-Control") is None
+        ):
+            h.append(("Cache-Control", "no-cache, no-store"))
+        return response
+
+    # -- what Klein catches ------------------------------------------------------
+    def _werkzeug_error(self, request, failure):
+        req = self._api_request(request)
+        exc = failure.value
+        if isinstance(exc, WzMethodNotAllowed):
+            response = self.error_response(MethodNotAllowed(exc.valid_methods or ()))
+        elif isinstance(exc, NotFound) or getattr(exc, "code", None) in (404, 308, 301):
+            response = self.not_found(req)
+        else:
+            response = self.error_response(InvalidParameters("path", None, str(exc.description)))
+        return self._write(request, req, self.finish(req, response, None))
+
+    def not_found(self, req: ApiRequest) -> ApiResponse:
+        path = req.path
+        qs = ("?" + req.raw_query) if req.raw_query else ""
+        if not _VERSIONED.match(path):
+            if self.settings["version_prefix_redirect_enabled"]:
+                if req.method == "OPTIONS":
+                    return ApiResponse(None, 200)
+                return self.redirect(req, API_PREFIX + path + qs, self.settings["version_prefix_redirect_ttl_seconds"])
+            return self.error_response(RouteNotFound())
+        if not (path == API_PREFIX or path.startswith(API_PREFIX + "/")):
+            return self.error_response(VersionNotAvailable())
+        if path == API_PREFIX:
+            return self.redirect(req, API_PREFIX + "/" + qs, -1)
+        if path.endswith("/") and path != API_PREFIX + "/" and self.settings["trailing_slash_redirect_enabled"]:
+            return self.redirect(req, path.rstrip("/") + qs, self.settings["trailing_slash_redirect_ttl_seconds"])
+        return self.error_response(RouteNotFound())
+
+    def redirect(self, req: ApiRequest, target: str, ttl: int) -> ApiResponse:
+        location = f"{req.scheme}://{req.host}{target}"
+        headers = [("Location", location)]
+        if ttl is not None and ttl >= 0:
+            headers.append(("Cache-Control", f"max-age={ttl}"))
+        return ApiResponse(None, 307, headers)
+
+    def _crash(self, request, failure):
+        _log.failure("unhandled error on {uri}", failure, uri=request.uri)
+        req = self._api_request(request)
+        return self._write(request, req, self.finish(req, self.error_response(UnexpectedError()), None))

@@ -1,0 +1,102 @@
+"""
+Authentication: the C{basicauth} policy and the policy chain that turns a
+request into a user id and its principals.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+
+from zope.interface import implementer
+
+from jsonsync.interfaces import IAuthenticationPolicy
+
+EVERYONE = "system.Everyone"
+AUTHENTICATED = "system.Authenticated"
+
+
+def basic_credentials(request) -> tuple[str, str] | None:
+    """C{(user, password)} from an C{Authorization: Basic} header, or C{None}."""
+    header = request.header("Authorization")
+    if not header:
+        return None
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        return None
+    return user, password
+
+
+def hmac_hex(secret: str, message: str) -> str:
+    return hmac.new(secret.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+@implementer(IAuthenticationPolicy)
+class BasicAuthPolicy:
+    """
+    Kinto's C{basicauth}: any non-empty user name is accepted, and the user
+    id is the HMAC-SHA256 of C{"user:password"} keyed by
+    C{userid_hmac_secret}, so the same pair always maps to the same id.
+    """
+
+    name = "basicauth"
+    challenge = 'Basic realm="Realm"'
+
+    def __init__(self, secret: str):
+        self._secret = secret
+
+    async def authenticate(self, request, txn):
+        credentials = basic_credentials(request)
+        if credentials is None or not credentials[0]:
+            return None
+        return hmac_hex(self._secret, f"{credentials[0]}:{credentials[1]}")
+
+
+class BasicAuthFactory:
+    name = "basicauth"
+
+    def build(self, settings, registry):
+        return BasicAuthPolicy(settings["userid_hmac_secret"])
+
+
+async def authenticate(registry, request) -> None:
+    """
+    Run the policy chain on C{request} and set its C{user_id},
+    C{principals} and C{authenticated}. The first policy that returns a
+    user id wins. Results are shared by the sub-requests of a batch that
+    carry the same credentials.
+    """
+    cache = request.ctx.auth_cache
+    key = request.header("Authorization")
+    cached = cache.get(key)
+    if cached is None:
+        user_id = None
+        for policy in registry.policies:
+            found = await policy.authenticate(request, request.txn)
+            if found:
+                user_id = f"{policy.name}:{found}"
+                break
+        if user_id is None:
+            cached = (None, [EVERYONE])
+        else:
+            groups = await registry.permissions.user_principals(
+                request.txn, [user_id, AUTHENTICATED]
+            )
+            cached = (user_id, [user_id, *sorted(groups), AUTHENTICATED, EVERYONE])
+        cache[key] = cached
+    request.user_id, principals = cached
+    request.principals = list(principals)
+    request.authenticated = request.user_id is not None
+
+
+def challenges(registry) -> list[str]:
+    return [p.challenge for p in registry.policies if getattr(p, "challenge", None)]

@@ -1,0 +1,493 @@
+"""
+The generic object engine: list, create, read, replace, patch and delete
+for any declared resource type, with Kinto's permission checks,
+preconditions, tombstones, pagination and events.
+
+Resource types (buckets, collections, groups, records, and those plugins
+declare) only describe themselves (L{jsonsync.resources.model}); every verb
+is implemented once, here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonpatch
+
+from jsonsync import events
+from jsonsync.auth import challenges
+from jsonsync.errors import (
+    Forbidden,
+    InvalidParameters,
+    ObjectNotFound,
+    ParentNotFound,
+    Unauthenticated,
+)
+from jsonsync.http import (
+    JSON,
+    JSON_PATCH,
+    MERGE_PATCH,
+    ApiRequest,
+    ApiResponse,
+    NotModified,
+    check_content_type,
+    check_preconditions,
+    validators,
+)
+from jsonsync.query import Query
+from jsonsync.resources import querystring
+from jsonsync.resources.model import Location, ResourceType
+
+_ENVELOPE_KEYS = frozenset({"data", "permissions"})
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396: C{null} removes a key, objects merge recursively, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+class Engine:
+    def __init__(self, registry):
+        self.registry = registry
+
+    # -- shared steps ------------------------------------------------------------
+    @property
+    def storage(self):
+        return self.registry.storage
+
+    @property
+    def permissions(self):
+        return self.registry.permissions
+
+    def settings(self, name, default=None):
+        return self.registry.settings.get(name, default)
+
+    async def allowed(self, req: ApiRequest, uri: str, permission: str) -> bool:
+        grants = self.registry.tree.grants(uri, permission)
+        if self.registry.acl.grants_any(req.principals, grants):
+            return True
+        return await self.permissions.check(req.txn, req.principals, grants)
+
+    def deny(self, req: ApiRequest):
+        if not req.authenticated:
+            return Unauthenticated(challenges(self.registry))
+        return Forbidden()
+
+    async def require(self, req: ApiRequest, uri: str, permission: str):
+        if not await self.allowed(req, uri, permission):
+            raise self.deny(req)
+
+    async def check_parents(self, req: ApiRequest, loc: Location):
+        parent = ""
+        for rt, oid in loc.ancestors:
+            if await self.storage.get(req.txn, rt.name, parent, oid) is None:
+                raise ParentNotFound(rt.name, oid)
+            parent = f"{parent}/{rt.plural}/{oid}"
+
+    def check_id(self, loc: Location):
+        if not loc.resource.id_pattern.match(loc.object_id or ""):
+            raise InvalidParameters("path", None, "Invalid object id")
+
+    def envelope(self, req: ApiRequest, loc: Location, *, require_one=False):
+        """C{(data, permissions)} from the body; each C{None} when absent."""
+        body = req.json(self.settings("json_max_depth", 64))
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise InvalidParameters("body", None, "Invalid JSON: body should be an object")
+        unknown = sorted(set(body) - _ENVELOPE_KEYS)
+        if unknown:
+            raise InvalidParameters(
+                "body", unknown[0], f"{unknown[0]} in body: Unrecognized keys in mapping"
+            )
+        data = body.get("data")
+        if data is not None and not isinstance(data, dict):
+            raise InvalidParameters("body", "data", "data in body: Should be a mapping")
+        perms = self.clean_permissions(loc.resource, body.get("permissions"))
+        if require_one and data is None and perms is None:
+            raise InvalidParameters("body", None, "Provide at least one of data or permissions")
+        return data, perms
+
+    def clean_permissions(self, rt: ResourceType, perms) -> dict[str, list[str] | None] | None:
+        if perms is None:
+            return None
+        if not isinstance(perms, dict):
+            raise InvalidParameters("body", "permissions", "permissions in body: Should be a mapping")
+        clean: dict[str, list[str] | None] = {}
+        for name, principals in perms.items():
+            if name not in rt.permissions:
+                raise InvalidParameters(
+                    "body",
+                    f"permissions.{name}",
+                    f'"{name}" is not one of {", ".join(rt.permissions)}',
+                )
+            if principals is None:
+                clean[name] = None
+                continue
+            if not isinstance(principals, list) or not all(isinstance(p, str) for p in principals):
+                raise InvalidParameters(
+                    "body", f"permissions.{name}", f"permissions.{name} in body: should be a list of strings"
+                )
+            clean[name] = sorted(set(principals))
+        return clean
+
+    async def validate(self, req, loc: Location, data: dict, existing: dict | None) -> dict:
+        data = dict(data)
+        if "id" in data and data["id"] != loc.object_id:
+            raise InvalidParameters("body", "data.id", "Object id does not match existing object")
+        data["id"] = loc.object_id
+        lm = data.get("last_modified")
+        if not isinstance(lm, int) or isinstance(lm, bool):
+            data.pop("last_modified", None)
+        data.pop("deleted", None)
+        if loc.resource.validate is not None:
+            data = await loc.resource.validate(req, loc, data, existing)
+        return data
+
+    async def save_permissions(
+        self, req, uri: str, rt: ResourceType, given, *, replace: bool, existed: bool
+    ) -> dict[str, set[str]]:
+        """Apply the request's ACL changes; return the object's ACL after them."""
+        current = await self.permissions.get_object_permissions(req.txn, uri) if existed else {}
+        changes: dict[str, set[str]] = {}
+        if given is not None:
+            names = rt.permissions if replace else [n for n, v in given.items() if v is not None]
+            for name in names:
+                changes[name] = set(given.get(name) or ())
+        if self.settings("explicit_permissions", True) and req.user_id:
+            write = set(changes.get("write", current.get("write", set())))
+            if req.user_id not in write:
+                write.add(req.user_id)
+                changes["write"] = write
+        changes = {k: v for k, v in changes.items() if v != current.get(k, set())}
+        if changes:
+            await self.permissions.replace_object_permissions(req.txn, uri, changes)
+        result = {k: set(v) for k, v in current.items()}
+        for name, principals in changes.items():
+            if principals:
+                result[name] = principals
+            else:
+                result.pop(name, None)
+        return result
+
+    def shown_permissions(self, req, acl: dict[str, set[str]]) -> dict[str, list[str]]:
+        """An object's ACL is shown only to principals in its own C{write} ACE."""
+        if acl.get("write") and not acl["write"].isdisjoint(req.principals):
+            return {name: sorted(p) for name, p in acl.items() if p}
+        return {}
+
+    def object_response(self, req, obj, acl, status=200) -> ApiResponse:
+        body = {"data": obj, "permissions": self.shown_permissions(req, acl)}
+        return ApiResponse(body, status, validators(obj["last_modified"]))
+
+    def has_children(self, rt: ResourceType) -> bool:
+        return any(t.parent == rt.name for t in self.registry.resource_types.values())
+
+    # -- plural endpoints --------------------------------------------------------
+    async def readable_ids(self, req, loc: Location, permission: str) -> frozenset[str] | None:
+        """
+        C{None} when the user may see the whole list, else the ids of the
+        objects shared with them; raise when they may see nothing.
+        """
+        rt = loc.resource
+        if loc.parent_uri and await self.allowed(req, loc.parent_uri, permission):
+            return None
+        wanted = ("read", "write") if permission == "read" else ("write",)
+        if any(self.registry.acl.granted_on_type(req.principals, rt.name, p) for p in wanted):
+            return None
+        ids = await self.permissions.accessible_children(
+            req.txn, req.principals, loc.list_uri + "/", list(wanted)
+        )
+        if not ids and not await self.allowed(req, loc.parent_uri, rt.create_permission):
+            raise self.deny(req)
+        return frozenset(ids)
+
+    def list_request(self, req, loc: Location):
+        return querystring.parse_list_request(
+            req.query,
+            paginate_by=self.settings("paginate_by"),
+            max_fetch=self.settings("storage_max_fetch_size", 10000),
+            strict_fields=loc.resource.strict_fields,
+        )
+
+    async def fetch_page(self, req, loc: Location, listing, ids):
+        query: Query = listing.query
+        query.ids = ids
+        limit = listing.limit
+        query.limit = limit + 1
+        objects = await self.storage.list(req.txn, loc.resource.name, loc.parent_uri, query)
+        next_page = None
+        if len(objects) > limit:
+            objects = objects[:limit]
+            last = querystring.last_object_of(objects[-1], query.sorting)
+            params = [(k, v) for k, v in req.query if k not in ("_limit", "_token")]
+            params.append(("_limit", str(limit)))
+            params.append(("_token", querystring.encode_token(last)))
+            next_page = req.url(query=params)
+        return objects, next_page
+
+    async def get_plural(self, req: ApiRequest, loc: Location) -> ApiResponse:
+        ids = await self.readable_ids(req, loc, "read")
+        await self.check_parents(req, loc)
+        listing = self.list_request(req, loc)
+        timestamp = await self.storage.list_timestamp(req.txn, loc.resource.name, loc.parent_uri)
+        check_preconditions(req, timestamp)
+        headers = validators(timestamp)
+        if listing.deprecated_to:
+            headers.append(("Alert", _TO_ALERT))
+        if req.method == "HEAD":
+            count_query = Query(filters=listing.query.filters, ids=ids)
+            total = await self.storage.count(req.txn, loc.resource.name, loc.parent_uri, count_query)
+            headers += [("Total-Objects", str(total)), ("Total-Records", str(total))]
+            return ApiResponse(b"", 200, headers)
+        objects, next_page = await self.fetch_page(req, loc, listing, ids)
+        if next_page:
+            headers.append(("Next-Page", next_page))
+        if listing.fields:
+            objects = [querystring.project(o, listing.fields) for o in objects]
+        events.notify(req, "read", loc, [{"new": o} for o in objects], timestamp)
+        return ApiResponse({"data": objects}, 200, headers)
+
+    async def post_plural(self, req: ApiRequest, loc: Location) -> ApiResponse:
+        rt = loc.resource
+        data, perms = self.envelope(req, loc)
+        data = data or {}
+        if "id" in data:
+            oid = data["id"]
+            if not isinstance(oid, str) or not rt.id_pattern.match(oid):
+                raise InvalidParameters("body", "data.id", "data.id in body: Invalid object id")
+            existing = await self.storage.get(req.txn, rt.name, loc.parent_uri, oid)
+            if existing is not None:
+                loc.object_id = oid
+                await self.require(req, loc.uri, "read")
+                check_preconditions(req, existing["last_modified"], existing)
+                acl = await self.permissions.get_object_permissions(req.txn, loc.uri)
+                events.notify(req, "read", loc, [{"new": existing}], existing["last_modified"])
+                return self.object_response(req, existing, acl, 200)
+        else:
+            oid = rt.id_generator()
+        await self.require(req, loc.parent_uri, rt.create_permission)
+        await self.check_parents(req, loc)
+        check_preconditions(req, None)
+        loc.object_id = oid
+        return await self.create(req, loc, data, perms)
+
+    async def create(self, req, loc: Location, data: dict, perms) -> ApiResponse:
+        rt = loc.resource
+        data = await self.validate(req, loc, data, None)
+        obj = await self.storage.create(req.txn, rt.name, loc.parent_uri, data)
+        acl = await self.save_permissions(req, loc.uri, rt, perms, replace=True, existed=False)
+        if rt.on_write is not None:
+            await rt.on_write(req, loc, None, obj)
+        events.notify(req, "create", loc, [{"new": obj}], obj["last_modified"])
+        return self.object_response(req, obj, acl, 201)
+
+    async def delete_plural(self, req: ApiRequest, loc: Location) -> ApiResponse:
+        rt = loc.resource
+        ids = await self.readable_ids(req, loc, "write")
+        await self.check_parents(req, loc)
+        listing = self.list_request(req, loc)
+        timestamp = await self.storage.list_timestamp(req.txn, rt.name, loc.parent_uri)
+        check_preconditions(req, timestamp)
+        listing.query.include_deleted = False
+        objects, next_page = await self.fetch_page(req, loc, listing, ids)
+        tombstones = []
+        impacted = []
+        for obj in objects:
+            target = Location(rt, loc.parent_uri, loc.ancestors, obj["id"])
+            tomb = await self.remove(req, target, obj)
+            tombstones.append(tomb)
+            impacted.append({"new": tomb, "old": obj})
+        newest = max([t["last_modified"] for t in tombstones], default=timestamp)
+        headers = validators(newest)
+        if next_page:
+            headers.append(("Next-Page", next_page))
+        if impacted:
+            events.notify(req, "delete", loc, impacted, newest)
+        if listing.fields:
+            tombstones = [querystring.project(o, listing.fields) for o in tombstones]
+        return ApiResponse({"data": tombstones}, 200, headers)
+
+    # -- object endpoints --------------------------------------------------------
+    async def require_existing_write(self, req, loc: Location, existing):
+        """Write on the object; a missing object answers 404 to whoever can read its parent."""
+        if await self.allowed(req, loc.uri, "write"):
+            return
+        if existing is None and loc.parent_uri and await self.allowed(req, loc.parent_uri, "read"):
+            return
+        raise self.deny(req)
+
+    async def get_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
+        rt = loc.resource
+        permission = "read:attributes" if any(p.endswith(":create") for p in rt.permissions) else "read"
+        await self.require(req, loc.uri, permission)
+        self.check_id(loc)
+        await self.check_parents(req, loc)
+        obj = await self.storage.get(req.txn, rt.name, loc.parent_uri, loc.object_id)
+        if obj is None:
+            raise ObjectNotFound(rt.name, loc.object_id)
+        check_preconditions(req, obj["last_modified"], obj)
+        acl = await self.permissions.get_object_permissions(req.txn, loc.uri)
+        fields = querystring.parse_fields(req.query, rt.strict_fields)
+        events.notify(req, "read", loc, [{"new": obj}], obj["last_modified"])
+        if fields:
+            obj = querystring.project(obj, fields)
+        return self.object_response(req, obj, acl)
+
+    async def put_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
+        rt = loc.resource
+        data, perms = self.envelope(req, loc)
+        existing = await self.storage.get(req.txn, rt.name, loc.parent_uri, loc.object_id)
+        if existing is not None and req.header("If-None-Match", "").strip() != "*":
+            await self.require(req, loc.uri, "write")
+        else:
+            await self.require(req, loc.parent_uri, rt.create_permission)
+        self.check_id(loc)
+        await self.check_parents(req, loc)
+        current = existing["last_modified"] if existing else None
+        check_preconditions(req, current, existing)
+        if existing is None:
+            return await self.create(req, loc, data or {}, perms)
+        if data is None:
+            data = {k: v for k, v in existing.items() if k != "last_modified"}
+        new = await self.validate(req, loc, data, existing)
+        return await self.replace(req, loc, existing, new, perms, replace_acl=True)
+
+    async def replace(self, req, loc: Location, existing, new, perms, *, replace_acl) -> ApiResponse:
+        rt = loc.resource
+        obj = await self.storage.update(req.txn, rt.name, loc.parent_uri, loc.object_id, new)
+        acl = await self.save_permissions(req, loc.uri, rt, perms, replace=replace_acl, existed=True)
+        if rt.on_write is not None:
+            await rt.on_write(req, loc, existing, obj)
+        events.notify(req, "update", loc, [{"new": obj, "old": existing}], obj["last_modified"])
+        return self.object_response(req, obj, acl, 200)
+
+    async def patch_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
+        rt = loc.resource
+        media = check_content_type(req, (JSON, MERGE_PATCH, JSON_PATCH))
+        existing = await self.storage.get(req.txn, rt.name, loc.parent_uri, loc.object_id)
+        await self.require_existing_write(req, loc, existing)
+        self.check_id(loc)
+        await self.check_parents(req, loc)
+        if existing is None:
+            raise ObjectNotFound(rt.name, loc.object_id)
+        check_preconditions(req, existing["last_modified"], existing)
+        behavior = (req.header("Response-Behavior") or "full").strip().lower()
+        if behavior not in ("full", "light", "diff"):
+            raise InvalidParameters(
+                "header", "Response-Behavior", "Response-Behavior should be one of full, light, diff"
+            )
+        acl_before = await self.permissions.get_object_permissions(req.txn, loc.uri)
+        if media == JSON_PATCH:
+            data, perms, sent = self.apply_json_patch(req, loc, existing, acl_before)
+        else:
+            changes, perms = self.envelope(req, loc, require_one=True)
+            sent = changes or {}
+            base = {k: v for k, v in existing.items() if k != "last_modified"}
+            if media == MERGE_PATCH:
+                data = merge_patch(base, changes or {})
+                if perms is not None:
+                    perms = {k: (v if v is not None else []) for k, v in perms.items()}
+            else:
+                data = {**base, **(changes or {})}
+            if "last_modified" in sent:
+                data["last_modified"] = sent["last_modified"]
+        new = await self.validate(req, loc, data, existing)
+        response = await self.replace(req, loc, existing, new, perms, replace_acl=False)
+        if behavior != "full":
+            obj = response.body["data"]
+            changed = {k: v for k, v in obj.items() if existing.get(k, _ABSENT) != v}
+            if behavior == "diff":
+                changed = {k: v for k, v in changed.items() if sent.get(k, _ABSENT) != v}
+            response.body = {"data": changed}
+        return response
+
+    def apply_json_patch(self, req, loc: Location, existing, acl):
+        ops = req.json(self.settings("json_max_depth", 64))
+        if not isinstance(ops, list):
+            raise InvalidParameters("body", None, "JSON Patch body should be an array of operations")
+        doc_perms: dict[str, dict[str, str]] = {
+            name: {p: p for p in acl.get(name, ())} for name in loc.resource.permissions
+            if name in ("read", "write") or acl.get(name)
+        }
+        fixed = []
+        for i, op in enumerate(ops):
+            if not isinstance(op, dict) or not isinstance(op.get("op"), str) or not isinstance(op.get("path"), str):
+                raise InvalidParameters("body", str(i), "JSON Patch operation should have op and path")
+            unknown = set(op) - {"op", "path", "value", "from"}
+            if unknown:
+                raise InvalidParameters("body", str(i), f"Unknown keys in JSON Patch operation: {sorted(unknown)}")
+            path = op["path"]
+            if path.startswith("/permissions/"):
+                parts = path.split("/")
+                if len(parts) >= 3 and parts[2] not in loc.resource.permissions:
+                    raise InvalidParameters("body", "permissions", f'"{parts[2]}" is not one of {", ".join(loc.resource.permissions)}')
+                if len(parts) == 4 and op["op"] in ("add", "replace") and "value" not in op:
+                    op = {**op, "value": parts[3].replace("~1", "/").replace("~0", "~")}
+                if len(parts) >= 3:
+                    doc_perms.setdefault(parts[2], {})
+            fixed.append(op)
+        document = {"data": {k: v for k, v in existing.items() if k != "last_modified"}, "permissions": doc_perms}
+        try:
+            result = jsonpatch.apply_patch(document, fixed)
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, ValueError, KeyError, IndexError) as e:
+            raise InvalidParameters("body", None, f"JSON Patch operation failed: {e}") from None
+        if not isinstance(result.get("data"), dict) or not isinstance(result.get("permissions"), dict):
+            raise InvalidParameters("body", None, "JSON Patch operation failed: data and permissions must stay objects")
+        perms = {}
+        for name, members in result["permissions"].items():
+            if name not in loc.resource.permissions or not isinstance(members, dict):
+                raise InvalidParameters("body", "permissions", "JSON Patch operation failed: invalid permissions")
+            perms[name] = sorted(str(p) for p in members)
+        return result["data"], perms, {}
+
+    async def delete_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
+        rt = loc.resource
+        existing = await self.storage.get(req.txn, rt.name, loc.parent_uri, loc.object_id)
+        await self.require_existing_write(req, loc, existing)
+        self.check_id(loc)
+        await self.check_parents(req, loc)
+        if existing is None:
+            raise ObjectNotFound(rt.name, loc.object_id)
+        check_preconditions(req, existing["last_modified"], existing)
+        forced = req.arg("last_modified")
+        wanted = None
+        if forced is not None:
+            try:
+                wanted = int(forced.strip('"'))
+            except ValueError:
+                raise InvalidParameters("querystring", "last_modified", "Invalid value for last_modified") from None
+        tomb = await self.remove(req, loc, existing, wanted)
+        events.notify(req, "delete", loc, [{"new": tomb, "old": existing}], tomb["last_modified"])
+        return ApiResponse({"data": tomb}, 200, validators(tomb["last_modified"]))
+
+    async def remove(self, req, loc: Location, existing: dict, last_modified=None) -> dict:
+        """Delete one object, its ACL and everything below it."""
+        rt = loc.resource
+        tomb = await self.storage.delete(req.txn, rt.name, loc.parent_uri, loc.object_id, last_modified)
+        uri = loc.uri
+        if self.has_children(rt):
+            await self.storage.purge(req.txn, uri)
+        await self.permissions.delete_object_permissions(req.txn, uri)
+        if rt.on_delete is not None:
+            await rt.on_delete(req, loc, existing)
+        return tomb
+
+
+_ABSENT = object()
+
+_TO_ALERT = (
+    '{"code": "soft-eol", "message": "_to is now deprecated, you should use _before instead", '
+    '"url": "https://kinto.readthedocs.io/en/stable/api/1.x/filtering.html"}'
+)
+
+
+__all__ = ["Engine", "merge_patch", "NotModified"]

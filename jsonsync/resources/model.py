@@ -1,0 +1,90 @@
+"""
+Resource declarations: what a resource type is (its place in the tree, ids,
+permissions, validation) and where an object of it lives (its URI and its
+storage parent).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$")
+_ALNUM = string.ascii_letters + string.digits
+_NAME_CHARS = _ALNUM + "_-"
+_rng = random.SystemRandom()
+
+
+def name_id() -> str:
+    """Kinto's short generated id: one letter or digit, then seven more characters."""
+    return _rng.choice(_ALNUM) + "".join(_rng.choice(_NAME_CHARS) for _ in range(7))
+
+
+def uuid_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class ResourceType:
+    """
+    @ivar parent: the parent type's name, or C{None} for top-level types.
+    @ivar permissions: the permission names an object's ACL may hold.
+    @ivar validate: C{async (request, data, existing, location) -> data}:
+        checks and normalises an object's data before it is stored.
+    @ivar strict_fields: for schema-bound resources, the fields filters and
+        sorting may use (unknown ones get 400); C{None} accepts any.
+    @ivar on_write: C{async (request, location, old, new)} after a create or
+        update, in the same transaction (group membership, say).
+    @ivar on_delete: C{async (request, location, old)} after a delete.
+    """
+
+    name: str
+    plural: str
+    parent: str | None
+    permissions: tuple[str, ...] = ("read", "write")
+    id_pattern: re.Pattern = NAME_PATTERN
+    id_generator: Callable[[], str] = name_id
+    validate: Callable | None = None
+    strict_fields: frozenset[str] | None = None
+    on_write: Callable | None = None
+    on_delete: Callable | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def create_permission(self) -> str:
+        return f"{self.name}:create"
+
+
+@dataclass
+class Location:
+    """
+    Where an object (or a list) is: C{parent_uri} is also the storage
+    parent id; C{ancestors} are the C{(type, id)} pairs above it.
+    """
+
+    resource: ResourceType
+    parent_uri: str
+    ancestors: list[tuple[ResourceType, str]]
+    object_id: str | None = None
+
+    @property
+    def list_uri(self) -> str:
+        return f"{self.parent_uri}/{self.resource.plural}"
+
+    @property
+    def uri(self) -> str:
+        return f"{self.list_uri}/{self.object_id}"
+
+    def child_uri(self, object_id: str) -> str:
+        return f"{self.list_uri}/{object_id}"
+
+    def payload(self) -> dict[str, Any]:
+        """Kinto's event payload ids: C{bucket_id}, C{collection_id}, C{<resource>_id}."""
+        ids = {f"{rt.name}_id": oid for rt, oid in self.ancestors}
+        if self.object_id is not None:
+            ids[f"{self.resource.name}_id"] = self.object_id
+        return ids

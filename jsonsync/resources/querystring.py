@@ -1,0 +1,258 @@
+"""
+From a plural request's query string to a L{jsonsync.query.Query}:
+filters with Kinto's value typing, C{_sort}, C{_limit}, C{_token},
+C{_fields}, C{_since}/C{_before}/C{_to}, and their validation.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonsync import jsonutil
+from jsonsync.errors import InvalidParameters
+from jsonsync.query import MISSING, Filter, Op, Query, Sort, keyset_rules
+from jsonsync.storage import now_ms
+
+_OPERATOR = re.compile(
+    r"^(lt|min|max|not|eq|gt|in|exclude|like|has|contains_any|contains)_([\w.]+)$"
+)
+_SORT_TOKEN = re.compile(r"^[-+]?[\w.]+$")
+_TIMESTAMP = re.compile(r'^"?(\d+)"?$')
+_DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass
+class ListRequest:
+    query: Query
+    limit: int
+    fields: list[str] | None = None
+    deprecated_to: bool = False
+    token_given: bool = False
+    filters_params: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _bad(name: str, description: str) -> InvalidParameters:
+    return InvalidParameters("querystring", name, description)
+
+
+def typed(raw: str) -> Any:
+    """A filter value: JSON when it parses as JSON, the raw string otherwise."""
+    try:
+        return jsonutil.loads(raw)
+    except jsonutil.JSONError:
+        return raw
+
+
+def _timestamp(name: str, raw: str) -> int:
+    match = _TIMESTAMP.match(raw.strip())
+    if match is None:
+        raise _bad(name, f"Invalid value for {name}: {raw!r} is not a timestamp")
+    value = int(match.group(1))
+    if value >= now_ms() + _DAY_MS:
+        raise _bad(name, f"Invalid value for {name}: {raw!r} is too far in the future")
+    return value
+
+
+def parse_filter(name: str, raw: str, strict_fields: frozenset[str] | None) -> Filter:
+    match = _OPERATOR.match(name)
+    if match:
+        op, fieldname = Op(match.group(1)), match.group(2)
+    else:
+        op, fieldname = Op.EQ, name
+    if strict_fields is not None and fieldname.split(".")[0] not in strict_fields:
+        raise _bad(name, f"Unknown filter field '{fieldname}'")
+    if op in (Op.IN, Op.EXCLUDE):
+        value: Any = [typed(part) for part in raw.split(",")]
+    elif op in (Op.CONTAINS, Op.CONTAINS_ANY):
+        if fieldname in ("id", "last_modified"):
+            raise _bad(name, f"Field '{fieldname}' is not an array")
+        value = typed(raw)
+        if not isinstance(value, list):
+            value = [value]
+    else:
+        value = typed(raw)
+
+    if fieldname == "last_modified":
+        if op in (Op.IN, Op.EXCLUDE):
+            value = [_timestamp(name, str(v)) for v in value]
+        elif op is not Op.HAS:
+            value = _timestamp(name, raw)
+    elif fieldname == "id":
+        if op in (Op.IN, Op.EXCLUDE):
+            value = [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value]
+            if not all(isinstance(v, str) for v in value):
+                raise _bad(name, f"Invalid value for {name}: ids must be strings")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and op is not Op.HAS:
+            value = raw
+    if op is Op.LIKE and not isinstance(value, str):
+        raise _bad(name, f"Invalid value for {name}: must be a string")
+    if op is Op.HAS:
+        value = bool(value) and value not in ("false", "0")
+    return Filter(fieldname, value, op)
+
+
+def encode_token(last: dict) -> str:
+    payload = {"last_object": last, "nonce": f"pagination-token-{uuid.uuid4()}"}
+    return base64.urlsafe_b64encode(jsonutil.dumps(payload)).decode("ascii")
+
+
+def decode_token(raw: str, sorting: tuple[Sort, ...]) -> dict:
+    try:
+        padded = raw + "=" * (-len(raw) % 4)
+        decoded = base64.urlsafe_b64decode(padded.encode("ascii"))
+        payload = jsonutil.loads(decoded)
+        last = payload["last_object"]
+        if not isinstance(last, dict):
+            raise ValueError
+    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeEncodeError):
+        raise _bad("_token", "_token has invalid content") from None
+    wanted = {s.field for s in sorting}
+    if not set(last) <= wanted:
+        raise _bad("_token", "_token has invalid content")
+    return last
+
+
+def parse_list_request(
+    params: list[tuple[str, str]],
+    *,
+    paginate_by: int | None,
+    max_fetch: int,
+    strict_fields: frozenset[str] | None = None,
+    default_sort: tuple[Sort, ...] = (Sort("last_modified", -1),),
+    tiebreak: str = "last_modified",
+) -> ListRequest:
+    filters: list[Filter] = []
+    sorting: tuple[Sort, ...] | None = None
+    limit: int | None = None
+    token: str | None = None
+    fields: list[str] | None = None
+    deprecated_to = False
+    filter_params = []
+
+    for name, raw in params:
+        if "\x00" in name or "\x00" in raw:
+            raise _bad(name.replace("\x00", ""), "Invalid character 0x00")
+        if name == "_limit":
+            try:
+                limit = int(raw)
+            except ValueError:
+                raise _bad("_limit", f"Invalid value for _limit: {raw!r} is not an integer") from None
+            if limit < 0:
+                raise _bad("_limit", "Invalid value for _limit: must be positive")
+        elif name == "_token":
+            token = raw
+        elif name == "_sort":
+            parts = [p.strip() for p in raw.split(",") if _SORT_TOKEN.match(p.strip())]
+            result = []
+            for part in parts:
+                direction = -1 if part.startswith("-") else 1
+                fieldname = part.lstrip("+-")
+                if strict_fields is not None and fieldname.split(".")[0] not in strict_fields:
+                    raise _bad("_sort", f"Unknown sort field '{fieldname}'")
+                result.append(Sort(fieldname, direction))
+            sorting = tuple(result)
+        elif name == "_fields":
+            fields = [f.strip() for f in raw.split(",") if f.strip()]
+            if strict_fields is not None:
+                for f in fields:
+                    if f.split(".")[0] not in strict_fields:
+                        raise InvalidParameters("querystring", "_fields", f"Unknown field '{f}'")
+        elif name in ("_since", "_before", "_to"):
+            if name == "_since" and raw.strip() in ("null", ""):
+                continue
+            value = _timestamp(name, raw)
+            op = Op.GT if name == "_since" else Op.LT
+            deprecated_to = deprecated_to or name == "_to"
+            filters.append(Filter("last_modified", value, op))
+        elif name.startswith("_"):
+            continue  # reserved for clients: _expected and such are ignored
+        else:
+            filters.append(parse_filter(name, raw, strict_fields))
+            filter_params.append((name, raw))
+
+    if not sorting:
+        sorting = default_sort
+    if not any(s.field == tiebreak for s in sorting):
+        sorting = sorting + (Sort(tiebreak, -1),)
+
+    if limit == 0:
+        limit = None  # Kinto lets _limit=0 escape paginate_by; we treat it as "default size"
+    if limit is not None and paginate_by is not None:
+        effective = min(limit, paginate_by)
+    elif limit is not None:
+        effective = limit
+    elif paginate_by is not None:
+        effective = paginate_by
+    else:
+        effective = max_fetch
+    effective = min(effective, max_fetch)
+
+    include_deleted = any(f.field == "last_modified" for f in filters)
+    query = Query(filters=filters, sorting=sorting, limit=effective, include_deleted=include_deleted)
+    if token:
+        last = decode_token(token, sorting)
+        full = {s.field: last.get(s.field, MISSING) for s in sorting}
+        query.pagination = keyset_rules(sorting, full)
+    return ListRequest(query, effective, fields, deprecated_to, bool(token), filter_params)
+
+
+def parse_fields(params: list[tuple[str, str]], strict_fields=None) -> list[str] | None:
+    """The C{_fields} of an object GET."""
+    fields = None
+    for name, raw in params:
+        if name == "_fields":
+            fields = [f.strip() for f in raw.split(",") if f.strip()]
+    if fields and strict_fields is not None:
+        for f in fields:
+            if f.split(".")[0] not in strict_fields:
+                raise InvalidParameters("querystring", "_fields", f"Unknown field '{f}'")
+    return fields
+
+
+def last_object_of(obj: dict, sorting: tuple[Sort, ...]) -> dict:
+    """What a token remembers of the last object of a page: its sort values."""
+    from jsonsync.query import resolve
+
+    last = {}
+    for sort in sorting:
+        value = resolve(obj, sort.field)
+        if value is not MISSING:
+            last[sort.field] = value
+    return last
+
+
+def project(obj: dict, fields: list[str] | None) -> dict:
+    """Keep only the requested fields (dotted for nested), plus C{id} and C{last_modified}."""
+    if not fields:
+        return obj
+    result: dict[str, Any] = {}
+    for key in ("id", "last_modified", "deleted"):
+        if key in obj:
+            result[key] = obj[key]
+    for path in fields:
+        if path in obj:
+            result[path] = obj[path]
+            continue
+        parts = path.split(".")
+        source: Any = obj
+        for part in parts:
+            if isinstance(source, dict) and part in source:
+                source = source[part]
+            else:
+                source = MISSING
+                break
+        if source is MISSING:
+            continue
+        target = result
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                break
+        else:
+            target[parts[-1]] = source
+    return result

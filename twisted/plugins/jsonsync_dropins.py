@@ -1,0 +1,21 @@
+"""
+jsonsync's Twisted dropin: the C{twist jsonsync} service maker and the
+built-in backends, authentication policies and plugins. Nothing heavy is
+imported here; each provider loads its module when it is activated.
+"""
+
+from twisted.application.service import ServiceMaker
+
+from jsonsync._dropin import LazyBackend, LazyPlugin, LazyPolicy
+
+jsonsync = ServiceMaker(
+    "jsonsync",
+    "jsonsync.tap",
+    "JSON storage with sync and sharing (Kinto HTTP API v1)",
+    "jsonsync",
+)
+
+memory_backend = LazyBackend("memory", "jsonsync.storage.memory:MemoryBackend")
+postgresql_backend = LazyBackend("postgresql", "jsonsync.storage.postgresql:PostgresBackend")
+
+basicauth_policy = LazyPolicy("basicauth", "jsonsync.auth:BasicAuthFactory")
