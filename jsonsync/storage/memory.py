@@ -286,6 +286,9 @@ class MemoryPermissions(_MemoryBase):
         # member -> set(principals)
         self._members: dict[str, set[str]] = {}
 
+    async def heartbeat(self):
+        return True
+
     async def flush(self):
         self._aces.clear()
         self._members.clear()

@@ -1,0 +1,1329 @@
+"""
+The PostgreSQL storage and permission backends (txpostgres on psycopg2).
+
+Layout of this module, top to bottom:
+  - driver plumbing: a connection pool whose connections each carry their
+    own reconnection detector (the plain txpostgres pool never heals after
+    the server restarts), and the translation of driver exceptions into
+    L{jsonsync.errors} exceptions;
+  - the unit of work enlisted in a request's L{ITransaction}: one pooled
+    connection, one SQL transaction, shared by storage and permissions
+    when they use the same URL;
+  - schema management: the versioned SQL files of C{schema/}, applied under
+    an advisory lock;
+  - the translation of a L{jsonsync.query.Query} into SQL over JSONB, with
+    the same meaning as L{jsonsync.query.matches} and L{ordering_key};
+  - L{PostgresStorage}, L{PostgresPermissions}, L{PostgresBackend}, and the
+    C{migrate} command line.
+
+The sync cursor: every write to a list takes C{pg_advisory_xact_lock} on a
+hash of the list key before it reads the list timestamp, and holds it until
+its transaction ends. Writers of one list are thus serialised in commit
+order, so a reader following C{last_modified > x} can never see a later
+timestamp committed before an earlier one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import re
+import sys
+from collections import deque
+from importlib import resources
+from typing import Any, Iterable
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import psycopg2.extras
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredLock,
+    fail,
+    maybeDeferred,
+    succeed,
+)
+from twisted.internet.error import ConnectionClosed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txpostgres.reconnection import ConnectionDead, DeadConnectionDetector
+from txpostgres.retrying import simpleBackoffIterator
+from txpostgres.txpostgres import Connection, RollbackFailed
+from zope.interface import implementer
+
+from jsonsync.errors import (
+    BackendUnavailable,
+    InvalidParameters,
+    JsonSyncError,
+    ObjectExists,
+    ObjectNotFound,
+    UnexpectedError,
+)
+from jsonsync.interfaces import IPermissionStore, IStorage
+from jsonsync.query import MISSING, Filter, Op, Query, Sort, rank
+from jsonsync.storage import Transaction, next_timestamp, now_ms
+
+_log = Logger()
+
+# pg_advisory_xact_lock(int, int) key of schema migrations; the two-integer
+# key space never overlaps the bigint one used by the per-list locks.
+_SCHEMA_LOCK = (0x6A73, 0x7363)
+_SCHEMA_TABLE = "jsonsync_migrations"
+
+
+# ---------------------------------------------------------------------------
+# JSON, errors
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+_loads = json.loads
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """
+    The domain exception for a driver or pool failure (the caller raises it
+    C{from} the original, so the cause is kept for the logs).
+    """
+    if isinstance(exc, (JsonSyncError, CancelledError)):
+        return exc
+    if isinstance(exc, (ConnectionDead, RollbackFailed, ConnectionClosed)):
+        return BackendUnavailable()
+    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+        # Lost connections, shutdowns, deadlocks, cancelled statements: all
+        # worth a retry by the client.
+        return BackendUnavailable()
+    if isinstance(exc, psycopg2.errors.UniqueViolation):
+        return ObjectExists()
+    if isinstance(exc, psycopg2.DataError):
+        # Values PostgreSQL refuses although they are valid JSON (a NUL in a
+        # string, an integer beyond 64 bits in a timestamp).
+        first_line = (exc.pgerror or str(exc)).strip().splitlines()[0:1]
+        return InvalidParameters("body", None, first_line[0] if first_line else "invalid value")
+    return UnexpectedError()
+
+
+def _is_connection_failure(failure: Failure) -> bool:
+    """
+    Whether C{failure} means the connection itself is gone. Unlike txpostgres'
+    default checker, a deadlock or a cancelled statement (also
+    C{OperationalError}s) does not throw a healthy connection away.
+    """
+    exc = failure.value
+    if isinstance(exc, (psycopg2.InterfaceError, RollbackFailed, ConnectionClosed)):
+        return True
+    if isinstance(exc, psycopg2.OperationalError):
+        code = exc.pgcode
+        return code is None or code.startswith("08") or code in ("57P01", "57P02", "57P03")
+    return False
+
+
+# ---------------------------------------------------------------------------
+# Connections and the pool
+
+
+class _Detector(DeadConnectionDetector):
+    """
+    Reconnects one pooled connection after it died, retrying with a short
+    capped backoff so that the pool heals within seconds of the database
+    coming back, and stops cleanly when the pool closes.
+
+    C{generation} changes each time the connection dies, so that a unit of
+    work begun on the old connection can refuse to run its next statement
+    on the new one (that statement would silently run outside the
+    transaction).
+    """
+
+    def __init__(self, reactor, on_dead, on_recovered):
+        super().__init__(
+            deathChecker=_is_connection_failure,
+            reconnectionIterator=lambda: simpleBackoffIterator(
+                initialDelay=0.2, maxDelay=2.0, factor=2.0, maxRetries=0, now=True
+            ),
+            reactor=reactor,
+        )
+        self.generation = 0
+        self.stopped = False
+        self._on_dead = on_dead
+        self._on_recovered = on_recovered
+        self._delays = None
+        self._call = None
+
+    def checkForDeadConnection(self, f):
+        if self.stopped:
+            return f
+        was_dead = self.connectionIsDead
+        result = super().checkForDeadConnection(f)
+        if self.connectionIsDead and not was_dead:
+            self.generation += 1
+            self._on_dead(f)
+        return result
+
+    def mark_dead(self, f: Failure) -> None:
+        """Start reconnecting after any failure (used when the first connect fails)."""
+        if self.stopped or self.connectionIsDead:
+            return
+        self.connectionIsDead = True
+        self.generation += 1
+        self._on_dead(f)
+        self.startReconnecting(f)
+
+    def startReconnecting(self, f):
+        # Our own loop instead of txpostgres' RetryingCall: we need to cancel
+        # the pending attempt when the pool closes (trial checks that no
+        # delayed call is left behind, and a stopped server should not keep
+        # dialling the database).
+        self._delays = iter(self.reconnectionIterator())
+        self._schedule()
+
+    def _schedule(self):
+        if self.stopped:
+            return
+        self._call = self.reactor.callLater(next(self._delays), self._attempt)
+
+    def _attempt(self):
+        self._call = None
+        if self.stopped:
+            return
+        d = maybeDeferred(self.reconnect)
+
+        def succeeded(_):
+            if self.stopped:
+                self.reconnectable.close()
+                return
+            self.connectionIsDead = False
+            self._on_recovered()
+
+        def failed(_):
+            self._schedule()
+
+        d.addCallbacks(succeeded, failed)
+
+    def stop(self):
+        self.stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
+class _Connection(Connection):
+    """A txpostgres connection that knows its pool state."""
+
+    def __init__(self, reactor, pool: _Pool):
+        self.detector: _Detector
+        super().__init__(
+            reactor=reactor,
+            detector=_Detector(
+                reactor, lambda f: pool._died(self, f), lambda: pool._recovered(self)
+            ),
+        )
+        self.ready = False
+        self.checked_out = False
+
+    def connect(self, *args, **kwargs):
+        d = super().connect(*args, **kwargs)
+
+        def registered(result):
+            psycopg2.extras.register_default_jsonb(self._connection, loads=_loads)
+            return result
+
+        return d.addCallback(registered)
+
+    def usable(self) -> bool:
+        return (
+            self.ready
+            and not self.detector.connectionIsDead
+            and self._connection is not None
+            and not self._connection.closed
+        )
+
+    def doRead(self):
+        # An idle connection whose backend was terminated becomes readable and
+        # psycopg2's poll() raises. Left alone, that exception reaches the
+        # reactor, which logs a traceback; instead hand it to the detector,
+        # which starts reconnecting.
+        try:
+            super().doRead()
+        except Exception:
+            failure = Failure()
+            self.reactor.removeReader(self)
+            if self._connection is not None and self._connection.closed:
+                self.detector.mark_dead(failure)
+            else:
+                self.detector.checkForDeadConnection(failure)
+                if not self.detector.connectionIsDead:
+                    _log.failure("unexpected error on an idle connection", failure)
+
+
+class _Pool:
+    """
+    A fixed number of connections, each healing by itself; check-out waits
+    (up to C{timeout} seconds) for a free one, but fails at once while no
+    connection is alive, so requests get a quick 503 during an outage.
+
+    The pool also makes sure the schema is up to date before it hands out
+    its first connection, so a server started while the database was down
+    sets the schema up when the database returns.
+    """
+
+    def __init__(self, reactor, url: str, size: int, timeout: float):
+        self.reactor = reactor
+        self.url = url
+        self.timeout = timeout
+        # The enlist key: storage and permissions on one URL share one pool,
+        # hence one connection and one SQL transaction per request.
+        self.key = ("postgresql", url)
+        self.connections = [_Connection(reactor, self) for _ in range(max(1, size))]
+        self._idle: deque[_Connection] = deque()
+        self._waiters: deque[tuple[Deferred, Any]] = deque()
+        self.closed = False
+        self.schema_ready = False
+        self._schema_lock = DeferredLock()
+        self._reachable: bool | None = None
+        self._users = 0
+
+    def start(self) -> None:
+        for conn in self.connections:
+            d = conn.connect(self.url, application_name="jsonsync")
+            d.addCallbacks(
+                lambda _, conn=conn: self._recovered(conn),
+                lambda f, conn=conn: conn.detector.mark_dead(f),
+            )
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        waiters, self._waiters = self._waiters, deque()
+        for d, timer in waiters:
+            if timer.active():
+                timer.cancel()
+            d.errback(BackendUnavailable("database pool closed"))
+        self._idle.clear()
+        for conn in self.connections:
+            conn.detector.stop()
+            if conn._connection is not None:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+
+    # connection state changes, called by the detectors
+
+    def _died(self, conn: _Connection, failure: Failure) -> None:
+        conn.ready = False
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            pass
+        if not self._alive() and self._reachable is not False:
+            self._reachable = False
+            _log.warn(
+                "database {url} unreachable: {error}",
+                url=_redact(self.url),
+                error=str(failure.value).strip(),
+            )
+            waiters, self._waiters = self._waiters, deque()
+            for d, timer in waiters:
+                if timer.active():
+                    timer.cancel()
+                d.errback(BackendUnavailable("database unreachable"))
+
+    def _recovered(self, conn: _Connection) -> None:
+        if self.closed:
+            return
+        conn.ready = True
+        if self._reachable is False:
+            _log.info("database {url} reachable again", url=_redact(self.url))
+        self._reachable = True
+        if not conn.checked_out:
+            self._hand_out(conn)
+
+    def _alive(self) -> bool:
+        return any(not c.detector.connectionIsDead for c in self.connections)
+
+    # check-out and check-in
+
+    def _checkout(self) -> Deferred:
+        if self.closed:
+            return fail(BackendUnavailable("database pool closed"))
+        while self._idle:
+            conn = self._idle.popleft()
+            if conn.usable():
+                conn.checked_out = True
+                return succeed(conn)
+        if not self._alive():
+            return fail(BackendUnavailable("database unreachable"))
+
+        def cancel(d):
+            for item in list(self._waiters):
+                if item[0] is d:
+                    self._waiters.remove(item)
+                    if item[1].active():
+                        item[1].cancel()
+
+        d = Deferred(cancel)
+
+        def timed_out():
+            for item in list(self._waiters):
+                if item[0] is d:
+                    self._waiters.remove(item)
+            d.errback(
+                BackendUnavailable(f"no free database connection after {self.timeout}s")
+            )
+
+        self._waiters.append((d, self.reactor.callLater(self.timeout, timed_out)))
+        return d
+
+    def _hand_out(self, conn: _Connection) -> None:
+        while self._waiters:
+            d, timer = self._waiters.popleft()
+            if timer.active():
+                timer.cancel()
+            conn.checked_out = True
+            d.callback(conn)
+            return
+        self._idle.append(conn)
+
+    def release(self, conn: _Connection) -> None:
+        conn.checked_out = False
+        if self.closed:
+            return
+        # A dead connection comes back through _recovered once reconnected.
+        if conn.usable():
+            self._hand_out(conn)
+
+    async def checkout(self) -> _Connection:
+        if not self.schema_ready:
+            await self.ensure_schema()
+        return await self._checkout()
+
+    async def ensure_schema(self) -> None:
+        await self._schema_lock.acquire()
+        try:
+            if not self.schema_ready:
+                conn = await self._checkout()
+                try:
+                    await _apply_schema(conn)
+                finally:
+                    self.release(conn)
+                self.schema_ready = True
+        finally:
+            self._schema_lock.release()
+
+    async def run(self, sql: str, params=None):
+        """One statement (or several, sent at once) in autocommit mode."""
+        conn = await self.checkout()
+        try:
+            return await _execute(conn, sql, params)
+        finally:
+            self.release(conn)
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for the logs."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def _run_statement(conn: _Connection, sql: str, params, generation):
+    detector = conn.detector
+    if (
+        detector.connectionIsDead
+        or not conn.ready
+        or (generation is not None and detector.generation != generation)
+    ):
+        return fail(ConnectionDead())
+    cursor = conn.cursor()
+    d = cursor.execute(sql, params)
+
+    def fetch(_):
+        try:
+            rows = cursor.fetchall() if cursor.description is not None else None
+            return rows, cursor.rowcount
+        finally:
+            cursor.close()
+
+    d.addCallback(fetch)
+    d.addErrback(detector.checkForDeadConnection)
+    return d
+
+
+async def _execute(conn: _Connection, sql: str, params=None, generation=None):
+    """
+    Run C{sql} on C{conn} and return C{(rows or None, rowcount)}. When
+    C{generation} is given, refuse to run on a connection that was
+    re-established since (the transaction it belonged to is lost).
+    """
+    try:
+        return await conn.lock.run(_run_statement, conn, sql, params, generation)
+    except Exception as exc:
+        translated = _translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
+class _Unit:
+    """
+    One connection and one SQL transaction, enlisted in a request's
+    L{ITransaction}. C{BEGIN} travels with the first statement to save a
+    round trip.
+    """
+
+    def __init__(self, pool: _Pool, conn: _Connection):
+        self.pool = pool
+        self.conn = conn
+        self.generation = conn.detector.generation
+        self._begun = False
+        self._done = False
+
+    async def execute(self, sql: str, params=None):
+        if self._done:
+            raise RuntimeError("transaction already finished")
+        if not self._begun:
+            self._begun = True
+            sql = "BEGIN; " + sql
+        return await _execute(self.conn, sql, params, self.generation)
+
+    async def commit(self):
+        if self._done:
+            return
+        try:
+            if self._begun:
+                await _execute(self.conn, "COMMIT", None, self.generation)
+        finally:
+            self._finish()
+
+    async def rollback(self):
+        if self._done:
+            return
+        try:
+            if self._begun and self.conn.detector.generation == self.generation:
+                await _execute(self.conn, "ROLLBACK", None, self.generation)
+        except JsonSyncError:
+            # The connection is gone, and the server rolled back with it.
+            pass
+        finally:
+            self._finish()
+
+    def _finish(self):
+        if not self._done:
+            self._done = True
+            self.pool.release(self.conn)
+
+
+# ---------------------------------------------------------------------------
+# Schema
+
+
+def _schema_scripts() -> list[tuple[int, str, str]]:
+    """C{(version, name, sql)} of every file in C{schema/}, oldest first."""
+    scripts = []
+    folder = resources.files("jsonsync.storage").joinpath("schema")
+    for entry in folder.iterdir():
+        match = re.match(r"^(\d+)_.*\.sql$", entry.name)
+        if match:
+            scripts.append((int(match.group(1)), entry.name, entry.read_text("utf-8")))
+    scripts.sort()
+    return scripts
+
+
+async def _apply_schema(conn: _Connection, scripts=None, target: int | None = None) -> int:
+    """
+    Bring the schema to the latest version (or C{target}) in one SQL
+    transaction on C{conn}, under an advisory lock so that processes
+    starting together apply each script once. Returns the version reached.
+    """
+    scripts = _schema_scripts() if scripts is None else scripts
+    try:
+        rows, _ = await _execute(
+            conn,
+            "BEGIN;"
+            " SELECT pg_advisory_xact_lock(%s, %s);"
+            f" CREATE TABLE IF NOT EXISTS {_SCHEMA_TABLE} ("
+            "  version INTEGER PRIMARY KEY,"
+            "  name TEXT NOT NULL,"
+            "  applied_at TIMESTAMPTZ NOT NULL DEFAULT now());"
+            f" SELECT coalesce(max(version), 0) FROM {_SCHEMA_TABLE}",
+            _SCHEMA_LOCK,
+        )
+        current = rows[0][0]
+        for version, name, sql in scripts:
+            if version <= current or (target is not None and version > target):
+                continue
+            _log.info("applying schema {name}", name=name)
+            await _execute(conn, sql)
+            await _execute(
+                conn,
+                f"INSERT INTO {_SCHEMA_TABLE} (version, name) VALUES (%s, %s)",
+                (version, name),
+            )
+            current = version
+        await _execute(conn, "COMMIT")
+        return current
+    except BaseException:
+        try:
+            await _execute(conn, "ROLLBACK")
+        except Exception:
+            pass
+        raise
+
+
+async def migrate(url: str, reactor, scripts=None, target: int | None = None) -> int:
+    """
+    Apply the schema to the database at C{url} without starting a server;
+    returns the schema version reached.
+    @raise BackendUnavailable: the database cannot be reached.
+    """
+    pool = _Pool(reactor, url, 1, 30)
+    pool.start()
+    try:
+        conn = await pool._checkout()
+        try:
+            return await _apply_schema(conn, scripts, target)
+        finally:
+            pool.release(conn)
+    finally:
+        pool.close()
+
+
+# ---------------------------------------------------------------------------
+# Queries: jsonsync.query in SQL
+
+_RANK_SQL = (
+    "(CASE jsonb_typeof({v}) WHEN 'null' THEN 0 WHEN 'string' THEN 1 WHEN 'number' THEN 2"
+    " WHEN 'boolean' THEN 3 WHEN 'array' THEN 4 WHEN 'object' THEN 5 ELSE 6 END)"
+)
+_STRICT = {Op.LT: "<", Op.MAX: "<", Op.GT: ">", Op.MIN: ">"}
+_SQL_OP = {Op.LT: "<", Op.MAX: "<=", Op.GT: ">", Op.MIN: ">="}
+_COLUMNS = {"id": ("o.id", 1), "last_modified": ("o.last_modified", 2)}
+# Keys with dots are reachable (as in query.resolve) by trying every way to
+# split the path; past this many parts only the two extreme splits are tried.
+_MAX_SPLIT_PARTS = 5
+
+
+def _splits(path: str) -> list[list[str]]:
+    """The ways C{query.resolve} tries to read C{path}, in its order."""
+    result = [[path]]
+    if "." in path:
+        parts = path.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            head = ".".join(parts[:cut])
+            for rest in _splits(".".join(parts[cut:])):
+                result.append([head, *rest])
+    return result
+
+
+def _path_candidates(path: str) -> list[list[str]]:
+    if path.count(".") + 1 > _MAX_SPLIT_PARTS:
+        return [[path], path.split(".")]
+    return _splits(path)
+
+
+def _like(value: str) -> str:
+    """The ILIKE pattern of Kinto's C{like_} filter (C{*} is the wildcard)."""
+    if "*" not in value:
+        value = f"*{value}*"
+    escaped = (
+        part.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        for part in value.split("*")
+    )
+    return "%".join(escaped)
+
+
+def _is_scalar(value: Any) -> bool:
+    return not isinstance(value, (list, dict))
+
+
+def _integral(value: Any) -> bool:
+    return rank(value) == 2 and (isinstance(value, int) or float(value).is_integer())
+
+
+class _SqlQuery:
+    """
+    Builds the C{FROM ... WHERE ... ORDER BY} part of a list query. JSON
+    fields are read once each, in a C{LATERAL} sub-select, and compared with
+    explicit type ranks so that the results match L{jsonsync.query} exactly
+    (JSONB's own order puts an empty array before null and compares strings
+    with the database collation).
+    """
+
+    def __init__(self):
+        self.params: list[Any] = []
+        self._fields: dict[str, str] = {}
+        self._field_sql: list[str] = []
+        self._field_params: list[Any] = []
+
+    # fields
+
+    def field(self, path: str) -> str:
+        alias = self._fields.get(path)
+        if alias is None:
+            alias = f"f.f{len(self._fields)}"
+            self._fields[path] = alias
+            candidates = []
+            for segments in _path_candidates(path):
+                candidates.append("o.data" + " -> %s::text" * len(segments))
+                self._field_params.extend(segments)
+            expr = candidates[0] if len(candidates) == 1 else f"COALESCE({', '.join(candidates)})"
+            self._field_sql.append(f"{expr} AS {alias[2:]}")
+        return alias
+
+    def from_clause(self) -> tuple[str, list[Any]]:
+        if not self._fields:
+            return "objects o", []
+        lateral = ", ".join(self._field_sql)
+        return f"objects o CROSS JOIN LATERAL (SELECT {lateral}) f", list(self._field_params)
+
+    def param(self, value: Any) -> str:
+        self.params.append(value)
+        return "%s"
+
+    def json(self, value: Any) -> str:
+        self.params.append(_dumps(value))
+        return "%s::jsonb"
+
+    # filters
+
+    def condition(self, flt: Filter) -> str:
+        column = _COLUMNS.get(flt.field)
+        if column is not None:
+            return self._column_condition(column[0], column[1], flt)
+        return self._json_condition(self.field(flt.field), flt)
+
+    def conjunction(self, filters: Iterable[Filter]) -> str:
+        parts = [self.condition(f) for f in filters]
+        return " AND ".join(parts) if parts else "TRUE"
+
+    def _json_condition(self, v: str, flt: Filter) -> str:
+        op, value = flt.op, flt.value
+        rank_v = _RANK_SQL.format(v=v)
+        if op is Op.EQ or op is Op.NOT:
+            test = f"{v} IS NULL" if value is MISSING else f"({v} = {self.json(value)})"
+            return test if op is Op.EQ else f"({test}) IS NOT TRUE"
+        if op is Op.IN or op is Op.EXCLUDE:
+            values = list(value)
+            tests = []
+            present = [_dumps(x) for x in values if x is not MISSING]
+            if present:
+                tests.append(f"{v} = ANY({self.param(present)}::jsonb[])")
+            if len(present) < len(values):
+                tests.append(f"{v} IS NULL")
+            test = f"({' OR '.join(tests)})" if tests else "FALSE"
+            return test if op is Op.IN else f"({test}) IS NOT TRUE"
+        if op is Op.HAS:
+            return f"{v} IS NOT NULL" if value else f"{v} IS NULL"
+        if op is Op.LIKE:
+            return (
+                f"(jsonb_typeof({v}) = 'string' AND ({v} #>> '{{}}') ILIKE {self.param(_like(value))})"
+            )
+        if op is Op.CONTAINS or op is Op.CONTAINS_ANY:
+            wanted = list(value)
+            tests = []
+            scalars = [x for x in wanted if _is_scalar(x)]
+            if op is Op.CONTAINS and scalars:
+                tests.append(f"{v} @> {self.json(scalars)}")
+            else:
+                tests.extend(f"{v} @> {self.json([x])}" for x in scalars)
+            tests.extend(
+                f"EXISTS (SELECT 1 FROM jsonb_array_elements({v}) e WHERE e = {self.json(x)})"
+                for x in wanted
+                if not _is_scalar(x)
+            )
+            if op is Op.CONTAINS:
+                inner = " AND ".join(tests) if tests else "TRUE"
+            else:
+                inner = " OR ".join(tests) if tests else "FALSE"
+            return f"(jsonb_typeof({v}) = 'array' AND ({inner}))"
+        # LT, MAX, GT, MIN: by type rank first, then within the type.
+        r = rank(value)
+        strict, sql_op = _STRICT[op], _SQL_OP[op]
+        if r == 6:
+            return {Op.LT: f"{v} IS NOT NULL", Op.MAX: "TRUE", Op.GT: "FALSE", Op.MIN: f"{v} IS NULL"}[op]
+        if r == 0:
+            same = "TRUE" if op in (Op.MAX, Op.MIN) else "FALSE"
+        elif r == 1:
+            same = f"({v} #>> '{{}}') COLLATE \"C\" {sql_op} {self.param(value)}"
+        elif r == 2:
+            same = f"({v})::numeric {sql_op} {self.param(value)}"
+        elif r == 3:
+            same = f"({v})::boolean {sql_op} {self.param(value)}"
+        else:
+            same = f"{v} {sql_op} {self.json(value)}"
+        return f"(CASE WHEN {rank_v} = {r} THEN {same} ELSE {rank_v} {strict} {r} END)"
+
+    def _column_condition(self, col: str, col_rank: int, flt: Filter) -> str:
+        """
+        Filters on C{id} (always a string) and C{last_modified} (always an
+        integer) use the columns, so that the indexes serve them.
+        """
+        op, value = flt.op, flt.value
+
+        def fits(x):
+            return isinstance(x, str) if col_rank == 1 else _integral(x)
+
+        def norm(x):
+            return x if col_rank == 1 else int(x)
+
+        if op is Op.EQ:
+            return f"{col} = {self.param(norm(value))}" if fits(value) else "FALSE"
+        if op is Op.NOT:
+            return f"{col} <> {self.param(norm(value))}" if fits(value) else "TRUE"
+        if op is Op.IN or op is Op.EXCLUDE:
+            values = sorted({norm(x) for x in value if fits(x)})
+            test = f"{col} = ANY({self.param(values)})" if values else "FALSE"
+            return test if op is Op.IN else f"NOT ({test})"
+        if op is Op.HAS:
+            return "TRUE" if value else "FALSE"
+        if op is Op.LIKE:
+            if col_rank != 1:
+                return "FALSE"
+            return f"{col} ILIKE {self.param(_like(value))}"
+        if op is Op.CONTAINS or op is Op.CONTAINS_ANY:
+            return "FALSE"
+        r = rank(value)
+        if r != col_rank:
+            strict = _STRICT[op]
+            return "TRUE" if (col_rank < r if strict == "<" else col_rank > r) else "FALSE"
+        if col_rank == 2 and not _integral(value):
+            # A bigint column against a fractional bound: round the bound so
+            # the comparison stays on integers (and on the index).
+            if op is Op.GT or op is Op.MAX:
+                value = math.floor(value)
+            else:
+                value = math.ceil(value)
+        return f"{col} {_SQL_OP[op]} {self.param(norm(value))}"
+
+    # sorting
+
+    def order_by(self, sorting: tuple[Sort, ...]) -> str:
+        terms = []
+        for sort in sorting:
+            d = "ASC" if sort.direction > 0 else "DESC"
+            column = _COLUMNS.get(sort.field)
+            if column is not None:
+                terms.append(f"{column[0]} {d}")
+                continue
+            v = self.field(sort.field)
+            terms.extend(
+                [
+                    f"{_RANK_SQL.format(v=v)} {d}",
+                    f"(CASE WHEN jsonb_typeof({v}) = 'string' THEN {v} #>> '{{}}' END)"
+                    f" COLLATE \"C\" {d}",
+                    f"(CASE WHEN jsonb_typeof({v}) = 'number' THEN ({v})::numeric END) {d}",
+                    f"(CASE WHEN jsonb_typeof({v}) = 'boolean' THEN ({v})::boolean END) {d}",
+                    f"(CASE WHEN jsonb_typeof({v}) IN ('array', 'object') THEN {v} END) {d}",
+                ]
+            )
+        # Ties (client-forced timestamps, equal sort values) are broken as the
+        # memory backend's timestamp index does: by id, in the direction of
+        # a last_modified-only sort.
+        fields = [s.field for s in sorting]
+        if "id" not in fields:
+            d = "DESC" if fields == ["last_modified"] and sorting[0].direction < 0 else "ASC"
+            terms.append(f"o.id {d}")
+        return ", ".join(terms)
+
+
+def _build_select(
+    what: str, resource_name: str, parent_id: str, query: Query, *, listing: bool
+) -> tuple[str, list[Any]]:
+    q = _SqlQuery()
+    where = [
+        f"o.resource_name = {q.param(resource_name)}",
+        f"o.parent_id = {q.param(parent_id)}",
+    ]
+    if not (listing and query.include_deleted):
+        where.append("NOT o.deleted")
+    if query.ids is not None:
+        where.append(f"o.id = ANY({q.param(sorted(query.ids))})")
+    for flt in query.filters:
+        where.append(q.condition(flt))
+    order = ""
+    limit = ""
+    if listing:
+        if query.pagination:
+            rules = " OR ".join(f"({q.conjunction(rule)})" for rule in query.pagination)
+            where.append(f"({rules})")
+        order = f" ORDER BY {q.order_by(tuple(query.sorting) or (Sort('last_modified', -1),))}"
+        if query.limit is not None:
+            limit = f" LIMIT {q.param(int(query.limit))}"
+    source, source_params = q.from_clause()
+    sql = f"SELECT {what} FROM {source} WHERE {' AND '.join(where)}{order}{limit}"
+    return sql, source_params + q.params
+
+
+def _list_lock_key(resource_name: str, parent_id: str) -> int:
+    """
+    The advisory lock key of one list: a stable 64-bit hash (the same in
+    every process, unlike Python's C{hash}). A collision only makes two
+    lists share a lock.
+    """
+    digest = hashlib.blake2b(
+        f"{resource_name}\x00{parent_id}".encode("utf-8", "surrogatepass"), digest_size=8
+    ).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# ---------------------------------------------------------------------------
+# Storage and permissions
+
+
+class _PostgresBase:
+    def __init__(self, pool: _Pool, owns_pool: bool):
+        self._pool = pool
+        self._owns_pool = owns_pool
+
+    def transaction(self):
+        return Transaction()
+
+    async def _unit(self, txn) -> _Unit:
+        pool = self._pool
+
+        async def open_unit():
+            return _Unit(pool, await pool.checkout())
+
+        return await txn.enlist(pool.key, open_unit)
+
+    async def _write(self, txn, sql: str, params=None):
+        unit = await self._unit(txn)
+        return await unit.execute(sql, params)
+
+    async def _read(self, txn, sql: str, params=None):
+        """
+        Reads go through the request's connection once it has written (to
+        see its own writes), straight to the pool otherwise (autocommit, no
+        BEGIN/COMMIT round trips).
+        """
+        enlisted = getattr(txn, "enlisted", None)
+        unit = enlisted(self._pool.key) if enlisted is not None else None
+        if unit is None and enlisted is None:
+            unit = await self._unit(txn)
+        if unit is not None:
+            return await unit.execute(sql, params)
+        return await self._pool.run(sql, params)
+
+    async def close(self) -> None:
+        """Close the connections (when this provider opened them)."""
+        if self._owns_pool:
+            self._pool.close()
+
+
+@implementer(IStorage)
+class PostgresStorage(_PostgresBase):
+    """
+    Objects in one C{objects} table (the whole object as JSONB, plus the
+    columns that key and order it) and list timestamps in C{timestamps}.
+    """
+
+    async def heartbeat(self, timeout: float = 2.0) -> bool:
+        result: Deferred = Deferred()
+
+        async def ping():
+            try:
+                rows, _ = await self._pool.run("SELECT 1")
+                return rows == [(1,)]
+            except Exception:
+                return False
+
+        def settle(value):
+            if not result.called:
+                result.callback(value)
+
+        # Rather than cancelling the query (psycopg2's cancel() blocks, and
+        # an unreachable host would block the reactor), stop waiting for it.
+        timer = self._pool.reactor.callLater(timeout, settle, False)
+        ping_d = Deferred.fromCoroutine(ping())
+        ping_d.addCallback(settle)
+        answer = await result
+        if timer.active():
+            timer.cancel()
+        return answer
+
+    async def flush(self):
+        await self._pool.run("TRUNCATE objects, timestamps")
+
+    async def get(self, txn, resource_name, parent_id, object_id):
+        rows, _ = await self._read(
+            txn,
+            "SELECT data FROM objects WHERE resource_name = %s AND parent_id = %s"
+            " AND id = %s AND NOT deleted",
+            (resource_name, parent_id, object_id),
+        )
+        return rows[0][0] if rows else None
+
+    async def list_timestamp(self, txn, resource_name, parent_id):
+        key = (resource_name, parent_id)
+        rows, _ = await self._read(
+            txn,
+            "SELECT last_modified FROM timestamps WHERE resource_name = %s AND parent_id = %s",
+            key,
+        )
+        if rows:
+            return rows[0][0]
+        # A list never written gets "now", which must then stay. Take the
+        # list's lock so that the value cannot land between a writer's read
+        # of the timestamp and its commit; the statements sent together run
+        # in one transaction and the last SELECT sees whichever row won.
+        rows, _ = await self._read(
+            txn,
+            "SELECT pg_advisory_xact_lock(%s);"
+            " INSERT INTO timestamps (resource_name, parent_id, last_modified)"
+            " VALUES (%s, %s, %s) ON CONFLICT DO NOTHING;"
+            " SELECT last_modified FROM timestamps WHERE resource_name = %s AND parent_id = %s",
+            (_list_lock_key(*key), *key, now_ms(), *key),
+        )
+        return rows[0][0]
+
+    async def _store(self, txn, resource_name, parent_id, obj, decide):
+        """
+        Write C{obj} under the list's lock: C{decide(existing)} gets the
+        stored C{(deleted, last_modified)} of that id (or C{None}) and returns
+        the client-wanted timestamp (or C{None}), raising to refuse the write.
+        """
+        unit = await self._unit(txn)
+        object_id = obj["id"]
+        rows, _ = await unit.execute(
+            # Two statements: the second must take its snapshot after the
+            # lock is granted, to see the timestamp the previous holder
+            # committed.
+            "SELECT pg_advisory_xact_lock(%s);"
+            " SELECT t.last_modified, x.deleted, x.last_modified FROM (SELECT 1) AS one"
+            " LEFT JOIN timestamps t ON t.resource_name = %s AND t.parent_id = %s"
+            " LEFT JOIN objects x ON x.resource_name = %s AND x.parent_id = %s AND x.id = %s",
+            (
+                _list_lock_key(resource_name, parent_id),
+                resource_name,
+                parent_id,
+                resource_name,
+                parent_id,
+                object_id,
+            ),
+        )
+        list_ts, old_deleted, old_ts = rows[0]
+        existing = None if old_ts is None else (old_deleted, old_ts)
+        wanted = decide(existing)
+        current = list_ts if list_ts is not None else 0
+        stamp, new_list_ts = next_timestamp(current, wanted)
+        stored = dict(obj)
+        stored["last_modified"] = stamp
+        await unit.execute(
+            "INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data)"
+            " VALUES (%s, %s, %s, %s, %s, %s::jsonb)"
+            " ON CONFLICT (resource_name, parent_id, id) DO UPDATE SET"
+            " last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted,"
+            " data = EXCLUDED.data;"
+            " INSERT INTO timestamps (resource_name, parent_id, last_modified)"
+            " VALUES (%s, %s, %s) ON CONFLICT (resource_name, parent_id)"
+            " DO UPDATE SET last_modified = EXCLUDED.last_modified",
+            (
+                resource_name,
+                parent_id,
+                object_id,
+                stamp,
+                bool(stored.get("deleted")),
+                _dumps(stored),
+                resource_name,
+                parent_id,
+                new_list_ts,
+            ),
+        )
+        return stored
+
+    async def create(self, txn, resource_name, parent_id, obj):
+        obj = dict(obj)
+        wanted = obj.pop("last_modified", None)
+
+        def decide(existing):
+            if existing is not None and not existing[0]:
+                raise ObjectExists()
+            return wanted
+
+        return await self._store(txn, resource_name, parent_id, obj, decide)
+
+    async def update(self, txn, resource_name, parent_id, object_id, obj):
+        obj = dict(obj)
+        obj["id"] = object_id
+        obj.pop("deleted", None)
+        wanted = obj.pop("last_modified", None)
+
+        def decide(existing):
+            # An older client timestamp cannot move a live object back.
+            if existing is not None and not existing[0] and isinstance(wanted, int):
+                if wanted <= existing[1]:
+                    return None
+            return wanted
+
+        return await self._store(txn, resource_name, parent_id, obj, decide)
+
+    async def delete(self, txn, resource_name, parent_id, object_id, last_modified=None):
+        def decide(existing):
+            if existing is None or existing[0]:
+                raise ObjectNotFound(resource_name, object_id)
+            if not isinstance(last_modified, int) or last_modified <= existing[1]:
+                return None
+            return last_modified
+
+        tombstone = {"id": object_id, "deleted": True}
+        return await self._store(txn, resource_name, parent_id, tombstone, decide)
+
+    async def purge(self, txn, parent_prefix):
+        below = _escape_like(parent_prefix) + "/%"
+        await self._write(
+            txn,
+            # Every list that ever held an object has a timestamps row: find
+            # the lists there, then delete through the objects primary key.
+            "DELETE FROM objects o USING timestamps t"
+            " WHERE (t.parent_id = %s OR t.parent_id LIKE %s)"
+            " AND o.resource_name = t.resource_name AND o.parent_id = t.parent_id;"
+            " DELETE FROM timestamps WHERE parent_id = %s OR parent_id LIKE %s",
+            (parent_prefix, below, parent_prefix, below),
+        )
+
+    async def list(self, txn, resource_name, parent_id, query):
+        if query.ids is not None and not query.ids:
+            return []
+        if query.limit is not None and query.limit <= 0:
+            return []
+        sql, params = _build_select("o.data", resource_name, parent_id, query, listing=True)
+        rows, _ = await self._read(txn, sql, params)
+        return [row[0] for row in rows]
+
+    async def count(self, txn, resource_name, parent_id, query):
+        if query.ids is not None and not query.ids:
+            return 0
+        sql, params = _build_select("count(*)", resource_name, parent_id, query, listing=False)
+        rows, _ = await self._read(txn, sql, params)
+        return rows[0][0]
+
+
+@implementer(IPermissionStore)
+class PostgresPermissions(_PostgresBase):
+    """ACEs in C{access_control_entries}, group membership in C{user_principals}."""
+
+    async def flush(self):
+        await self._pool.run("TRUNCATE access_control_entries, user_principals")
+
+    async def get_object_permissions(self, txn, object_uri):
+        rows, _ = await self._read(
+            txn,
+            "SELECT permission, principal FROM access_control_entries WHERE object_id = %s",
+            (object_uri,),
+        )
+        result: dict[str, set[str]] = {}
+        for permission, principal in rows:
+            result.setdefault(permission, set()).add(principal)
+        return result
+
+    async def replace_object_permissions(self, txn, object_uri, permissions):
+        names = sorted(permissions)
+        if not names:
+            return
+        pairs = [(name, p) for name in names for p in sorted(set(permissions[name] or ()))]
+        await self._write(
+            txn,
+            "DELETE FROM access_control_entries WHERE object_id = %s AND permission = ANY(%s);"
+            " INSERT INTO access_control_entries (object_id, permission, principal)"
+            " SELECT %s, p, pr FROM unnest(%s::text[], %s::text[]) AS t(p, pr)"
+            " ON CONFLICT DO NOTHING",
+            (object_uri, names, object_uri, [p[0] for p in pairs], [p[1] for p in pairs]),
+        )
+
+    async def delete_object_permissions(self, txn, uri_prefix):
+        await self._write(
+            txn,
+            "DELETE FROM access_control_entries WHERE object_id = %s OR object_id LIKE %s",
+            (uri_prefix, _escape_like(uri_prefix) + "/%"),
+        )
+
+    async def check(self, txn, principals, grants):
+        grants = list(grants)
+        principals = sorted(set(principals))
+        if not grants or not principals:
+            return False
+        rows, _ = await self._read(
+            txn,
+            "SELECT EXISTS (SELECT 1 FROM access_control_entries a"
+            " JOIN unnest(%s::text[], %s::text[]) AS g(uri, perm)"
+            " ON a.object_id = g.uri AND a.permission = g.perm"
+            " WHERE a.principal = ANY(%s::text[]))",
+            ([g[0] for g in grants], [g[1] for g in grants], principals),
+        )
+        return bool(rows[0][0])
+
+    async def accessible_children(self, txn, principals, uri_prefix, permissions):
+        principals = sorted(set(principals))
+        permissions = sorted(set(permissions))
+        if not principals or not permissions:
+            return set()
+        rows, _ = await self._read(
+            txn,
+            "SELECT DISTINCT substr(object_id, %s) FROM access_control_entries"
+            " WHERE principal = ANY(%s::text[]) AND permission = ANY(%s::text[])"
+            " AND object_id LIKE %s AND strpos(substr(object_id, %s), '/') = 0",
+            (
+                len(uri_prefix) + 1,
+                principals,
+                permissions,
+                _escape_like(uri_prefix) + "_%",
+                len(uri_prefix) + 1,
+            ),
+        )
+        return {row[0] for row in rows}
+
+    async def accessible_objects(self, txn, principals):
+        principals = sorted(set(principals))
+        if not principals:
+            return {}
+        rows, _ = await self._read(
+            txn,
+            "SELECT DISTINCT object_id, permission FROM access_control_entries"
+            " WHERE principal = ANY(%s::text[])",
+            (principals,),
+        )
+        result: dict[str, set[str]] = {}
+        for uri, permission in rows:
+            result.setdefault(uri, set()).add(permission)
+        return result
+
+    async def user_principals(self, txn, members):
+        members = sorted(set(members))
+        if not members:
+            return set()
+        rows, _ = await self._read(
+            txn,
+            "SELECT DISTINCT principal FROM user_principals WHERE member = ANY(%s::text[])",
+            (members,),
+        )
+        return {row[0] for row in rows}
+
+    async def add_user_principal(self, txn, member, principal):
+        await self._write(
+            txn,
+            "INSERT INTO user_principals (member, principal) VALUES (%s, %s)"
+            " ON CONFLICT DO NOTHING",
+            (member, principal),
+        )
+
+    async def remove_user_principal(self, txn, member, principal):
+        await self._write(
+            txn,
+            "DELETE FROM user_principals WHERE member = %s AND principal = %s",
+            (member, principal),
+        )
+
+    async def remove_principal(self, txn, principal):
+        await self._write(
+            txn,
+            "DELETE FROM user_principals WHERE principal = %s;"
+            " DELETE FROM access_control_entries WHERE principal = %s",
+            (principal, principal),
+        )
+
+    async def remove_principal_prefix(self, txn, prefix):
+        await self._write(
+            txn,
+            "DELETE FROM user_principals WHERE principal LIKE %s",
+            (_escape_like(prefix) + "%",),
+        )
+
+
+class PostgresBackend:
+    """
+    Builds the PostgreSQL storage and permission store. When both use the
+    same URL they share one pool, hence one connection and one SQL
+    transaction per request.
+    """
+
+    name = "postgresql"
+    settings: dict[str, Any] = {
+        "storage_url": "postgresql://postgres@localhost:5432/postgres",
+        "permission_url": None,
+        "storage_pool_size": 10,
+        "storage_pool_timeout": 30,
+    }
+
+    def _setting(self, settings, name):
+        value = settings.get(name) if hasattr(settings, "get") else None
+        return self.settings[name] if value is None else value
+
+    async def _open_pool(self, url, settings, reactor) -> _Pool:
+        _check_url(url)
+        pool = _Pool(
+            reactor,
+            url,
+            int(self._setting(settings, "storage_pool_size")),
+            float(self._setting(settings, "storage_pool_timeout")),
+        )
+        pool.start()
+        try:
+            await pool.ensure_schema()
+        except BackendUnavailable:
+            # Start anyway: queries answer 503 until the database is back,
+            # and the first one after that sets the schema up.
+            _log.warn(
+                "database {url} unavailable at start; will retry", url=_redact(url)
+            )
+        except BaseException:
+            pool.close()
+            raise
+        return pool
+
+    async def open_storage(self, settings, reactor):
+        url = self._setting(settings, "storage_url")
+        return PostgresStorage(await self._open_pool(url, settings, reactor), True)
+
+    async def open_permissions(self, settings, reactor, storage):
+        url = self._setting(settings, "permission_url") or self._setting(settings, "storage_url")
+        if isinstance(storage, PostgresStorage) and storage._pool.url == url:
+            return PostgresPermissions(storage._pool, False)
+        return PostgresPermissions(await self._open_pool(url, settings, reactor), True)
+
+
+def _check_url(url: str) -> None:
+    if not isinstance(url, str) or not re.match(r"^postgres(ql)?://", url):
+        raise ValueError(f"not a PostgreSQL URL (postgresql://user@host:port/db): {url!r}")
+    try:
+        psycopg2.extensions.parse_dsn(url)
+    except psycopg2.ProgrammingError as exc:
+        raise ValueError(f"invalid PostgreSQL URL {_redact(url)!r}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: list[str] | None = None) -> None:
+    """C{python -m jsonsync.storage.postgresql migrate --url postgresql://...}"""
+    parser = argparse.ArgumentParser(prog="python -m jsonsync.storage.postgresql")
+    commands = parser.add_subparsers(dest="command", required=True)
+    cmd = commands.add_parser("migrate", help="create or upgrade the schema, then exit")
+    cmd.add_argument("--url", required=True, help="postgresql://user@host:port/db")
+    args = parser.parse_args(argv)
+
+    from twisted.internet.task import react
+
+    async def run(reactor):
+        _check_url(args.url)
+        try:
+            version = await migrate(args.url, reactor)
+        except BackendUnavailable as exc:
+            print(f"error: database unreachable: {exc.__cause__ or exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        print(f"schema at version {version}")
+
+    react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
+
+
+if __name__ == "__main__":
+    main()
