@@ -250,6 +250,8 @@ class _Connection(Connection):
         # which starts reconnecting.
         try:
             super().doRead()
+            if self._connection is not None and self._connection.closed:
+                self.detector.mark_dead(Failure(ConnectionDead("connection closed")))
         except Exception:
             failure = Failure()
             self.reactor.removeReader(self)
