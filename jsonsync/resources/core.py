@@ -6,6 +6,8 @@ engine's.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jsonschema
 from twisted.internet.threads import deferToThread
 
@@ -177,9 +179,11 @@ def resource_routes(registry: Registry, engine: Engine, rt: ResourceType, *, plu
 
 
 def install(registry: Registry, engine: Engine):
-    for rt in CORE_TYPES:
+    # Each server gets its own copies: plugins add validators to them.
+    types = [dataclasses.replace(rt, validators=list(rt.validators)) for rt in CORE_TYPES]
+    for rt in types:
         registry.add_resource_type(rt)
     registry.tree.add_root_permission("bucket:create")
-    for rt in CORE_TYPES:
+    for rt in types:
         for route in resource_routes(registry, engine, rt):
             registry.add_route(route)

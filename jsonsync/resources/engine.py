@@ -150,6 +150,8 @@ class Engine:
         data.pop("deleted", None)
         if loc.resource.validate is not None:
             data = await loc.resource.validate(req, loc, data, existing)
+        for check in loc.resource.validators:
+            data = await check(req, loc, data, existing)
         return data
 
     async def save_permissions(
@@ -184,8 +186,9 @@ class Engine:
             return {name: sorted(p) for name, p in acl.items() if p}
         return {}
 
-    def object_response(self, req, obj, acl, status=200) -> ApiResponse:
-        body = {"data": obj, "permissions": self.shown_permissions(req, acl)}
+    def object_response(self, req, loc: Location, obj, acl, status=200) -> ApiResponse:
+        shown = loc.resource.present(obj) if loc.resource.present else obj
+        body = {"data": shown, "permissions": self.shown_permissions(req, acl)}
         return ApiResponse(body, status, validators(obj["last_modified"]))
 
     def has_children(self, rt: ResourceType) -> bool:
@@ -251,9 +254,11 @@ class Engine:
         objects, next_page = await self.fetch_page(req, loc, listing, ids)
         if next_page:
             headers.append(("Next-Page", next_page))
+        events.notify(req, "read", loc, [{"new": o} for o in objects], timestamp)
+        if loc.resource.present:
+            objects = [loc.resource.present(o) for o in objects]
         if listing.fields:
             objects = [querystring.project(o, listing.fields) for o in objects]
-        events.notify(req, "read", loc, [{"new": o} for o in objects], timestamp)
         return ApiResponse({"data": objects}, 200, headers)
 
     async def post_plural(self, req: ApiRequest, loc: Location) -> ApiResponse:
@@ -271,7 +276,7 @@ class Engine:
                 check_preconditions(req, existing["last_modified"], existing)
                 acl = await self.permissions.get_object_permissions(req.txn, loc.uri)
                 events.notify(req, "read", loc, [{"new": existing}], existing["last_modified"])
-                return self.object_response(req, existing, acl, 200)
+                return self.object_response(req, loc, existing, acl, 200)
         else:
             oid = rt.id_generator()
         await self.require(req, loc.parent_uri, rt.create_permission)
@@ -288,7 +293,7 @@ class Engine:
         if rt.on_write is not None:
             await rt.on_write(req, loc, None, obj)
         events.notify(req, "create", loc, [{"new": obj}], obj["last_modified"])
-        return self.object_response(req, obj, acl, 201)
+        return self.object_response(req, loc, obj, acl, 201)
 
     async def delete_plural(self, req: ApiRequest, loc: Location) -> ApiResponse:
         rt = loc.resource
@@ -340,7 +345,7 @@ class Engine:
         events.notify(req, "read", loc, [{"new": obj}], obj["last_modified"])
         if fields:
             obj = querystring.project(obj, fields)
-        return self.object_response(req, obj, acl)
+        return self.object_response(req, loc, obj, acl)
 
     async def put_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
         rt = loc.resource
@@ -368,7 +373,7 @@ class Engine:
         if rt.on_write is not None:
             await rt.on_write(req, loc, existing, obj)
         events.notify(req, "update", loc, [{"new": obj, "old": existing}], obj["last_modified"])
-        return self.object_response(req, obj, acl, 200)
+        return self.object_response(req, loc, obj, acl, 200)
 
     async def patch_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
         rt = loc.resource

@@ -40,6 +40,10 @@ class ResourceType:
     @ivar on_write: C{async (request, location, old, new)} after a create or
         update, in the same transaction (group membership, say).
     @ivar on_delete: C{async (request, location, old)} after a delete.
+    @ivar validators: more C{validate}-like checks, run after C{validate}
+        in order (plugins such as C{schema} append theirs).
+    @ivar present: C{(obj) -> obj} applied to objects before they are sent
+        to a client (the accounts plugin hides password hashes with it).
     """
 
     name: str
@@ -52,6 +56,8 @@ class ResourceType:
     strict_fields: frozenset[str] | None = None
     on_write: Callable | None = None
     on_delete: Callable | None = None
+    validators: list[Callable] = field(default_factory=list)
+    present: Callable[[dict], dict] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

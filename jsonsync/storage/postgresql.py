@@ -291,8 +291,12 @@ class _Pool:
         self._users = 0
 
     def start(self) -> None:
+        kwargs = {}
+        if "application_name" not in psycopg2.extensions.parse_dsn(self.url):
+            # Lets operators tell our sessions apart in pg_stat_activity.
+            kwargs["application_name"] = "jsonsync"
         for conn in self.connections:
-            d = conn.connect(self.url, application_name="jsonsync")
+            d = conn.connect(self.url, **kwargs)
             d.addCallbacks(
                 lambda _, conn=conn: self._recovered(conn),
                 lambda f, conn=conn: conn.detector.mark_dead(f),

@@ -19,3 +19,10 @@ memory_backend = LazyBackend("memory", "jsonsync.storage.memory:MemoryBackend")
 postgresql_backend = LazyBackend("postgresql", "jsonsync.storage.postgresql:PostgresBackend")
 
 basicauth_policy = LazyPolicy("basicauth", "jsonsync.auth:BasicAuthFactory")
+account_policy = LazyPolicy("account", "jsonsync.plugins.accounts:AccountPolicyFactory")
+
+default_bucket_plugin = LazyPlugin("default_bucket", "jsonsync.plugins.default_bucket:DefaultBucketPlugin")
+history_plugin = LazyPlugin("history", "jsonsync.plugins.history:HistoryPlugin")
+accounts_plugin = LazyPlugin("accounts", "jsonsync.plugins.accounts:AccountsPlugin")
+schema_plugin = LazyPlugin("schema", "jsonsync.plugins.schema:SchemaPlugin")
+flush_plugin = LazyPlugin("flush", "jsonsync.plugins.flush:FlushPlugin")
