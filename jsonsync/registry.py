@@ -133,6 +133,10 @@ def configure(
         settings = None
     if problems:
         raise config.ConfigurationError(problems)
+    # Kinto's switch for record validation turns the schema plugin on.
+    if settings["experimental_collection_schema_validation"] and "schema" not in settings["includes"]:
+        if "schema" in discovered.plugins:
+            settings = settings.replace(includes=[*settings["includes"], "schema"])
     return settings, discovered
 
 
@@ -174,6 +178,8 @@ class Registry:
         self.heartbeats: dict[str, Callable] = {}
         self.request_rewriters: list[Callable] = []
         self.plugins: list[Any] = []
+        self.engine: Any = None  # the generic object engine, set by the server
+        self.app: Any = None  # the HTTP application, set once every route is known
 
     # -- extension points ------------------------------------------------------
     def add_route(self, route: Route):

@@ -22,5 +22,6 @@ async def build(settings, reactor, discovered: Discovered) -> JsonSyncApp:
     views.install(registry, views.ServiceViews(registry, lambda: holder[0]))
     await registry.activate()
     app = JsonSyncApp(registry)
+    registry.app = app
     holder.append(app)
     return app
