@@ -424,12 +424,25 @@ class _Pool:
             self._schema_lock.release()
 
     async def run(self, sql: str, params=None):
-        """One statement (or several, sent at once) in autocommit mode."""
-        conn = await self.checkout()
-        try:
-            return await _execute(conn, sql, params)
-        finally:
-            self.release(conn)
+        """
+        One statement (or several, sent at once) in autocommit mode. Every
+        caller sends idempotent statements (reads, C{TRUNCATE}, inserts
+        that ignore conflicts), so a statement that met a connection found
+        dead (the server restarted while it sat idle) is retried on
+        another one instead of failing the request.
+        """
+        attempts = len(self.connections) + 1
+        for attempt in range(attempts):
+            conn = await self.checkout()
+            generation = conn.detector.generation
+            try:
+                return await _execute(conn, sql, params)
+            except BackendUnavailable:
+                if attempt == attempts - 1 or conn.detector.generation == generation:
+                    raise
+            finally:
+                self.release(conn)
+        raise AssertionError("unreachable")
 
 
 def _redact(url: str) -> str:
@@ -492,10 +505,24 @@ class _Unit:
     async def execute(self, sql: str, params=None):
         if self._done:
             raise RuntimeError("transaction already finished")
-        if not self._begun:
-            self._begun = True
-            sql = "BEGIN; " + sql
-        return await _execute(self.conn, sql, params, self.generation)
+        if self._begun:
+            return await _execute(self.conn, sql, params, self.generation)
+        self._begun = True
+        # When this first statement finds its connection dead (the server
+        # restarted while it sat idle in the pool), nothing can have been
+        # committed inside the BEGIN it carried: start over on another
+        # connection. Each retry follows a death, so they are bounded by
+        # the pool size.
+        for _ in range(len(self.pool.connections)):
+            try:
+                return await _execute(self.conn, "BEGIN; " + sql, params, self.generation)
+            except BackendUnavailable:
+                if self.conn.detector.generation == self.generation:
+                    raise
+            self.pool.release(self.conn)
+            self.conn = await self.pool.checkout()
+            self.generation = self.conn.detector.generation
+        return await _execute(self.conn, "BEGIN; " + sql, params, self.generation)
 
     async def commit(self):
         if self._done:
