@@ -1,0 +1,132 @@
+"""
+Schema management of the PostgreSQL backend: idempotent, safe when several
+processes migrate at once, upgrades an older schema in place, and runs from
+the command line. Each test works in a PostgreSQL schema of its own (through
+C{search_path}), so the tables of other tests are left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+from txpostgres.txpostgres import Connection
+
+from jsonsync.errors import BackendUnavailable
+from jsonsync.query import Query
+from jsonsync.storage.postgresql import _schema_scripts, migrate
+from tests.test_postgresql_recovery import with_port, with_query
+from tests.test_storage_postgresql import SKIP, URL, open_backend
+
+
+class SchemaTests(TestCase):
+    skip = SKIP
+
+    async def setUp(self):
+        self.schema = "jsonsync_test_" + uuid.uuid4().hex[:10]
+        self.admin = Connection(reactor)
+        await self.admin.connect(URL)
+        self.addCleanup(self.admin.close)
+        await self.admin.runOperation(f"CREATE SCHEMA {self.schema}")
+
+        async def drop():
+            await self.admin.runOperation(f"DROP SCHEMA {self.schema} CASCADE")
+
+        self.addCleanup(drop)
+        self.url = with_query(URL, options=f"-csearch_path%3D{self.schema}")
+
+    async def tables(self) -> set[str]:
+        rows = await self.admin.runQuery(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+            (self.schema,),
+        )
+        return {r[0] for r in rows}
+
+    async def versions(self) -> list[int]:
+        rows = await self.admin.runQuery(
+            f"SELECT version FROM {self.schema}.jsonsync_migrations ORDER BY version"
+        )
+        return [r[0] for r in rows]
+
+    async def test_migrate_is_idempotent(self):
+        latest = _schema_scripts()[-1][0]
+        self.assertEqual(await migrate(self.url, reactor), latest)
+        self.assertEqual(await migrate(self.url, reactor), latest)
+        self.assertEqual(
+            await self.tables(),
+            {
+                "jsonsync_migrations",
+                "objects",
+                "timestamps",
+                "access_control_entries",
+                "user_principals",
+            },
+        )
+        self.assertEqual(await self.versions(), [v for v, _, _ in _schema_scripts()])
+
+    async def test_concurrent_migrations_apply_each_script_once(self):
+        results = await gatherResults(
+            [Deferred.fromCoroutine(migrate(self.url, reactor)) for _ in range(4)]
+        )
+        latest = _schema_scripts()[-1][0]
+        self.assertEqual(results, [latest] * 4)
+        self.assertEqual(await self.versions(), [v for v, _, _ in _schema_scripts()])
+
+    async def test_backends_opening_together(self):
+        """Several servers starting at once on an empty database."""
+        opened = await gatherResults(
+            [Deferred.fromCoroutine(open_backend(self, self.url)) for _ in range(3)]
+        )
+        for storage, _ in opened:
+            self.assertTrue(storage._pool.schema_ready)
+            txn = storage.transaction()
+            self.assertEqual(await storage.count(txn, "record", "/x", Query()), 0)
+            await txn.rollback()
+
+    async def test_older_schema_is_upgraded_in_place(self):
+        scripts = _schema_scripts() + [
+            (
+                9001,
+                "9001_test_upgrade.sql",
+                "ALTER TABLE objects ADD COLUMN upgraded BOOLEAN NOT NULL DEFAULT TRUE;",
+            )
+        ]
+        first = scripts[-2][0]
+        self.assertEqual(await migrate(self.url, reactor, scripts=scripts, target=first), first)
+        await self.admin.runOperation(
+            f"INSERT INTO {self.schema}.objects"
+            " (resource_name, parent_id, id, last_modified, data)"
+            " VALUES ('record', '/p', 'kept', 1, '{\"id\": \"kept\"}')"
+        )
+        self.assertEqual(await migrate(self.url, reactor, scripts=scripts), 9001)
+        rows = await self.admin.runQuery(f"SELECT id, upgraded FROM {self.schema}.objects")
+        self.assertEqual(rows, [("kept", True)])
+        self.assertEqual(await self.versions(), [v for v, _, _ in scripts])
+
+    async def test_migrate_unreachable_database(self):
+        with self.assertRaises(BackendUnavailable):
+            await migrate(with_port(URL, 1), reactor)
+
+    async def test_command_line(self):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.getcwd() + os.pathsep + env.get("PYTHONPATH", "")
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "jsonsync.storage.postgresql", "migrate", "--url", self.url],
+            env=env,
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"schema at version", out)
+        self.assertIn("objects", await self.tables())
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "jsonsync.storage.postgresql", "migrate", "--url", with_port(URL, 1)],
+            env=env,
+        )
+        self.assertEqual(code, 1)
+        self.assertIn(b"unreachable", err)
