@@ -82,6 +82,8 @@ CORE_SETTINGS: list[Setting] = [
 # <resource>_<perm>_principals and <resource>_cache_expires_seconds
 _PRINCIPALS = re.compile(r"^[a-z][a-z0-9-]*_(read|write|create|delete)_principals$")
 _CACHE = re.compile(r"^([a-z0-9_.-]+_)?[a-z]+_cache_expires_seconds$")
+# <plural|object>_<resource>_<method>_enabled
+_ENDPOINT_SWITCH = re.compile(r"^(plural|object)_[a-z0-9-]+_(get|post|put|patch|delete)_enabled$")
 
 
 def _parse(setting: Setting, raw: Any) -> Any:
@@ -182,6 +184,8 @@ class SettingsSchema:
             return Setting(name, "list", [])
         if _CACHE.match(name):
             return Setting(name, "opt_int", None)
+        if _ENDPOINT_SWITCH.match(name):
+            return Setting(name, "bool", True)
         for prefix in self.prefixes:
             if name.startswith(prefix):
                 return Setting(name, "str", "")

@@ -110,8 +110,9 @@ class MethodNotAllowed(JsonSyncError):
 class PreconditionFailed(JsonSyncError):
     message = "Resource was modified meanwhile"
 
-    def __init__(self, existing: dict | None = None):
+    def __init__(self, existing: dict | None = None, timestamp: int | None = None):
         super().__init__(None, {"existing": existing} if existing is not None else None)
+        self.timestamp = timestamp
 
 
 class ObjectExists(JsonSyncError):
@@ -202,4 +203,8 @@ def error_headers(exc: JsonSyncError, retry_after: int) -> list[tuple[str, str]]
         headers.append(("Allow", ", ".join(exc.allowed)))
     elif isinstance(exc, (BackendUnavailable, ObjectExists)):
         headers.append(("Retry-After", str(retry_after)))
+    elif isinstance(exc, PreconditionFailed) and exc.timestamp is not None:
+        from jsonsync.http import validators
+
+        headers.extend(validators(exc.timestamp))
     return headers

@@ -206,12 +206,12 @@ def check_preconditions(
         if if_none_match == current:
             raise NotModified(current)
     if if_none_match == "*" and current is not None:
-        raise PreconditionFailed(existing)
+        raise PreconditionFailed(existing, current)
     if if_match is not None:
         if current is None:
             raise PreconditionFailed()
         if if_match != "*" and if_match != current:
-            raise PreconditionFailed(existing)
+            raise PreconditionFailed(existing, current)
 
 
 # --- negotiation --------------------------------------------------------------

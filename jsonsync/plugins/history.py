@@ -65,7 +65,12 @@ _TIMESTAMP = re.compile(r"^\d+$")
 def _ids_of(parent_id: str) -> dict[str, str]:
     """C{{"bucket": "b", "collection": "c"}} from C{/buckets/b/collections/c}."""
     parts = parent_id.strip("/").split("/") if parent_id else []
-    names = {"buckets": "bucket", "collections": "collection", "groups": "group", "records": "record"}
+    names = {
+        "buckets": "bucket",
+        "collections": "collection",
+        "groups": "group",
+        "records": "record",
+    }
     return {names.get(parts[i], parts[i]): parts[i + 1] for i in range(0, len(parts) - 1, 2)}
 
 
@@ -186,7 +191,10 @@ class HistoryPlugin:
         "history.exclude_resources": [],
         "history.exclude_user_ids": [],
         "history.auto_trim_max_count": Setting(
-            "history.auto_trim_max_count", "opt_int", None, "(plugin history) entries kept per type and bucket"
+            "history.auto_trim_max_count",
+            "opt_int",
+            None,
+            "(plugin history) entries kept per type and bucket",
         ),
         "history.auto_trim_user_ids": [],
         "history.auto_trim_threshold": 100,
@@ -251,7 +259,9 @@ class HistoryPlugin:
             if wiped:
                 # Records of an earlier collection of that name are gone.
                 filters.append(Filter("last_modified", wiped[0]["last_modified"], Op.GT))
-            entries = await storage.list(txn, rt.name, bucket_uri, Query(filters=filters, sorting=newest_first))
+            entries = await storage.list(
+                txn, rt.name, bucket_uri, Query(filters=filters, sorting=newest_first)
+            )
             seen: set[str] = set()
             records = []
             for entry in entries:

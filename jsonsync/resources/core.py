@@ -142,7 +142,17 @@ def resource_routes(registry: Registry, engine: Engine, rt: ResourceType, *, plu
     base = "".join(f"/{t.plural}/<{t.name}_id>" for t in lineage(registry, rt))
     plural_rule = f"{base}/{rt.plural}"
 
+    settings = registry.settings
+
+    def check_enabled(kind: str, method: str, allowed: tuple[str, ...]):
+        def enabled(m):
+            return settings.get(f"{kind}_{rt.name}_{('get' if m == 'HEAD' else m).lower()}_enabled", True)
+
+        if not enabled(method):
+            raise MethodNotAllowed(tuple(m for m in allowed if enabled(m)))
+
     async def plural_view(req: ApiRequest):
+        check_enabled("plural", req.method, ("GET", "HEAD", "POST", "DELETE"))
         loc = locate(registry, rt, req.params, None)
         if req.method in ("GET", "HEAD"):
             return await engine.get_plural(req, loc)
@@ -153,6 +163,7 @@ def resource_routes(registry: Registry, engine: Engine, rt: ResourceType, *, plu
         raise MethodNotAllowed(("GET", "HEAD", "POST", "DELETE"))
 
     async def object_view(req: ApiRequest):
+        check_enabled("object", req.method, ("GET", "HEAD", "PUT", "PATCH", "DELETE"))
         loc = locate(registry, rt, req.params, req.params["id"])
         method = req.method
         if method in ("GET", "HEAD"):

@@ -142,7 +142,7 @@ class Engine:
     async def validate(self, req, loc: Location, data: dict, existing: dict | None) -> dict:
         data = dict(data)
         if "id" in data and data["id"] != loc.object_id:
-            raise InvalidParameters("body", "data.id", "Object id does not match existing object")
+            raise InvalidParameters("body", "id", "Object id does not match existing object")
         data["id"] = loc.object_id
         lm = data.get("last_modified")
         if not isinstance(lm, int) or isinstance(lm, bool):

@@ -15,13 +15,14 @@ from email.utils import formatdate
 from twisted.internet import defer
 from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed, NotFound
 
-from jsonsync import __version__, jsonutil
+from jsonsync import __version__, events, jsonutil
 from jsonsync.auth import challenges
 from jsonsync.errors import Forbidden, InvalidParameters, MethodNotAllowed, RouteNotFound, Unauthenticated
 from jsonsync.http import API_PREFIX, ApiRequest, ApiResponse, check_content_type
-from jsonsync.query import Sort, matches_all, ordering_key
+from jsonsync.query import Query, Sort, matches_all, ordering_key
 from jsonsync.registry import Registry, Route
 from jsonsync.resources import querystring
+from jsonsync.resources.model import Location
 
 PUBLIC_SETTINGS = ("batch_max_requests", "readonly", "explicit_permissions")
 BATCH_METHODS = ("GET", "HEAD", "DELETE", "TRACE", "POST", "PUT", "PATCH")
@@ -97,7 +98,7 @@ class ServiceViews:
             except Exception:
                 return False
 
-        results = {}
+        results = {"cache": None}  # jsonsync keeps no cache backend
         for name, check in checks.items():
             results[name] = await run(check)
         status = 200 if all(v is not False for v in results.values()) else 503
@@ -150,7 +151,7 @@ class ServiceViews:
                 }
         security = {}
         if "basicauth" in self.settings["multiauth.policies"] or "account" in self.settings["multiauth.policies"]:
-            security["basicAuth"] = {"type": "basic"}
+            security["basicauth"] = {"type": "basic"}
         doc = {
             "swagger": "2.0",
             "info": {"title": self.settings["project_name"], "version": self.settings["http_api_version"]},
@@ -279,6 +280,8 @@ class ServiceViews:
             raise Forbidden() if req.authenticated else Unauthenticated(challenges(self.registry))
         tree = self.registry.tree
         found = await self.registry.permissions.accessible_objects(req.txn, req.principals)
+        for uri, perms in (await self._settings_grants(req)).items():
+            found.setdefault(uri, set()).update(perms)
         entries = []
         root_perms = sorted(
             p for p in tree.permissions_of("root")
@@ -320,6 +323,82 @@ class ServiceViews:
             selected = [querystring.project(e, listing.fields) for e in selected]
         return ApiResponse({"data": selected}, 200, headers)
 
+    async def _settings_grants(self, req: ApiRequest) -> dict[str, set[str]]:
+        """
+        Permissions that settings ACLs give on every object of a type, for
+        the objects that exist (records are left out: there can be millions).
+        """
+        acl = self.registry.acl
+        types = self.registry.resource_types
+        granted: dict[str, set[str]] = {}
+        cache: dict[str, list[str]] = {}
+
+        async def uris_of(type_name: str) -> list[str]:
+            if type_name in cache:
+                return cache[type_name]
+            rt = types[type_name]
+            parents = [""] if rt.parent is None else await uris_of(rt.parent)
+            uris = []
+            for parent in parents:
+                objects = await self.registry.storage.list(
+                    req.txn, rt.name, parent, Query(limit=self.settings["storage_max_fetch_size"])
+                )
+                uris.extend(f"{parent}/{rt.plural}/{o['id']}" for o in objects)
+            cache[type_name] = uris
+            return uris
+
+        for rt in list(types.values()):
+            if rt.name in ("record", "history"):
+                continue
+            for perm in ("read", "write"):
+                if acl.granted_on_type(req.principals, rt.name, perm):
+                    for uri in await uris_of(rt.name):
+                        granted.setdefault(uri, set()).add(perm)
+            if rt.parent is not None and acl.granted_on_type(req.principals, rt.name, "create"):
+                for uri in await uris_of(rt.parent):
+                    granted.setdefault(uri, set()).add(rt.create_permission)
+        return granted
+
+    # -- user data --------------------------------------------------------------------
+    async def user_data(self, req: ApiRequest) -> ApiResponse:
+        """Forget a principal: delete what only it could write, strip it from every ACL and group."""
+        if not self.registry.acl.principals("user-data_delete_principals").intersection(req.principals):
+            raise Forbidden() if req.authenticated else Unauthenticated(challenges(self.registry))
+        principal = req.params["principal"]
+        store = self.registry.permissions
+        engine = self.registry.engine
+        owned = await store.accessible_objects(req.txn, [principal])
+        for uri in sorted(owned, key=len):
+            acl = await store.get_object_permissions(req.txn, uri)
+            if acl.get("write") != {principal}:
+                continue
+            loc = self._location(uri)
+            if loc is None:
+                continue
+            existing = await self.registry.storage.get(req.txn, loc.resource.name, loc.parent_uri, loc.object_id)
+            if existing is None:
+                continue
+            tomb = await engine.remove(req, loc, existing)
+            events.notify(req, "delete", loc, [{"new": tomb, "old": existing}], tomb["last_modified"])
+        await store.remove_principal(req.txn, principal)
+        return ApiResponse({"data": {"principal": principal}})
+
+    def _location(self, uri: str) -> Location | None:
+        by_plural = {rt.plural: rt for rt in self.registry.resource_types.values()}
+        parts = uri.strip("/").split("/")
+        if len(parts) % 2:
+            return None
+        ancestors = []
+        parent = ""
+        for i in range(0, len(parts) - 2, 2):
+            rt = by_plural.get(parts[i])
+            if rt is None:
+                return None
+            ancestors.append((rt, parts[i + 1]))
+            parent = f"{parent}/{parts[i]}/{parts[i + 1]}"
+        rt = by_plural.get(parts[-2])
+        return None if rt is None else Location(rt, parent, ancestors, parts[-1])
+
     def _permission_entry(self, uri: str, perms: set[str]) -> dict | None:
         tree = self.registry.tree
         parts = uri.strip("/").split("/")
@@ -357,6 +436,8 @@ def install(registry: Registry, views: ServiceViews):
     add(Route("/__api__", ("GET",), views.openapi, "openapi", summary="This OpenAPI document"))
     add(Route("/contribute.json", ("GET",), views.contribute, "contribute", summary="Project information"))
     add(Route("/batch", ("POST",), views.batch, "batch", summary="Several requests in one transaction"))
+    add(Route("/__user_data__/<path:principal>", ("DELETE",), views.user_data, "user-data",
+              summary="Delete a principal's data (needs user-data_delete_principals)"))
     if registry.settings["experimental_permissions_endpoint"]:
         add(Route("/permissions", ("GET",), views.permissions, "permissions", "resource",
                   summary="Objects the user has permissions on"))

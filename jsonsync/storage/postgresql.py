@@ -32,8 +32,9 @@ import math
 import re
 import sys
 from collections import deque
+from collections.abc import Iterable
 from importlib import resources
-from typing import Any, Iterable
+from typing import Any
 
 import psycopg2
 import psycopg2.errors
@@ -380,9 +381,7 @@ class _Pool:
             for item in list(self._waiters):
                 if item[0] is d:
                     self._waiters.remove(item)
-            d.errback(
-                BackendUnavailable(f"no free database connection after {self.timeout}s")
-            )
+            d.errback(BackendUnavailable(f"no free database connection after {self.timeout}s"))
 
         self._waiters.append((d, self.reactor.callLater(self.timeout, timed_out)))
         return d
@@ -753,9 +752,7 @@ class _SqlQuery:
         if op is Op.HAS:
             return f"{v} IS NOT NULL" if value else f"{v} IS NULL"
         if op is Op.LIKE:
-            return (
-                f"(jsonb_typeof({v}) = 'string' AND ({v} #>> '{{}}') ILIKE {self.param(_like(value))})"
-            )
+            return f"(jsonb_typeof({v}) = 'string' AND ({v} #>> '{{}}') ILIKE {self.param(_like(value))})"
         if op is Op.CONTAINS or op is Op.CONTAINS_ANY:
             wanted = list(value)
             tests = []
@@ -778,7 +775,12 @@ class _SqlQuery:
         r = rank(value)
         strict, sql_op = _STRICT[op], _SQL_OP[op]
         if r == 6:
-            return {Op.LT: f"{v} IS NOT NULL", Op.MAX: "TRUE", Op.GT: "FALSE", Op.MIN: f"{v} IS NULL"}[op]
+            return {
+                Op.LT: f"{v} IS NOT NULL",
+                Op.MAX: "TRUE",
+                Op.GT: "FALSE",
+                Op.MIN: f"{v} IS NULL",
+            }[op]
         if r == 0:
             same = "TRUE" if op in (Op.MAX, Op.MIN) else "FALSE"
         elif r == 1:
@@ -848,7 +850,7 @@ class _SqlQuery:
                 [
                     f"{_RANK_SQL.format(v=v)} {d}",
                     f"(CASE WHEN jsonb_typeof({v}) = 'string' THEN {v} #>> '{{}}' END)"
-                    f" COLLATE \"C\" {d}",
+                    f' COLLATE "C" {d}',
                     f"(CASE WHEN jsonb_typeof({v}) = 'number' THEN ({v})::numeric END) {d}",
                     f"(CASE WHEN jsonb_typeof({v}) = 'boolean' THEN ({v})::boolean END) {d}",
                     f"(CASE WHEN jsonb_typeof({v}) IN ('array', 'object') THEN {v} END) {d}",
@@ -1304,9 +1306,7 @@ class PostgresBackend:
         except BackendUnavailable:
             # Start anyway: queries answer 503 until the database is back,
             # and the first one after that sets the schema up.
-            _log.warn(
-                "database {url} unavailable at start; will retry", url=_redact(url)
-            )
+            _log.warn("database {url} unavailable at start; will retry", url=_redact(url))
         except BaseException:
             pool.close()
             raise
