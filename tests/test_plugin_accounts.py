@@ -1,0 +1,530 @@
+"""
+The C{accounts} plugin and the C{account} authentication policy, through
+HTTP (L{jsonsync.testing.StubClient}).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from jsonsync.config import ConfigurationError
+from jsonsync.plugins import accounts
+from jsonsync.registry import discover
+from jsonsync.testing import StubClient, build_app
+
+SETTINGS = {
+    "includes": "accounts",
+    "multiauth.policies": "account basicauth",
+    "account_create_principals": "system.Everyone",
+    "account_write_principals": "account:admin",
+    "bucket_create_principals": "system.Authenticated",
+    "account_bcrypt_rounds": "4",
+}
+
+
+class AccountsTestCase(TestCase):
+    settings: dict = SETTINGS
+
+    async def setUp(self):
+        self.app = await build_app(self.settings)
+        self.addCleanup(lambda: self.app.registry.close())
+        self.client = StubClient(self.app)
+
+    async def signup(self, account_id, password="secret"):
+        r = await self.client.put(f"/v1/accounts/{account_id}", {"data": {"password": password}})
+        self.assertEqual(r.status, 201, r)
+        return r
+
+    async def user_id(self, account_id, password="secret"):
+        r = await self.client.as_user(account_id, password).get("/v1/")
+        self.assertEqual(r.status, 200, r)
+        return (r.json.get("user") or {}).get("id")
+
+    def policy(self) -> accounts.AccountPolicy:
+        [policy] = [p for p in self.app.registry.policies if isinstance(p, accounts.AccountPolicy)]
+        return policy
+
+    def count_checks(self):
+        """Record every bcrypt check: C{(hash, ran on the main thread)}."""
+        calls = []
+        real = accounts.check_password
+
+        def spy(password, hashed):
+            calls.append((hashed, threading.current_thread() is threading.main_thread()))
+            return real(password, hashed)
+
+        self.patch(accounts, "check_password", spy)
+        return calls
+
+
+class DiscoveryTests(AccountsTestCase):
+    async def test_plugin_and_policy_are_discovered_by_name(self):
+        found = discover()
+        self.assertIn("accounts", found.plugins)
+        self.assertIn("account", found.policies)
+        self.assertIn("account", [p.name for p in self.app.registry.policies])
+        self.assertIn("accounts", [p.name for p in self.app.registry.plugins])
+
+    async def test_capability(self):
+        r = await self.client.get("/v1/")
+        capability = r.json["capabilities"]["accounts"]
+        self.assertIs(capability["validation_enabled"], False)
+        self.assertEqual(capability["description"], "Manage user accounts.")
+
+    async def test_settings_are_declared(self):
+        for name in ("account_create_principals", "account_write_principals", "account_read_principals",
+                     "account_cache_ttl_seconds", "account_bcrypt_rounds"):
+            self.assertIn(name, accounts.AccountsPlugin.settings)
+        self.assertEqual(accounts.AccountsPlugin.settings["account_cache_ttl_seconds"], 30)
+        self.assertEqual(self.app.settings["account_write_principals"], ["account:admin"])
+
+
+class SignupTests(AccountsTestCase):
+    async def test_anonymous_put_creates_account_owned_by_itself(self):
+        r = await self.signup("alice")
+        self.assertEqual(r.data["id"], "alice")
+        self.assertNotIn("password", r.data)
+        acl = await self.stored_acl("/accounts/alice")
+        self.assertEqual(acl, {"write": {"account:alice"}})
+        r = await self.client.as_user("alice", "secret").get("/v1/accounts/alice")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json["permissions"], {"write": ["account:alice"]})
+
+    async def stored_acl(self, uri):
+        registry = self.app.registry
+        txn = registry.storage.transaction()
+        try:
+            return await registry.permissions.get_object_permissions(txn, uri)
+        finally:
+            await txn.rollback()
+
+    async def test_anonymous_post_creates_account(self):
+        r = await self.client.post("/v1/accounts", {"data": {"id": "bob.b+1@example.com", "password": "pw"}})
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(await self.user_id("bob.b+1@example.com", "pw"), "account:bob.b+1@example.com")
+
+    async def test_post_without_id(self):
+        r = await self.client.post("/v1/accounts", {"data": {"password": "pw"}})
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json["message"], "data.id in body: Required")
+
+    async def test_anonymous_post_of_existing_id_is_forbidden(self):
+        await self.signup("alice")
+        r = await self.client.post("/v1/accounts", {"data": {"id": "alice", "password": "other"}})
+        self.assertEqual(r.status, 403)
+        self.assertEqual(await self.user_id("alice"), "account:alice")
+
+    async def test_password_required(self):
+        for data in ({}, {"password": ""}, {"password": 42}):
+            r = await self.client.put("/v1/accounts/alice", {"data": data})
+            self.assertEqual(r.status, 400, (data, r))
+            self.assertEqual(r.json["details"][0]["name"], "data.password")
+
+    async def test_invalid_id(self):
+        r = await self.client.put("/v1/accounts/_alice", {"data": {"password": "pw"}})
+        self.assertEqual(r.status, 400)
+        r = await self.client.post("/v1/accounts", {"data": {"id": "a b", "password": "pw"}})
+        self.assertEqual(r.status, 400)
+
+    async def test_anonymous_cannot_replace_existing_account(self):
+        await self.signup("alice")
+        r = await self.client.put("/v1/accounts/alice", {"data": {"password": "stolen"}})
+        self.assertEqual(r.status, 401)
+        self.assertEqual(await self.user_id("alice"), "account:alice")
+
+    async def test_no_signup_without_create_principals(self):
+        settings = {**SETTINGS, "account_create_principals": ""}
+        app = await build_app(settings)
+        self.addCleanup(lambda: app.registry.close())
+        r = await StubClient(app).put("/v1/accounts/alice", {"data": {"password": "pw"}})
+        self.assertEqual(r.status, 401)
+
+
+class LoginTests(AccountsTestCase):
+    async def test_login(self):
+        await self.signup("alice", "pw")
+        self.assertEqual(await self.user_id("alice", "pw"), "account:alice")
+        r = await self.client.as_user("alice", "pw").get("/v1/")
+        self.assertIn("system.Authenticated", r.json["user"]["principals"])
+
+    async def test_wrong_password_falls_through_to_next_policy(self):
+        await self.signup("alice", "pw")
+        user = await self.user_id("alice", "wrong")
+        self.assertNotEqual(user, "account:alice")
+        self.assertTrue(user.startswith("basicauth:"))
+
+    async def test_long_passwords(self):
+        long = "é" * 100
+        await self.signup("alice", long)
+        self.assertEqual(await self.user_id("alice", long), "account:alice")
+        self.assertNotEqual(await self.user_id("alice", "è" + "é" * 99), "account:alice")
+
+    async def test_account_principal_works_in_acls(self):
+        await self.signup("alice")
+        alice = self.client.as_user("alice", "secret")
+        r = await alice.put("/v1/buckets/b")
+        self.assertEqual(r.status, 201)
+        self.assertEqual(r.json["permissions"]["write"], ["account:alice"])
+
+
+class AccountOnlyPolicyTests(AccountsTestCase):
+    settings = {**SETTINGS, "multiauth.policies": "account"}
+
+    async def test_wrong_password_is_anonymous(self):
+        await self.signup("alice", "pw")
+        self.assertIsNone(await self.user_id("alice", "nope"))
+        self.assertIsNone(await self.user_id("ghost", "pw"))
+        r = await self.client.as_user("alice", "nope").get("/v1/accounts/alice")
+        self.assertEqual(r.status, 401)
+
+
+class PasswordChangeTests(AccountsTestCase):
+    async def test_put_changes_password(self):
+        await self.signup("alice", "old")
+        alice = self.client.as_user("alice", "old")
+        self.assertEqual(await self.user_id("alice", "old"), "account:alice")
+        r = await alice.put("/v1/accounts/alice", {"data": {"password": "new"}})
+        self.assertEqual(r.status, 200, r)
+        self.assertNotEqual(await self.user_id("alice", "old"), "account:alice")
+        self.assertEqual(await self.user_id("alice", "new"), "account:alice")
+
+    async def test_patch_changes_password(self):
+        await self.signup("alice", "old")
+        r = await self.client.as_user("alice", "old").patch("/v1/accounts/alice", {"data": {"password": "new"}})
+        self.assertEqual(r.status, 200, r)
+        self.assertNotEqual(await self.user_id("alice", "old"), "account:alice")
+        self.assertEqual(await self.user_id("alice", "new"), "account:alice")
+
+    async def test_patch_without_password_keeps_it(self):
+        await self.signup("alice", "pw")
+        hashes = []
+        real = accounts.hash_password
+        self.patch(accounts, "hash_password", lambda *a: hashes.append(a) or real(*a))
+        r = await self.client.as_user("alice", "pw").patch("/v1/accounts/alice", {"data": {"name": "Alice"}})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.data["name"], "Alice")
+        self.assertEqual(hashes, [])
+        self.assertEqual(await self.user_id("alice", "pw"), "account:alice")
+
+    async def test_put_with_same_password_rehashes(self):
+        await self.signup("alice", "pw")
+        before = await self.stored("alice")
+        r = await self.client.as_user("alice", "pw").put("/v1/accounts/alice", {"data": {"password": "pw"}})
+        self.assertEqual(r.status, 200, r)
+        after = await self.stored("alice")
+        self.assertNotEqual(before["password"], after["password"])
+        self.assertEqual(await self.user_id("alice", "pw"), "account:alice")
+
+    async def stored(self, account_id):
+        registry = self.app.registry
+        txn = registry.storage.transaction()
+        try:
+            return await registry.storage.get(txn, "account", "", account_id)
+        finally:
+            await txn.rollback()
+
+    async def test_stored_password_is_a_bcrypt_hash(self):
+        await self.signup("alice", "pw")
+        stored = await self.stored("alice")
+        self.assertTrue(stored["password"].startswith("$2b$04$"), stored)
+        self.assertTrue(accounts.check_password("pw", stored["password"]))
+
+    async def test_cached_login_refused_after_password_change(self):
+        await self.signup("alice", "old")
+        self.assertEqual(await self.user_id("alice", "old"), "account:alice")
+        self.assertIn("alice", self.policy()._cache)
+        r = await self.client.as_user("alice", "old").patch("/v1/accounts/alice", {"data": {"password": "new"}})
+        self.assertEqual(r.status, 200)
+        self.assertNotIn("alice", self.policy()._cache)
+        self.assertNotEqual(await self.user_id("alice", "old"), "account:alice")
+
+    async def test_password_change_inside_batch(self):
+        await self.signup("alice", "old")
+        alice = self.client.as_user("alice", "old")
+        r = await alice.post("/v1/batch", {"requests": [
+            {"method": "PATCH", "path": "/accounts/alice", "body": {"data": {"password": "new"}}},
+            {"method": "GET", "path": "/accounts/alice"},
+        ]})
+        self.assertEqual(r.status, 200, r)
+        statuses = [resp["status"] for resp in r.json["responses"]]
+        self.assertEqual(statuses[0], 200)
+        self.assertNotEqual(statuses[1], 200)
+
+
+class IsolationTests(AccountsTestCase):
+    async def setUp(self):
+        await super().setUp()
+        await self.signup("alice", "a")
+        await self.signup("bob", "b")
+        self.alice = self.client.as_user("alice", "a")
+
+    async def test_cannot_create_another_account(self):
+        r = await self.alice.put("/v1/accounts/carol", {"data": {"password": "c"}})
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json["message"], "data.id in body: Username and account ID do not match.")
+        r = await self.alice.post("/v1/accounts", {"data": {"id": "carol", "password": "c"}})
+        self.assertEqual(r.status, 400)
+        self.assertNotEqual(await self.user_id("carol", "c"), "account:carol")
+
+    async def test_cannot_touch_another_account(self):
+        for method, body in (("PUT", {"data": {"password": "x"}}), ("PATCH", {"data": {"password": "x"}}),
+                             ("DELETE", None), ("GET", None)):
+            r = await self.alice.request(method, "/v1/accounts/bob", body)
+            self.assertIn(r.status, (400, 403), (method, r))
+        self.assertEqual(await self.user_id("bob", "b"), "account:bob")
+        self.assertNotEqual(await self.user_id("bob", "x"), "account:bob")
+
+    async def test_basicauth_user_cannot_create_accounts(self):
+        r = await self.client.as_user("carol", "c").put("/v1/accounts/carol", {"data": {"password": "c"}})
+        self.assertEqual(r.status, 400)
+
+    async def test_listing_shows_only_own_account(self):
+        r = await self.alice.get("/v1/accounts")
+        self.assertEqual(r.status, 200)
+        self.assertEqual([a["id"] for a in r.data], ["alice"])
+
+    async def test_anonymous_listing_is_401(self):
+        r = await self.client.get("/v1/accounts")
+        self.assertEqual(r.status, 401)
+        self.assertEqual(r.json["message"], "Cannot read accounts.")
+        self.assertIn('Basic realm="Realm"', r.headers_all.get("www-authenticate", []))
+        r = await self.client.delete("/v1/accounts")
+        self.assertEqual(r.status, 401)
+        self.assertEqual(await self.user_id("alice", "a"), "account:alice")
+
+    async def test_anonymous_read_is_401(self):
+        r = await self.client.get("/v1/accounts/alice")
+        self.assertEqual(r.status, 401)
+
+    async def test_password_filters_and_sorting_refused(self):
+        for query in ("password=x", "like_password=$2b*", "gt_password=$", "_sort=-password", "_sort=id,password"):
+            r = await self.alice.get(f"/v1/accounts?{query}")
+            self.assertEqual(r.status, 400, (query, r))
+        r = await self.alice.get("/v1/accounts?_sort=id")
+        self.assertEqual(r.status, 200)
+
+
+class AdminTests(AccountsTestCase):
+    async def setUp(self):
+        await super().setUp()
+        await self.signup("admin", "root")
+        await self.signup("alice", "a")
+        self.admin = self.client.as_user("admin", "root")
+
+    async def test_admin_creates_accounts_for_others(self):
+        r = await self.admin.put("/v1/accounts/bob", {"data": {"password": "b"}})
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(r.json["permissions"]["write"], ["account:admin", "account:bob"])
+        r = await self.admin.post("/v1/accounts", {"data": {"id": "carol", "password": "c"}})
+        self.assertEqual(r.status, 201, r)
+        self.assertIn("account:carol", r.json["permissions"]["write"])
+        self.assertEqual(await self.user_id("bob", "b"), "account:bob")
+        self.assertEqual(await self.user_id("carol", "c"), "account:carol")
+        r = await self.client.as_user("carol", "c").get("/v1/accounts/carol")
+        self.assertEqual(r.status, 200)
+
+    async def test_admin_changes_any_password(self):
+        r = await self.admin.patch("/v1/accounts/alice", {"data": {"password": "reset"}})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(await self.user_id("alice", "reset"), "account:alice")
+        self.assertNotEqual(await self.user_id("alice", "a"), "account:alice")
+
+    async def test_admin_reads_lists_and_deletes_any_account(self):
+        r = await self.admin.get("/v1/accounts/alice")
+        self.assertEqual(r.status, 200)
+        r = await self.admin.get("/v1/accounts")
+        self.assertEqual(sorted(a["id"] for a in r.data), ["admin", "alice"])
+        r = await self.admin.delete("/v1/accounts/alice")
+        self.assertEqual(r.status, 200)
+        self.assertNotEqual(await self.user_id("alice", "a"), "account:alice")
+
+    async def test_admin_is_only_who_is_in_write_principals(self):
+        alice = self.client.as_user("alice", "a")
+        r = await alice.patch("/v1/accounts/admin", {"data": {"password": "x"}})
+        self.assertEqual(r.status, 403)
+        r = await alice.get("/v1/accounts")
+        self.assertEqual([a["id"] for a in r.data], ["alice"])
+
+
+class DeletionTests(AccountsTestCase):
+    async def test_delete_own_account(self):
+        await self.signup("alice", "a")
+        alice = self.client.as_user("alice", "a")
+        self.assertEqual(await self.user_id("alice", "a"), "account:alice")
+        r = await alice.delete("/v1/accounts/alice")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.data["id"], "alice")
+        self.assertIs(r.data["deleted"], True)
+        self.assertNotIn("password", r.data)
+        self.assertNotIn("alice", self.policy()._cache)
+        self.assertNotEqual(await self.user_id("alice", "a"), "account:alice")
+        registry = self.app.registry
+        txn = registry.storage.transaction()
+        acl = await registry.permissions.get_object_permissions(txn, "/accounts/alice")
+        await txn.rollback()
+        self.assertEqual(acl, {})
+        # The id is free again.
+        await self.signup("alice", "again")
+        self.assertEqual(await self.user_id("alice", "again"), "account:alice")
+
+    async def test_tombstone_in_listing(self):
+        await self.signup("admin", "root")
+        await self.signup("alice", "a")
+        admin = self.client.as_user("admin", "root")
+        await admin.delete("/v1/accounts/alice")
+        r = await admin.get("/v1/accounts?_since=0")
+        alice = [a for a in r.data if a["id"] == "alice"]
+        self.assertEqual(len(alice), 1)
+        self.assertIs(alice[0]["deleted"], True)
+
+
+class HashNeverShownTests(AccountsTestCase):
+    async def test_no_response_carries_the_hash(self):
+        seen = []
+        r = await self.signup("admin", "root")
+        seen.append(r)
+        alice_signup = await self.client.post("/v1/accounts", {"data": {"id": "alice", "password": "a"}})
+        seen.append(alice_signup)
+        alice = self.client.as_user("alice", "a")
+        admin = self.client.as_user("admin", "root")
+        seen.append(await alice.get("/v1/accounts/alice"))
+        seen.append(await alice.get("/v1/accounts/alice?_fields=password"))
+        seen.append(await alice.get("/v1/accounts"))
+        seen.append(await alice.get("/v1/accounts?_fields=password,id"))
+        seen.append(await alice.patch("/v1/accounts/alice", {"data": {"x": 1}}))
+        seen.append(await alice.patch("/v1/accounts/alice", {"data": {"y": 1}},
+                                      headers={"Response-Behavior": "diff"}))
+        seen.append(await admin.post("/v1/accounts", {"data": {"id": "alice", "password": "z"}}))
+        seen.append(await admin.put("/v1/accounts/bob", {"data": {"password": "b"}}))
+        seen.append(await admin.get("/v1/accounts"))
+        seen.append(await self.client.as_user("alice", "a").put("/v1/accounts/alice", {"data": {"password": "n"}}))
+        seen.append(await admin.delete("/v1/accounts"))
+        self.assertEqual([r.status for r in seen], [201, 201, 200, 200, 200, 200, 200, 200, 200, 201, 200, 200, 200])
+        for r in seen:
+            self.assertNotIn(b"$2b$", r.raw, r)
+            self.assertNotIn(b"password", r.raw, r)
+
+
+class ThreadTests(AccountsTestCase):
+    async def test_bcrypt_runs_off_the_reactor_thread(self):
+        hashed_on = []
+        real_hash = accounts.hash_password
+
+        def spy_hash(password, rounds):
+            hashed_on.append(threading.current_thread() is threading.main_thread())
+            return real_hash(password, rounds)
+
+        self.patch(accounts, "hash_password", spy_hash)
+        checks = self.count_checks()
+        await self.signup("alice", "pw")
+        self.assertEqual(await self.user_id("alice", "pw"), "account:alice")
+        self.assertNotEqual(await self.user_id("alice", "bad"), "account:alice")
+        await self.client.as_user("alice", "pw").patch("/v1/accounts/alice", {"data": {"password": "new"}})
+        self.assertEqual(hashed_on, [False, False])
+        self.assertEqual(len(checks), 2)
+        self.assertEqual([main for _, main in checks], [False, False])
+
+
+class TimingTests(AccountsTestCase):
+    async def test_unknown_account_costs_one_bcrypt_check(self):
+        checks = self.count_checks()
+        user = await self.user_id("ghost", "pw")
+        self.assertNotEqual(user, "account:ghost")
+        self.assertEqual(len(checks), 1)
+        dummy, on_main = checks[0]
+        self.assertFalse(on_main)
+        # A real hash of the accounts' cost, so the check takes as long.
+        self.assertTrue(dummy.startswith("$2b$04$"), dummy)
+
+    async def test_dummy_hash_made_at_start(self):
+        self.assertIsNotNone(self.policy()._dummy)
+
+    async def test_known_and_unknown_accounts_cost_the_same_checks(self):
+        await self.signup("alice", "pw")
+        checks = self.count_checks()
+        await self.user_id("alice", "wrong")
+        await self.user_id("nobody", "wrong")
+        self.assertEqual(len(checks), 2)
+        self.assertEqual(checks[0][0][:7], checks[1][0][:7])
+
+    async def test_invalid_account_id_is_not_looked_up(self):
+        checks = self.count_checks()
+        await self.user_id("not valid!", "pw")
+        self.assertEqual(checks, [])
+
+
+class CacheTests(AccountsTestCase):
+    async def test_successful_check_is_cached_for_ttl(self):
+        await self.signup("alice", "pw")
+        clock = Clock()
+        self.policy().clock = clock
+        checks = self.count_checks()
+        self.assertEqual(await self.user_id("alice", "pw"), "account:alice")
+        self.assertEqual(await self.user_id("alice", "pw"), "account:alice")
+        self.assertEqual(len(checks), 1)
+        clock.advance(29)
+        self.assertEqual(await self.user_id("alice", "pw"), "account:alice")
+        self.assertEqual(len(checks), 1)
+        clock.advance(2)
+        self.assertEqual(await self.user_id("alice", "pw"), "account:alice")
+        self.assertEqual(len(checks), 2)
+
+    async def test_cache_never_accepts_another_password(self):
+        await self.signup("alice", "pw")
+        checks = self.count_checks()
+        self.assertEqual(await self.user_id("alice", "pw"), "account:alice")
+        self.assertNotEqual(await self.user_id("alice", "pw2"), "account:alice")
+        self.assertEqual(len(checks), 2)
+
+    async def test_cache_holds_no_clear_password(self):
+        await self.signup("alice", "pw-in-clear")
+        await self.user_id("alice", "pw-in-clear")
+        self.assertNotIn("pw-in-clear", repr(self.policy()._cache))
+        self.assertIn("alice", self.policy()._cache)
+
+    async def test_any_update_invalidates(self):
+        await self.signup("alice", "pw")
+        await self.user_id("alice", "pw")
+        self.assertIn("alice", self.policy()._cache)
+        await self.client.as_user("alice", "pw").patch("/v1/accounts/alice", {"data": {"age": 3}})
+        self.assertNotIn("alice", self.policy()._cache)
+
+
+class CacheDisabledTests(AccountsTestCase):
+    settings = {**SETTINGS, "account_cache_ttl_seconds": "0"}
+
+    async def test_every_request_checks(self):
+        await self.signup("alice", "pw")
+        checks = self.count_checks()
+        await self.user_id("alice", "pw")
+        await self.user_id("alice", "pw")
+        self.assertEqual(len(checks), 2)
+
+
+class ConfigurationTests(TestCase):
+    async def assert_refused(self, changes, fragment):
+        with self.assertRaises(ConfigurationError) as caught:
+            app = await build_app({**SETTINGS, **changes})
+            await app.registry.close()
+        self.assertIn(fragment, str(caught.exception))
+
+    async def test_creators_must_be_admins(self):
+        await self.assert_refused({"account_create_principals": "system.Everyone account:boss"}, "account:boss")
+
+    async def test_account_policy_required(self):
+        await self.assert_refused({"multiauth.policies": "basicauth"}, "multiauth.policies")
+
+    async def test_basicauth_not_before_account(self):
+        await self.assert_refused({"multiauth.policies": "basicauth account"}, "basicauth")
+
+    async def test_bcrypt_rounds_range(self):
+        await self.assert_refused({"account_bcrypt_rounds": "3"}, "account_bcrypt_rounds")
+
+    async def test_admin_creators_accepted(self):
+        app = await build_app({**SETTINGS, "account_create_principals": "account:admin"})
+        self.addCleanup(lambda: app.registry.close())
+        r = await StubClient(app).put("/v1/accounts/alice", {"data": {"password": "pw"}})
+        self.assertEqual(r.status, 401)
