@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
+import os
 
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -45,11 +46,30 @@ class Rejecter:
         return None
 
 
+PG_URL = os.environ.get("JSONSYNC_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _pg_skip() -> str | None:
+    try:
+        import psycopg2
+
+        psycopg2.connect(PG_URL, connect_timeout=3).close()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no database here"
+        return None if os.environ.get("CI") else f"PostgreSQL not reachable at {PG_URL}: {exc}"
+    return None
+
+
 class _Base(unittest.TestCase):
     settings: dict = {}
+    backend: dict = {}
 
     async def setUp(self):
-        self.app = await build_app({"includes": "history", **self.settings})
+        self.app = await build_app({"includes": "history", **self.backend, **self.settings})
+        registry = self.app.registry
+        self.addCleanup(registry.close)
+        if self.backend:
+            await registry.storage.flush()
+            await registry.permissions.flush()
         self.stub = StubClient(self.app)
         self.alice = self.stub.as_user("alice")
         self.bob = self.stub.as_user("bob")
@@ -92,11 +112,15 @@ class EntriesTests(_Base):
         await self.tree()
         await self.ok(self.alice.put(B + "/groups/g", {"data": {"members": ["x"]}}))
         rec = await self.ok(
-            self.alice.post(C + "/records", {"data": {"title": "a"}, "permissions": {"read": ["bob"]}})
+            self.alice.post(
+                C + "/records", {"data": {"title": "a"}, "permissions": {"read": ["bob"]}}
+            )
         )
         rid = rec.json["data"]["id"]
         entries = await self.entries("?_sort=last_modified")
-        self.assertEqual([e["resource_name"] for e in entries], ["bucket", "collection", "group", "record"])
+        self.assertEqual(
+            [e["resource_name"] for e in entries], ["bucket", "collection", "group", "record"]
+        )
         coll, group, record = entries[1:]
         self.assertEqual(coll["uri"], "/buckets/b/collections/c")
         self.assertEqual(coll["collection_id"], "c")
@@ -138,19 +162,27 @@ class EntriesTests(_Base):
         await self.ok(self.alice.put(B))
         await self.ok(self.alice.patch(B, {"permissions": {"read": ["system.Everyone"]}}))
         (entry,) = await self.entries("?action=update")
-        self.assertEqual(entry["target"]["permissions"], {"read": ["system.Everyone"], "write": [ALICE]})
+        self.assertEqual(
+            entry["target"]["permissions"], {"read": ["system.Everyone"], "write": [ALICE]}
+        )
 
     async def test_batch_one_entry_per_object(self):
         await self.tree()
         body = {
             "defaults": {"method": "PUT"},
-            "requests": [{"path": f"/buckets/b/collections/c/records/r{i}", "body": {"data": {"i": i}}} for i in range(3)],
+            "requests": [
+                {"path": f"/buckets/b/collections/c/records/r{i}", "body": {"data": {"i": i}}}
+                for i in range(3)
+            ],
         }
         r = await self.ok(self.alice.post("/v1/batch", body), 200)
         self.assertEqual([resp["status"] for resp in r.json["responses"]], [201, 201, 201])
         entries = await self.entries("?resource_name=record&_sort=record_id")
         self.assertEqual([e["record_id"] for e in entries], ["r0", "r1", "r2"])
-        self.assertEqual([e["uri"] for e in entries], [f"/buckets/b/collections/c/records/r{i}" for i in range(3)])
+        self.assertEqual(
+            [e["uri"] for e in entries],
+            [f"/buckets/b/collections/c/records/r{i}" for i in range(3)],
+        )
         self.assertEqual([e["target"]["data"]["i"] for e in entries], [0, 1, 2])
 
     async def test_plural_delete_one_entry_per_object(self):
@@ -159,7 +191,10 @@ class EntriesTests(_Base):
             await self.ok(self.alice.put(C + f"/records/r{i}", {"data": {}}))
         await self.ok(self.alice.delete(C + "/records"), 200)
         entries = await self.entries("?action=delete&_sort=record_id")
-        self.assertEqual([e["uri"] for e in entries], [f"/buckets/b/collections/c/records/r{i}" for i in range(2)])
+        self.assertEqual(
+            [e["uri"] for e in entries],
+            [f"/buckets/b/collections/c/records/r{i}" for i in range(2)],
+        )
 
     async def test_failed_write_leaves_no_entry(self):
         await self.tree()
@@ -229,7 +264,9 @@ class ListingTests(_Base):
         self.assertEqual(len(after), 3)
         before = await self.entries(f"?_before={middle}")
         self.assertEqual(len(before), 2)
-        got = await self.entries(f"?gt_target.data.last_modified={entries[3]['target']['data']['last_modified']}")
+        got = await self.entries(
+            f"?gt_target.data.last_modified={entries[3]['target']['data']['last_modified']}"
+        )
         self.assertEqual([e["record_id"] for e in got], ["r3", "r2"])
 
     async def test_sort_and_fields(self):
@@ -304,7 +341,9 @@ class AccessTests(_Base):
         await self.tree()
         (entry,) = await self.entries("?resource_name=collection")
         txn = self.app.registry.storage.transaction()
-        acl = await self.app.registry.permissions.get_object_permissions(txn, f"/buckets/b/history/{entry['id']}")
+        acl = await self.app.registry.permissions.get_object_permissions(
+            txn, f"/buckets/b/history/{entry['id']}"
+        )
         await txn.rollback()
         self.assertEqual(acl, {})
 
@@ -355,7 +394,11 @@ class DeleteTests(_Base):
         await self.tree()
         body = {
             "requests": [
-                {"method": "PUT", "path": "/buckets/b/collections/c/records/r", "body": {"data": {}}},
+                {
+                    "method": "PUT",
+                    "path": "/buckets/b/collections/c/records/r",
+                    "body": {"data": {}},
+                },
                 {"method": "DELETE", "path": "/buckets/b"},
             ]
         }
@@ -395,8 +438,22 @@ class SnapshotTests(_Base):
         await self.ok(self.alice.delete(C))
         await self.ok(self.alice.put(C))
         new = await self.ok(self.alice.put(C + "/records/new", {"data": {}}))
-        r = await self.ok(self.alice.get(B + f"/snapshot/collections/c@{new.json['data']['last_modified']}"), 200)
+        r = await self.ok(
+            self.alice.get(B + f"/snapshot/collections/c@{new.json['data']['last_modified']}"), 200
+        )
         self.assertEqual([x["id"] for x in r.json["data"]], ["new"])
+
+    async def test_snapshot_sorted_by_record_timestamp(self):
+        await self.tree()
+        a = await self.ok(self.alice.put(C + "/records/a", {"data": {}}))
+        older = a.json["data"]["last_modified"] - 10
+        # Written later, but with an older (replicated) timestamp.
+        b = await self.ok(self.alice.put(C + "/records/b", {"data": {"last_modified": older}}))
+        self.assertEqual(b.json["data"]["last_modified"], older)
+        r = await self.ok(
+            self.alice.get(B + f"/snapshot/collections/c@{a.json['data']['last_modified']}"), 200
+        )
+        self.assertEqual([x["id"] for x in r.json["data"]], ["a", "b"])
 
     async def test_snapshot_bad_timestamp(self):
         await self.tree()
@@ -499,3 +556,23 @@ class TrimUsersTests(_Base):
         self.assertEqual([e["record_id"] for e in got], ["a0", "a1", "a2", "b2"])
         r = await self.ok(self.anon.get("/v1/"), 200)
         self.assertEqual(r.json["capabilities"]["history"]["auto_trim_user_ids"], [BOB])
+
+
+# The same tests on PostgreSQL, where the nested filters and sorts of the
+# history queries (C{target.data.last_modified}, C{in_user_id}) are SQL.
+_PG = {"storage_backend": "postgresql", "permission_backend": "postgresql", "storage_url": PG_URL}
+_PG_SKIP = _pg_skip()
+
+for _case in (
+    EntriesTests,
+    ListingTests,
+    AccessTests,
+    DeleteTests,
+    SnapshotTests,
+    ExcludeTests,
+    TrimTests,
+    TrimUsersTests,
+):
+    _name = "Postgres" + _case.__name__
+    globals()[_name] = type(_name, (_case,), {"backend": _PG, "skip": _PG_SKIP})
+del _case, _name

@@ -150,9 +150,7 @@ class HistoryListener:
                 "user_id": event.user_id,
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             }
-            if event.resource_name == "bucket":
-                entry["bucket_id"] = oid
-            elif event.resource_name == "record":
+            if event.resource_name == "record":
                 entry["collection_id"] = parent_ids.get("collection")
             entry.setdefault(f"{event.resource_name}_id", oid)
             entry["target"] = {
