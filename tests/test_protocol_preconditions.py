@@ -403,3 +403,30 @@ class PluralTests(PreconditionCase):
         r = await self.alice.post(RECS, {"data": {"id": "new"}}, headers=im("*"))
         self.assert412(r)
         self.assert404(await self.alice.get(RECS + "/new"))
+
+
+class TombstonePreconditionTests(PreconditionCase):
+    async def setUp(self):
+        await super().setUp()
+        r = await self.alice.delete(R1)
+        self.tomb_etag = r.header("ETag")
+
+    async def test_put_if_match_on_deleted_object_412(self):
+        r = await self.alice.put(R1, {"data": {}}, headers=im(self.etag))
+        self.assert412(r)
+        r = await self.alice.put(R1, {"data": {}}, headers=im(self.tomb_etag))
+        self.assert412(r)
+
+    async def test_put_if_none_match_star_recreates(self):
+        r = await self.alice.put(R1, {"data": {"again": True}}, headers=inm("*"))
+        self.assertEqual(r.status, 201, r)
+
+    async def test_get_if_none_match_on_deleted_404(self):
+        self.assert404(await self.alice.get(R1, headers=inm(self.etag)))
+
+    async def test_list_etag_moves_on_delete(self):
+        r = await self.alice.get(RECS, headers=inm(self.etag))
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.header("ETag"), self.tomb_etag)
+        r = await self.alice.get(RECS, headers=inm(self.tomb_etag))
+        self.assertEqual(r.status, 304, r)

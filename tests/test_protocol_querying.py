@@ -456,6 +456,46 @@ class PaginationTests(QueryCase):
         r = await self.alice.get(nxt)
         self.assertEqual([o["id"] for o in r.data], ["mid", "r4"])
 
+    async def test_pagination_descending_with_missing_values(self):
+        pages = await self.collect(RECS + "?_sort=-n&_limit=2")
+        self.assertEqual(pages, [["r5", "r3"], ["r4", "r2"], ["r1"]])
+
+    async def test_pagination_with_ties_uses_tie_breaker(self):
+        await self.alice.put(B + "/collections/ties")
+        path = B + "/collections/ties/records"
+        for i in range(7):
+            await self.alice.put(f"{path}/t{i}", {"data": {"v": i % 2}})
+        pages = []
+        url = path + "?_sort=v&_limit=2"
+        while url:
+            r = await self.alice.get(url)
+            pages.extend(o["id"] for o in r.data)
+            url = r.header("Next-Page")
+        self.assertEqual(pages, ["t6", "t4", "t2", "t0", "t5", "t3", "t1"])
+
+    async def test_pagination_on_nested_and_cross_type_sort(self):
+        pages = await self.collect(RECS + "?_sort=nested.x,id&_limit=2")
+        self.assertEqual(sum(pages, []), ["r2", "r1", "r3", "r4", "r5"])
+        pages = await self.collect(RECS + "?_sort=typ&_limit=1")
+        # string < number < array < object < missing
+        self.assertEqual(sum(pages, []), ["r2", "r1", "r3", "r4", "r5"])
+
+    async def test_next_page_preserves_encoded_filters(self):
+        query = qs(in_typ='1,"1"', s="Alpha", _limit="1")
+        pages = await self.collect(RECS + query)
+        self.assertEqual(pages, [["r1"]])
+        query = qs(like_s="a b", _limit="1")
+        await self.alice.put(RECS + "/sp1", {"data": {"s": "a b c"}})
+        await self.alice.put(RECS + "/sp2", {"data": {"s": "xa by"}})
+        pages = await self.collect(RECS + query)
+        self.assertEqual(pages, [["sp2"], ["sp1"]])
+
+    async def test_pagination_with_since_includes_tombstones(self):
+        await self.alice.delete(RECS + "/r1")
+        await self.alice.delete(RECS + "/r3")
+        pages = await self.collect(RECS + "?_since=0&_sort=id&_limit=2")
+        self.assertEqual(pages, [["r1", "r2"], ["r3", "r4"], ["r5"]])
+
     async def test_get_tokens_are_reusable(self):
         r = await self.alice.get(RECS + "?_limit=2")
         nxt = r.header("Next-Page")
