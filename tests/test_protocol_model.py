@@ -91,6 +91,12 @@ class EnvelopeTests(ProtocolCase):
         self.assertEqual(r.status, 201, r)
         self.assertEqual(set(r.data), {"id", "last_modified"})
 
+    async def test_empty_raw_body_on_put_and_post(self):
+        r = await self.alice.request("PUT", RECS + "/r1", raw=b"", headers={"Content-Type": "application/json"})
+        self.assertEqual(r.status, 201, r)
+        r = await self.alice.request("POST", RECS, raw=b"", headers={"Content-Type": "application/json"})
+        self.assertEqual(r.status, 201, r)
+
     async def test_put_without_data_keeps_existing_data(self):
         await self.alice.put(RECS + "/r1", {"data": {"a": 1}})
         r = await self.alice.put(RECS + "/r1", {"permissions": {"read": ["system.Everyone"]}})
@@ -367,6 +373,13 @@ class TimestampTests(ProtocolCase):
         self.assertEqual(r.data["last_modified"], forced)
         r = await self.alice.get(RECS + "?_since=0")
         self.assertEqual(r.data, [{"id": "r1", "last_modified": forced, "deleted": True}])
+
+    async def test_delete_with_older_forced_last_modified_ignored(self):
+        r = await self.alice.put(RECS + "/r1", {"data": {}})
+        created = r.data["last_modified"]
+        r = await self.alice.delete(RECS + f"/r1?last_modified={created - 10_000}")
+        self.assertEqual(r.status, 200, r)
+        self.assertGreater(r.data["last_modified"], created)
 
 
 # ---------------------------------------------------------------------------------

@@ -625,3 +625,19 @@ class StrictSchemaTests(QueryCase):
     async def test_unknown_sort_field(self):
         r = await self.alice.get("/v1/permissions?_sort=foo")
         self.assertInvalidQuery(r, "_sort", "Unknown sort field")
+
+
+class ExternalUrlTests(QueryCase):
+    settings = {"http_scheme": "https", "http_host": "example.com:8443"}
+
+    async def test_next_page_uses_configured_host(self):
+        r = await self.alice.get(RECS + "?_limit=2")
+        self.assertTrue(
+            r.header("Next-Page").startswith("https://example.com:8443/v1/buckets/b/collections/c/records?"),
+            r.header("Next-Page"),
+        )
+
+    async def test_plural_delete_with_bad_filter_400(self):
+        r = await self.alice.delete(RECS + "?_since=abc")
+        self.assertInvalidQuery(r, "_since")
+        await self.assertMatches("", ["r1", "r2", "r3", "r4", "r5"])
