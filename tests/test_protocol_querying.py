@@ -641,3 +641,20 @@ class ExternalUrlTests(QueryCase):
         r = await self.alice.delete(RECS + "?_since=abc")
         self.assertInvalidQuery(r, "_since")
         await self.assertMatches("", ["r1", "r2", "r3", "r4", "r5"])
+
+
+class DefaultBucketPaginationTests(TestCase):
+    async def test_next_page_uses_real_bucket_id(self):
+        app = await build_app({"includes": "default_bucket", "paginate_by": "1"})
+        alice = StubClient(app).as_user("alice")
+        bucket = (await alice.get("/v1/")).json["user"]["bucket"]
+        for rid in ("a", "b"):
+            r = await alice.put(f"/v1/buckets/default/collections/c/records/{rid}")
+            self.assertEqual(r.status, 201, r)
+        r = await alice.get("/v1/buckets/default/collections/c/records")
+        nxt = r.header("Next-Page")
+        self.assertTrue(
+            nxt.startswith(f"http://localhost/v1/buckets/{bucket}/collections/c/records?"), nxt
+        )
+        r = await alice.get(nxt)
+        self.assertEqual([o["id"] for o in r.data], ["a"])
