@@ -430,3 +430,30 @@ class TombstonePreconditionTests(PreconditionCase):
         self.assertEqual(r.header("ETag"), self.tomb_etag)
         r = await self.alice.get(RECS, headers=inm(self.tomb_etag))
         self.assertEqual(r.status, 304, r)
+
+
+class AuthorizationBeforePreconditionTests(PreconditionCase):
+    """A 412 carries the object: users without access must get 401/403 instead."""
+
+    async def test_reader_cannot_write_even_with_stale_if_match(self):
+        r = await self.bob.put(R1, {"data": {}}, headers=im(self.stale))
+        self.assertEqual(r.status, 403, r)
+        self.assertNotIn("details", r.json)
+        r = await self.bob.delete(R1, headers=im(self.stale))
+        self.assertEqual(r.status, 403, r)
+
+    async def test_stranger_gets_403_not_412(self):
+        carol = StubClient(self.app).as_user("carol")
+        r = await carol.get(R1, headers=im(self.stale))
+        self.assertEqual(r.status, 403, r)
+        r = await carol.get(R1, headers=inm("*"))
+        self.assertEqual(r.status, 403, r)
+        r = await carol.patch(R1, {"data": {}}, headers=inm("*"))
+        self.assertEqual(r.status, 403, r)
+
+    async def test_anonymous_gets_401_not_304(self):
+        anon = StubClient(self.app).as_user(None)
+        r = await anon.get(R1, headers=inm(self.etag))
+        self.assertEqual(r.status, 401, r)
+        r = await anon.get(RECS, headers=inm("*"))
+        self.assertEqual(r.status, 401, r)
