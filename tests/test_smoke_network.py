@@ -148,9 +148,12 @@ class TreqSmokeTests(_ServerTest):
         self.assertEqual(r.code, 413, body[:200])
         self.assertEqual(treq_json(body)["errno"], 113)
 
+    async def test_non_utf8_path_gets_json_error(self):
+        await self.start_server()
         r, body = await self.request("GET", "/v1/buckets/b/collections/c/records/%ff")
         self.assertLess(r.code, 500)
         self.assertEqual(r.headers.getRawHeaders("Content-Type"), ["application/json"], body)
+        self.assertEqual(treq_json(body)["code"], r.code)
 
     async def test_config_file_and_cli(self):
         await self.start_server(["--setting", "batch_max_requests=7"],
