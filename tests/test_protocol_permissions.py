@@ -453,6 +453,13 @@ class PartialListingTests(_Base):
         self.assertEqual(await self.ids(self.bob, "/v1/buckets"), ["bobs", "shared"])
         self.assertEqual(await self.ids(self.alice, "/v1/buckets"), ["b", "shared"])
 
+    async def test_plural_delete_buckets_only_writable(self):
+        await self.ok(self.bob.put("/v1/buckets/bobs"))
+        await self.ok(self.alice.put("/v1/buckets/readonly", {"permissions": {"read": [BOB]}}))
+        r = await self.ok(self.bob.delete("/v1/buckets"), 200)
+        self.assertEqual([o["id"] for o in r.data], ["bobs"])
+        self.assertEqual(await self.ids(self.alice, "/v1/buckets"), ["b", "readonly"])
+
     async def test_buckets_list_with_only_create_is_empty(self):
         r = await self.ok(self.carol.get("/v1/buckets"), 200)
         self.assertEqual(r.data, [])

@@ -518,3 +518,16 @@ class ConcurrencyOnWritesTests(_Base):
         self.assertEqual(r.status, 201, r)
         r = await self.alice.put(R, {"data": {}}, headers={"If-None-Match": "*"})
         self.assertEqual(r.status, 412, r)
+
+    async def test_put_if_match_on_missing_object_is_412_without_details(self):
+        await self.tree()
+        r = await self.alice.put(C + "/records/new", {"data": {}}, headers={"If-Match": '"123"'})
+        self.assertEqual(r.status, 412, r)
+        self.assertEqual(r.json["errno"], 114)
+        self.assertNotIn("details", r.json)
+        self.assertEqual((await self.alice.get(C + "/records/new")).status, 404)
+
+    async def test_patch_if_match_star_on_missing_is_404(self):
+        await self.tree()
+        r = await self.alice.patch(C + "/records/new", {"data": {}}, headers={"If-Match": "*"})
+        self.assertEqual(r.status, 404, r)
