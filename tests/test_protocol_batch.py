@@ -80,7 +80,7 @@ class BasicBatchTests(_Base):
     async def test_subresponse_headers(self):
         out = await self.responses(self.alice, [{"method": "PUT", "path": "/buckets/b"}])
         headers = {k.lower(): v for k, v in out[0]["headers"].items()}
-        self.assertEqual(headers["etag"], '"%d"' % out[0]["body"]["data"]["last_modified"])
+        self.assertEqual(headers["etag"], f'"{out[0]["body"]["data"]["last_modified"]}"')
         self.assertIn("last-modified", headers)
         for value in headers.values():
             self.assertIsInstance(value, str)

@@ -13,14 +13,13 @@ import sys
 import tempfile
 import time
 
+import treq
+from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
-
-import treq
-from treq.client import HTTPClient
 
 VENV_BIN = os.path.dirname(sys.executable)
 TWIST = os.path.join(VENV_BIN, "twist")
