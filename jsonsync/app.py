@@ -15,6 +15,7 @@ from urllib.parse import unquote
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.web.resource import Resource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed as WzMethodNotAllowed, NotFound
 
 from jsonsync import errors, events
@@ -43,6 +44,28 @@ from jsonsync.http import (
 from jsonsync.registry import Registry, Route
 
 _log = Logger()
+
+
+class _Root(Resource):
+    """
+    The site's root: Klein's resource, except that a URL Klein cannot decode
+    gets our JSON 400 instead of Klein's text page.
+    """
+
+    isLeaf = True
+
+    def __init__(self, app: "JsonSyncApp"):
+        super().__init__()
+        self._app = app
+        self._klein = app.klein.resource()
+
+    def render(self, request):
+        try:
+            request.path.decode("utf-8")
+            unquote(request.path.decode("ascii", "strict"), errors="strict")
+        except UnicodeDecodeError:
+            return self._app.bad_url(request)
+        return self._klein.render(request)
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _BASE_EXPOSED = ["Backoff", "Retry-After", "Alert", "Content-Length", "Content-Type"]
@@ -79,7 +102,7 @@ class JsonSyncApp:
         self.klein.route(API_PREFIX + route.rule, methods=sorted(methods), endpoint=route.name)(handler)
 
     def resource(self):
-        return self.klein.resource()
+        return _Root(self)
 
     def match(self, path: str, method: str):
         """C{(route, params)} for a batch sub-request; werkzeug errors propagate."""
@@ -287,6 +310,11 @@ class JsonSyncApp:
         if ttl is not None and ttl >= 0:
             headers.append(("Cache-Control", f"max-age={ttl}"))
         return ApiResponse(None, 307, headers)
+
+    def bad_url(self, request) -> bytes:
+        req = self._api_request(request)
+        exc = InvalidParameters("path", None, "URL path is not valid UTF-8")
+        return self._write(request, req, self.finish(req, self.error_response(exc), None))
 
     def _crash(self, request, failure):
         _log.failure("unhandled error on {uri}", failure, uri=request.uri)

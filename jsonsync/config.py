@@ -114,6 +114,20 @@ def _parse(setting: Setting, raw: Any) -> Any:
     raise AssertionError(kind)
 
 
+# Kinto's dotted names for what jsonsync names shortly, so Kinto INI files load.
+_KINTO_NAMES = re.compile(r"^kinto\.(plugins|core\.storage|core\.permission)\.")
+_NAMED = ("storage_backend", "permission_backend", "includes")
+
+
+def kinto_alias(value):
+    """C{kinto.plugins.history} -> C{history}, C{kinto.core.storage.postgresql} -> C{postgresql}."""
+    if isinstance(value, list):
+        return [kinto_alias(v) for v in value]
+    if isinstance(value, str):
+        return _KINTO_NAMES.sub("", value)
+    return value
+
+
 def env_name(name: str) -> str:
     return "JSONSYNC_" + re.sub(r"[.\-]", "_", name).upper()
 
@@ -153,7 +167,8 @@ class SettingsSchema:
 
     def __init__(self, settings: Iterable[Setting] = CORE_SETTINGS):
         self.known: dict[str, Setting] = {s.name: s for s in settings}
-        self.prefixes: list[str] = []
+        # Kinto's "multiauth.policy.<name>.use = dotted.path": accepted, not needed.
+        self.prefixes: list[str] = ["multiauth.policy."]
 
     def add(self, declared: Mapping[str, Any], owner: str):
         """Accept a plugin's or backend's C{{name: default}} declarations."""
@@ -258,6 +273,8 @@ def load(
             continue
         try:
             values[name] = _parse(setting, value)
+            if name in _NAMED:
+                values[name] = kinto_alias(values[name])
         except ValueError as e:
             problems.append(f"bad value for {name} (from {origin}): {e}")
     _check_values(values, problems)

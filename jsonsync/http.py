@@ -221,7 +221,10 @@ def check_accept(req: ApiRequest) -> None:
     if not accept:
         return
     for part in accept.split(","):
-        media = part.split(";", 1)[0].strip().lower()
+        media, _, params = part.partition(";")
+        media = media.strip().lower()
+        if re.search(r"(^|;)\s*q\s*=\s*0(\.0*)?\s*($|;)", params):
+            continue  # q=0 means "not this one"
         if media in ("*/*", "application/*", JSON, ""):
             return
     raise NotAcceptable()

@@ -93,6 +93,8 @@ def configure(
     for name in ("storage_backend", "permission_backend", "includes", "multiauth.policies"):
         raw = cli.get(name, environ.get(config.env_name(name), ini.get(name)))
         wanted[name] = config._parse(base.known[name], raw) if raw is not None else base.known[name].default
+        if name != "multiauth.policies":
+            wanted[name] = config.kinto_alias(wanted[name])
 
     schema = config.SettingsSchema()
     for key in ("storage_backend", "permission_backend"):

@@ -579,16 +579,105 @@ def basic(user: str, password: str = "secret") -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+TEST_POSTGRESQL_URL = __import__("os").environ.get(
+    "JSONSYNC_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+# Which backend build_app uses when the settings name none; the PostgreSQL
+# variants of the HTTP suites switch it for the duration of a test.
+_current = {"backend": "memory"}
+_open_apps: list = []
+_discovered: list = []
+
+
 async def build_app(settings: dict | None = None, reactor=None, environ=None):
-    """A jsonsync application configured with C{settings} (name -> raw string value)."""
+    """
+    A jsonsync application configured with C{settings} (name -> raw string
+    value), on the backend of the running test variant unless the settings
+    choose one.
+    """
     from jsonsync.registry import configure, discover
     from jsonsync.server import build
 
     if reactor is None:
         from twisted.internet import reactor
     values = {k: (" ".join(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in (settings or {}).items()}
-    configured, discovered = configure(None, environ or {}, values, discover())
-    return await build(configured, reactor, discovered)
+    if _current["backend"] == "postgresql" and "storage_backend" not in values:
+        values.update(
+            storage_backend="postgresql",
+            permission_backend="postgresql",
+            storage_url=TEST_POSTGRESQL_URL,
+            storage_pool_size="3",
+        )
+    if not _discovered:
+        _discovered.append(discover())
+    configured, discovered = configure(None, environ or {}, values, _discovered[0])
+    app = await build(configured, reactor, discovered)
+    if configured["storage_backend"] != "memory" or configured["permission_backend"] != "memory":
+        if not _open_apps:  # the first app of a test starts from an empty database
+            await app.registry.storage.flush()
+            await app.registry.permissions.flush()
+        _open_apps.append(app)
+    return app
+
+
+def postgresql_unavailable() -> str | None:
+    """Why PostgreSQL cannot be used for tests, or C{None} when it answers."""
+    import psycopg2
+
+    try:
+        psycopg2.connect(TEST_POSTGRESQL_URL, connect_timeout=3).close()
+    except Exception as e:  # any failure means "not usable here"
+        return f"PostgreSQL at {TEST_POSTGRESQL_URL} unavailable: {e}"
+    return None
+
+
+async def _close_apps():
+    apps, _open_apps[:] = list(_open_apps), []
+    for app in apps[:1]:
+        await app.registry.storage.flush()
+        await app.registry.permissions.flush()
+    for app in apps:
+        await app.registry.close()
+    _current["backend"] = "memory"
+
+
+def with_postgresql_variants(namespace: dict) -> None:
+    """
+    Add to a test module, beside each C{TestCase} class it defines, a
+    C{<Name>OnPostgreSQL} class running the same tests with every app on
+    the real PostgreSQL (C{JSONSYNC_TEST_POSTGRESQL_URL}). Skipped where
+    PostgreSQL is unreachable, except under CI, where that fails.
+    """
+    import os
+
+    from twisted.trial.unittest import TestCase
+
+    reason = postgresql_unavailable()
+    skip = reason if reason and not os.environ.get("CI") else None
+    for name, cls in list(namespace.items()):
+        if not (isinstance(cls, type) and issubclass(cls, TestCase)) or name.endswith("OnPostgreSQL"):
+            continue
+        if cls.__module__ != namespace.get("__name__") or getattr(cls, "memory_only", False):
+            continue
+
+        def make(base):
+            class Variant(base):
+                async def setUp(self):
+                    _current["backend"] = "postgresql"
+                    self.addCleanup(_close_apps)
+                    result = super().setUp()
+                    if hasattr(result, "__await__"):
+                        await result
+
+            return Variant
+
+        variant = make(cls)
+        variant.__name__ = variant.__qualname__ = f"{name}OnPostgreSQL"
+        variant.__module__ = cls.__module__
+        if skip:
+            variant.skip = skip
+        namespace[variant.__name__] = variant
 
 
 class StubClient:

@@ -122,3 +122,19 @@ class OptionsTests(SynchronousTestCase):
             Options().parseOptions(["-s", "nope=1", "-s", "paginate_by=x"])
         self.assertIn("nope", str(caught.exception))
         self.assertIn("paginate_by", str(caught.exception))
+
+
+class KintoCompatibilityTests(SynchronousTestCase):
+    def test_kinto_dotted_names_accepted(self):
+        path = write_ini(
+            "[jsonsync]\n"
+            "kinto.includes = kinto.plugins.default_bucket kinto.plugins.flush\n"
+            "kinto.storage_backend = kinto.core.storage.memory\n"
+            "kinto.permission_backend = kinto.core.permission.memory\n"
+            "multiauth.policy.basicauth.use = kinto.core.authentication.BasicAuthAuthenticationPolicy\n"
+        )
+        self.addCleanup(os.unlink, path)
+        settings, _ = configure(path, {}, {}, discover())
+        self.assertEqual(settings["includes"], ["default_bucket", "flush"])
+        self.assertEqual(settings["storage_backend"], "memory")
+        self.assertEqual(settings["permission_backend"], "memory")

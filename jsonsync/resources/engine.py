@@ -57,6 +57,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
 class Engine:
     def __init__(self, registry):
         self.registry = registry
+        self._used_tokens: dict[str, int] = {}
 
     # -- shared steps ------------------------------------------------------------
     @property
@@ -295,11 +296,31 @@ class Engine:
         events.notify(req, "create", loc, [{"new": obj}], obj["last_modified"])
         return self.object_response(req, loc, obj, acl, 201)
 
+    def spend_token(self, listing):
+        """
+        DELETE pagination tokens are single use and expire: a reused one
+        would delete objects that were never on the page the client saw.
+        Used nonces are remembered per process for the token validity.
+        """
+        if not listing.token_given:
+            return
+        validity = self.settings("pagination_token_validity_seconds", 600) * 1000
+        now = querystring.now_ms()
+        used = self._used_tokens
+        for nonce, expiry in list(used.items()):
+            if expiry < now:
+                del used[nonce]
+        expired = listing.token_issued is not None and listing.token_issued + validity < now
+        if expired or not listing.token_nonce or listing.token_nonce in used:
+            raise InvalidParameters("querystring", "_token", "_token was already used or has expired.")
+        used[listing.token_nonce] = now + validity
+
     async def delete_plural(self, req: ApiRequest, loc: Location) -> ApiResponse:
         rt = loc.resource
         ids = await self.readable_ids(req, loc, "write")
         await self.check_parents(req, loc)
         listing = self.list_request(req, loc)
+        self.spend_token(listing)
         timestamp = await self.storage.list_timestamp(req.txn, rt.name, loc.parent_uri)
         check_preconditions(req, timestamp)
         listing.query.include_deleted = False

@@ -33,6 +33,8 @@ class ListRequest:
     fields: list[str] | None = None
     deprecated_to: bool = False
     token_given: bool = False
+    token_nonce: str | None = None
+    token_issued: int | None = None
     filters_params: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -97,24 +99,25 @@ def parse_filter(name: str, raw: str, strict_fields: frozenset[str] | None) -> F
 
 
 def encode_token(last: dict) -> str:
-    payload = {"last_object": last, "nonce": f"pagination-token-{uuid.uuid4()}"}
+    payload = {"last_object": last, "nonce": f"pagination-token-{uuid.uuid4()}", "issued": now_ms()}
     return base64.urlsafe_b64encode(jsonutil.dumps(payload)).decode("ascii")
 
 
 def decode_token(raw: str, sorting: tuple[Sort, ...]) -> dict:
+    """The token's payload: C{last_object} (checked against C{sorting}), C{nonce}, C{issued}."""
     try:
         padded = raw + "=" * (-len(raw) % 4)
         decoded = base64.urlsafe_b64decode(padded.encode("ascii"))
         payload = jsonutil.loads(decoded)
         last = payload["last_object"]
-        if not isinstance(last, dict):
+        if not isinstance(last, dict) or not isinstance(payload.get("nonce", ""), str):
             raise ValueError
     except (ValueError, TypeError, KeyError, binascii.Error, UnicodeEncodeError):
         raise _bad("_token", "_token has invalid content") from None
     wanted = {s.field for s in sorting}
     if not set(last) <= wanted:
         raise _bad("_token", "_token has invalid content")
-    return last
+    return payload
 
 
 def parse_list_request(
@@ -194,11 +197,16 @@ def parse_list_request(
 
     include_deleted = any(f.field == "last_modified" for f in filters)
     query = Query(filters=filters, sorting=sorting, limit=effective, include_deleted=include_deleted)
+    result = ListRequest(query, effective, fields, deprecated_to, bool(token), filter_params)
     if token:
-        last = decode_token(token, sorting)
+        payload = decode_token(token, sorting)
+        last = payload["last_object"]
         full = {s.field: last.get(s.field, MISSING) for s in sorting}
         query.pagination = keyset_rules(sorting, full)
-    return ListRequest(query, effective, fields, deprecated_to, bool(token), filter_params)
+        result.token_nonce = payload.get("nonce")
+        issued = payload.get("issued")
+        result.token_issued = issued if isinstance(issued, int) else None
+    return result
 
 
 def parse_fields(params: list[tuple[str, str]], strict_fields=None) -> list[str] | None:

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 from email.utils import formatdate
+from urllib.parse import unquote
 
 from twisted.internet import defer
 from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed, NotFound
@@ -83,9 +84,9 @@ class ServiceViews:
     # -- heartbeats -----------------------------------------------------------------
     async def heartbeat(self, req: ApiRequest) -> ApiResponse:
         checks = {"storage": self.registry.storage.heartbeat}
-        perm_check = getattr(self.registry.permissions, "heartbeat", None)
-        if perm_check is not None:
-            checks["permission"] = perm_check
+        checks["permission"] = getattr(self.registry.permissions, "heartbeat", None) or (
+            self.registry.storage.heartbeat
+        )
         checks.update(self.registry.heartbeats)
         timeout = self.settings["heartbeat_timeout_seconds"]
         reactor = self.registry.reactor
@@ -220,6 +221,7 @@ class ServiceViews:
 
         method = sub.get("method", "GET").upper()
         raw_path, _, raw_query = sub["path"].partition("?")
+        raw_path = unquote(raw_path)
         if not (raw_path == API_PREFIX or raw_path.startswith(API_PREFIX + "/")):
             raw_path = API_PREFIX + raw_path
         headers = {k: v for k, v in outer.headers.items() if k not in ("content-length", "content-type")}
@@ -233,12 +235,12 @@ class ServiceViews:
         app = self.app
         try:
             req.query = parse_query(raw_query)
-            route, params = self._match(raw_path, method)
+            route, params, effective = self._match(raw_path, method)
         except (RouteNotFound, InvalidParameters, MethodNotAllowed) as exc:
             response = app.finish(req, app.error_response(exc), None)
         else:
             req.params = params
-            req.path = raw_path
+            req.path = effective
             response = await app.process(req, route, ctx=outer.ctx)
         content = response.body
         if isinstance(content, bytes):
@@ -252,7 +254,7 @@ class ServiceViews:
             "body": content,
         }
 
-    def _match(self, path: str, method: str) -> tuple[Route, dict]:
+    def _match(self, path: str, method: str) -> tuple[Route, dict, str]:
         app = self.app
         candidates = [path]
         if path.endswith("/") and path != API_PREFIX + "/":
@@ -270,7 +272,7 @@ class ServiceViews:
                 continue
             if route.name == "batch":
                 raise InvalidParameters("body", "path", "Recursive call on /batch endpoint is forbidden.")
-            return route, params
+            return route, params, candidate
         raise RouteNotFound()
 
     # -- permissions ----------------------------------------------------------------
