@@ -61,10 +61,11 @@ class _Root(Resource):
 
     def render(self, request):
         try:
-            request.path.decode("utf-8")
-            unquote(request.path.decode("ascii", "strict"), errors="strict")
+            path = unquote(request.path.decode("ascii", "strict"), errors="strict")
         except UnicodeDecodeError:
-            return self._app.bad_url(request)
+            return self._app.bad_url(request, "URL path is not valid UTF-8")
+        if "\x00" in path:
+            return self._app.bad_url(request, "Invalid character 0x00 in the URL path")
         return self._klein.render(request)
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -311,9 +312,9 @@ class JsonSyncApp:
             headers.append(("Cache-Control", f"max-age={ttl}"))
         return ApiResponse(None, 307, headers)
 
-    def bad_url(self, request) -> bytes:
+    def bad_url(self, request, reason: str) -> bytes:
         req = self._api_request(request)
-        exc = InvalidParameters("path", None, "URL path is not valid UTF-8")
+        exc = InvalidParameters("path", None, reason)
         return self._write(request, req, self.finish(req, self.error_response(exc), None))
 
     def _crash(self, request, failure):

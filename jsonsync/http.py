@@ -109,6 +109,10 @@ class ApiRequest:
                     raise InvalidParameters(
                         "body", None, f"JSON nested deeper than {max_depth} levels"
                     )
+                # PostgreSQL cannot store NUL in text or JSONB: refuse it on every
+                # backend alike rather than fail on one.
+                if b"\\u0000" in body and jsonutil.has_nul(self._json):
+                    raise InvalidParameters("body", None, "Invalid character 0x00 in a string")
         return self._json
 
     def url(self, path: str | None = None, query: list[tuple[str, str]] | None = None) -> str:

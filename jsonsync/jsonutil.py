@@ -65,3 +65,19 @@ def depth(value: Any, limit: int) -> bool:
             if isinstance(child, (dict, list)):
                 stack.append((child, level + 1))
     return True
+
+
+def has_nul(value: Any) -> bool:
+    """Whether a NUL character hides in any string (key or value) of C{value}."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False

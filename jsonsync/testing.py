@@ -634,12 +634,18 @@ def postgresql_unavailable() -> str | None:
 
 async def _close_apps():
     apps, _open_apps[:] = list(_open_apps), []
-    for app in apps[:1]:
-        await app.registry.storage.flush()
-        await app.registry.permissions.flush()
-    for app in apps:
-        await app.registry.close()
     _current["backend"] = "memory"
+    try:
+        for app in apps:
+            try:
+                await app.registry.storage.flush()
+                await app.registry.permissions.flush()
+                break
+            except Exception:
+                continue  # this app's pool is gone; another may flush
+    finally:
+        for app in apps:
+            await app.registry.close()
 
 
 def with_postgresql_variants(namespace: dict) -> None:

@@ -511,3 +511,8 @@ class OneUnitTests(_Base):
         for d in reads:
             r = await d
             self.assertIn(len(r.data), (0, 20), "a reader saw a partial batch")
+
+
+from jsonsync.testing import with_postgresql_variants  # noqa: E402
+
+with_postgresql_variants(globals())

@@ -589,3 +589,8 @@ class CollectionParentTests(ProtocolCase):
         self.assertEqual([o["id"] for o in r.data], ["a"])
         r = await self.bob.get("/v1/buckets/bb")
         self.assertEqual(r.status, 200, r)
+
+
+from jsonsync.testing import with_postgresql_variants  # noqa: E402
+
+with_postgresql_variants(globals())

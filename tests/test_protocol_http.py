@@ -582,3 +582,8 @@ class NeverCrashTests(_Base):
         await self.make({"version_json_path": "/nonexistent/version.json"})
         r = await self.anon.get("/v1/__version__")
         self.assertJsonError(r, 404)
+
+
+from jsonsync.testing import with_postgresql_variants  # noqa: E402
+
+with_postgresql_variants(globals())

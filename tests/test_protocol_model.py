@@ -637,3 +637,8 @@ class GroupPrincipalTests(ProtocolCase):
         await self.alice.put("/v1" + self.G, {"data": {"members": [uid("bob")]}})
         await self.alice.delete(B + "/groups")
         self.assertNotIn(self.G, await self.principals(self.bob))
+
+
+from jsonsync.testing import with_postgresql_variants  # noqa: E402
+
+with_postgresql_variants(globals())

@@ -720,3 +720,8 @@ class PermissionsEndpointTests(_Base):
         self.assertIn("/buckets/b", got)
         self.assertIn("write", got["/buckets/b"]["permissions"])
         self.assertIn("read", got["/buckets/b"]["permissions"])
+
+
+from jsonsync.testing import with_postgresql_variants  # noqa: E402
+
+with_postgresql_variants(globals())

@@ -457,3 +457,8 @@ class AuthorizationBeforePreconditionTests(PreconditionCase):
         self.assertEqual(r.status, 401, r)
         r = await anon.get(RECS, headers=inm("*"))
         self.assertEqual(r.status, 401, r)
+
+
+from jsonsync.testing import with_postgresql_variants  # noqa: E402
+
+with_postgresql_variants(globals())

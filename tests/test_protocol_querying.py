@@ -658,3 +658,8 @@ class DefaultBucketPaginationTests(TestCase):
         )
         r = await alice.get(nxt)
         self.assertEqual([o["id"] for o in r.data], ["a"])
+
+
+from jsonsync.testing import with_postgresql_variants  # noqa: E402
+
+with_postgresql_variants(globals())

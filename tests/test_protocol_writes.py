@@ -531,3 +531,8 @@ class ConcurrencyOnWritesTests(_Base):
         await self.tree()
         r = await self.alice.patch(C + "/records/new", {"data": {}}, headers={"If-Match": "*"})
         self.assertEqual(r.status, 404, r)
+
+
+from jsonsync.testing import with_postgresql_variants  # noqa: E402
+
+with_postgresql_variants(globals())

@@ -222,6 +222,8 @@ class ServiceViews:
         method = sub.get("method", "GET").upper()
         raw_path, _, raw_query = sub["path"].partition("?")
         raw_path = unquote(raw_path)
+        if "\x00" in raw_path:
+            raise InvalidParameters("body", "path", "Invalid character 0x00 in a sub-request path")
         if not (raw_path == API_PREFIX or raw_path.startswith(API_PREFIX + "/")):
             raw_path = API_PREFIX + raw_path
         headers = {k: v for k, v in outer.headers.items() if k not in ("content-length", "content-type")}

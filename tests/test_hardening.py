@@ -1,0 +1,89 @@
+"""Hostile or unusual input: a clear 4xx, nothing lost, the same on every backend."""
+
+from twisted.trial.unittest import TestCase
+
+from jsonsync.testing import StubClient, build_app, with_postgresql_variants
+
+RECS = "/v1/buckets/b/collections/c/records"
+
+
+class HostileInputTests(TestCase):
+    async def setUp(self):
+        self.app = await build_app({})
+        self.alice = StubClient(self.app).as_user("alice")
+        await self.alice.put("/v1/buckets/b")
+        await self.alice.put("/v1/buckets/b/collections/c")
+        r = await self.alice.put(RECS + "/keep", {"data": {"v": 1}})
+        self.assertEqual(r.status, 201)
+
+    async def assert_rejected(self, r, status=400):
+        self.assertEqual(r.status, status, r)
+        self.assertEqual(r.header("Content-Type"), "application/json")
+        self.assertEqual(r.json["code"], status)
+        # nothing stored before was lost
+        kept = await self.alice.get(RECS + "/keep")
+        self.assertEqual(kept.data["v"], 1)
+
+    async def test_nul_in_body_string(self):
+        r = await self.alice.request("PUT", RECS + "/keep", raw=b'{"data": {"v": "a\\u0000b"}}',
+                                     headers={"Content-Type": "application/json"})
+        await self.assert_rejected(r)
+        r = await self.alice.request("POST", RECS, raw=b'{"data": {"a\\u0000": 1}}',
+                                     headers={"Content-Type": "application/json"})
+        await self.assert_rejected(r)
+
+    async def test_escaped_backslash_before_u0000_is_fine(self):
+        r = await self.alice.request("PUT", RECS + "/text", raw=b'{"data": {"v": "\\\\u0000"}}',
+                                     headers={"Content-Type": "application/json"})
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(r.data["v"], "\\u0000")
+
+    async def test_nul_in_path(self):
+        await self.assert_rejected(await self.alice.get("/v1/buckets/%00"))
+        await self.assert_rejected(await self.alice.put(RECS + "/a%00b", {"data": {}}))
+
+    async def test_nul_in_batch_path(self):
+        r = await self.alice.post("/v1/batch", {"requests": [{"path": "/buckets/b%00"}]})
+        await self.assert_rejected(r)
+
+    async def test_deep_json(self):
+        body = b'{"data": {"x": ' + b"[" * 200 + b"]" * 200 + b"}}"
+        r = await self.alice.request("PUT", RECS + "/keep", raw=body, headers={"Content-Type": "application/json"})
+        await self.assert_rejected(r)
+
+    async def test_very_deep_json_does_not_crash(self):
+        body = b'{"data": {"x": ' + b"[" * 100000 + b"]" * 100000 + b"}}"
+        r = await self.alice.request("PUT", RECS + "/keep", raw=body, headers={"Content-Type": "application/json"})
+        await self.assert_rejected(r)
+
+    async def test_not_json(self):
+        for raw in (b"{", b"NaN", b'{"data": Infinity}', b"\xff\xfe", b"[]", b'"x"'):
+            r = await self.alice.request("PUT", RECS + "/keep", raw=raw, headers={"Content-Type": "application/json"})
+            await self.assert_rejected(r)
+
+    async def test_big_integers_kept_exactly(self):
+        big = 123456789012345678901234567890
+        r = await self.alice.put(RECS + "/big", {"data": {"n": big, "neg": -big}})
+        self.assertEqual(r.status, 201, r)
+        got = await self.alice.get(RECS + "/big")
+        self.assertEqual(got.data["n"], big)
+        self.assertEqual(got.data["neg"], -big)
+
+    async def test_unicode_roundtrip(self):
+        text = "caf\u00e9 \u2603 \U0001f600 \u202e"
+        r = await self.alice.put(RECS + "/u", {"data": {"t": text, text: 1}})
+        self.assertEqual(r.status, 201, r)
+        got = await self.alice.get(RECS + "/u")
+        self.assertEqual(got.data["t"], text)
+        self.assertEqual(got.data[text], 1)
+
+    async def test_body_too_large(self):
+        app = await build_app({"max_request_body_bytes": "1000"})
+        client = StubClient(app).as_user("alice")
+        r = await client.put("/v1/buckets/x", {"data": {"pad": "x" * 5000}})
+        self.assertEqual(r.status, 413, r)
+        self.assertEqual(r.json["errno"], 113)
+        self.assertEqual((await client.get("/v1/buckets/x")).status, 403)
+
+
+with_postgresql_variants(globals())
