@@ -65,9 +65,7 @@ def main():
         " FROM generate_series(1, %s) AS i",
         (n // 10,),
     )
-    cur.execute(
-        "INSERT INTO timestamps VALUES (%s, %s, %s)", (R, P, 1600000000000 + n)
-    )
+    cur.execute("INSERT INTO timestamps VALUES (%s, %s, %s)", (R, P, 1600000000000 + n))
     cur.execute(
         "INSERT INTO access_control_entries"
         " SELECT %s || '/records/r' || i, 'read', 'account:u' || (i %% 1000)"
@@ -89,15 +87,20 @@ def main():
         ),
         (
             "_since (sync), newest first",
-            Query(filters=[Filter("last_modified", last - 100, Op.GT)], include_deleted=True,
-                  limit=25),
+            Query(
+                filters=[Filter("last_modified", last - 100, Op.GT)], include_deleted=True, limit=25
+            ),
             "o.data",
             True,
         ),
         (
             "_since (sync), oldest first, deep",
-            Query(filters=[Filter("last_modified", last - 400_000, Op.GT)],
-                  sorting=(Sort("last_modified", 1),), include_deleted=True, limit=25),
+            Query(
+                filters=[Filter("last_modified", last - 400_000, Op.GT)],
+                sorting=(Sort("last_modified", 1),),
+                include_deleted=True,
+                limit=25,
+            ),
             "o.data",
             True,
         ),
@@ -118,8 +121,13 @@ def main():
         "SELECT DISTINCT substr(object_id, %s) FROM access_control_entries"
         " WHERE principal = ANY(%s::text[]) AND permission = ANY(%s::text[])"
         " AND object_id LIKE %s AND strpos(substr(object_id, %s), '/') = 0",
-        (len(P) + 10, ["account:u7", "system.Authenticated"], ["read", "write"],
-         P + "/records/_%", len(P) + 10),
+        (
+            len(P) + 10,
+            ["account:u7", "system.Authenticated"],
+            ["read", "write"],
+            P + "/records/_%",
+            len(P) + 10,
+        ),
     )
     explain(
         cur,

@@ -13,9 +13,9 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from jsonsync.errors import BackendUnavailable
+from jsonsync.errors import BackendUnavailable, InvalidParameters
 from jsonsync.query import Filter, Op, Query, Sort
-from tests.test_storage_postgresql import SKIP, open_backend
+from tests.test_storage_postgresql import SKIP, open_backend, scratch_url
 
 R = "record"
 P = "/buckets/b/collections/concurrency"
@@ -26,7 +26,8 @@ class ConcurrentWritersTests(TestCase):
 
     async def setUp(self):
         # Three pools stand for three server processes sharing the database.
-        self.nodes = [await open_backend(self, storage_pool_size=4) for _ in range(3)]
+        url = await scratch_url(self)
+        self.nodes = [await open_backend(self, url, storage_pool_size=4) for _ in range(3)]
         self.storage = self.nodes[0][0]
         await self.storage.flush()
         self.addCleanup(self.storage.flush)
@@ -171,9 +172,7 @@ class SharedTransactionTests(TestCase):
         await txn.rollback()
         check = self.storage.transaction()
         self.assertIsNone(await self.storage.get(check, R, P, "a"))
-        self.assertEqual(
-            await self.permissions.get_object_permissions(check, P + "/records/a"), {}
-        )
+        self.assertEqual(await self.permissions.get_object_permissions(check, P + "/records/a"), {})
         await check.rollback()
 
     async def test_rollback_returns_the_connection(self):
@@ -189,7 +188,7 @@ class SharedTransactionTests(TestCase):
     async def test_failed_statement_rolls_back_and_frees_the_connection(self):
         txn = self.storage.transaction()
         await self.storage.create(txn, R, P, {"id": "a"})
-        with self.assertRaises(Exception):
+        with self.assertRaises(InvalidParameters):
             # NUL is valid JSON but PostgreSQL's JSONB refuses it.
             await self.storage.create(txn, R, P, {"id": "b", "bad": "\u0000"})
         await txn.rollback()

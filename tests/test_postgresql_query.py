@@ -20,9 +20,35 @@ R = "record"
 P = "/buckets/b/collections/query"
 
 VALUES = [
-    None, "", "a", "B", "b", "10", "hello World", "h_l%o", "caf\u00e9", 0, 1, 2, 10, -3,
-    1.5, 2.0, True, False, [], [1], ["red"], ["red", "blue"], [1, "1"], [[1]],
-    [{"k": 1}], {}, {"k": 1}, {"k": "1"}, {"k": [1, 2]},
+    None,
+    "",
+    "a",
+    "B",
+    "b",
+    "10",
+    "hello World",
+    "h_l%o",
+    "caf\u00e9",
+    0,
+    1,
+    2,
+    10,
+    -3,
+    1.5,
+    2.0,
+    True,
+    False,
+    [],
+    [1],
+    ["red"],
+    ["red", "blue"],
+    [1, "1"],
+    [[1]],
+    [{"k": 1}],
+    {},
+    {"k": 1},
+    {"k": "1"},
+    {"k": [1, 2]},
 ]
 FIELDS = ["x", "y", "sub.k", "dotted.key", "id", "deleted"]
 
@@ -206,7 +232,9 @@ class IndexUsageTests(TestCase):
         )
 
     async def test_count(self):
-        sql, params = _build_select("count(*)", R, "/buckets/b/collections/c3", Query(), listing=False)
+        sql, params = _build_select(
+            "count(*)", R, "/buckets/b/collections/c3", Query(), listing=False
+        )
         plan = await self.plan(sql, params)
         self.assertRegex(plan, r"Index|Bitmap", plan)
 

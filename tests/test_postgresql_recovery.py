@@ -21,17 +21,10 @@ from txpostgres.txpostgres import Connection
 
 from jsonsync.errors import BackendUnavailable
 from jsonsync.query import Query
-from tests.test_storage_postgresql import SKIP, URL, open_backend
+from tests.test_storage_postgresql import SKIP, URL, open_backend, scratch_url, with_query
 
 R = "record"
 P = "/buckets/b/collections/recovery"
-
-
-def with_query(url: str, **params) -> str:
-    parts = urlsplit(url)
-    extra = "&".join(f"{k}={v}" for k, v in params.items())
-    query = f"{parts.query}&{extra}" if parts.query else extra
-    return urlunsplit(parts._replace(query=query))
 
 
 def with_port(url: str, port: int) -> str:
@@ -64,7 +57,7 @@ class _Blackhole(protocol.Protocol):
 class Proxy:
     """A TCP proxy to the test database that can be cut and restored."""
 
-    def __init__(self, test: TestCase, blackhole: bool = False):
+    def __init__(self, test: TestCase, url: str, blackhole: bool = False):
         target = urlsplit(URL)
         if blackhole:
             self.factory = protocol.Factory.forProtocol(_Blackhole)
@@ -74,10 +67,11 @@ class Proxy:
         self.factory.live = set()
         self.port = None
         self.number = None
+        self.target_url = url
         test.addCleanup(self.cut)
 
     def url(self) -> str:
-        return with_port(URL, self.number)
+        return with_port(self.target_url, self.number)
 
     def reserve(self):
         """Pick a free port number, not listening yet."""
@@ -147,7 +141,9 @@ class KilledSessionsTests(TestCase):
 
     async def test_recovers_after_sessions_are_terminated(self):
         name = "jsonsync-kill-test"
-        storage, _ = await open_backend(self, with_query(URL, application_name=name))
+        storage, _ = await open_backend(
+            self, with_query(await scratch_url(self), application_name=name)
+        )
         await storage.flush()
         self.addCleanup(storage.flush)
         await round_trip(storage, 0)
@@ -169,7 +165,9 @@ class KilledSessionsTests(TestCase):
         with self.assertRaises(BackendUnavailable):
             await in_flight.commit()
         seconds, errors = await wait_until_working(storage)
-        print(f"\n  recovered {seconds:.2f}s after the kill ({len(errors)} failed attempts: {[str(e) for e in errors]})")
+        print(
+            f"\n  recovered {seconds:.2f}s after the kill ({len(errors)} failed attempts: {[str(e) for e in errors]})"
+        )
         self.assertLess(seconds, 5)
         self.assertTrue(await storage.heartbeat())
         # The transaction that died was rolled back, not half applied.
@@ -185,7 +183,7 @@ class OutageTests(TestCase):
     skip = SKIP
 
     async def test_outage_then_return(self):
-        proxy = Proxy(self)
+        proxy = Proxy(self, await scratch_url(self))
         proxy.start()
         storage, permissions = await open_backend(self, proxy.url())
         await storage.flush()
@@ -213,7 +211,7 @@ class OutageTests(TestCase):
         self.assertTrue(await storage.heartbeat())
 
     async def test_start_while_database_is_down(self):
-        proxy = Proxy(self)
+        proxy = Proxy(self, await scratch_url(self))
         await proxy.reserve()
         started = time.monotonic()
         storage, permissions = await open_backend(self, proxy.url())
@@ -231,7 +229,7 @@ class OutageTests(TestCase):
         await storage.flush()
 
     async def test_heartbeat_times_out_on_a_silent_server(self):
-        proxy = Proxy(self, blackhole=True)
+        proxy = Proxy(self, await scratch_url(self), blackhole=True)
         proxy.start()
         storage, _ = await open_backend(self, proxy.url(), storage_pool_timeout=0.5)
         started = time.monotonic()

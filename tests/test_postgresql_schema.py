@@ -20,8 +20,8 @@ from txpostgres.txpostgres import Connection
 from jsonsync.errors import BackendUnavailable
 from jsonsync.query import Query
 from jsonsync.storage.postgresql import _schema_scripts, migrate
-from tests.test_postgresql_recovery import with_port, with_query
-from tests.test_storage_postgresql import SKIP, URL, open_backend
+from tests.test_postgresql_recovery import with_port
+from tests.test_storage_postgresql import SKIP, URL, open_backend, with_query
 
 
 class SchemaTests(TestCase):
