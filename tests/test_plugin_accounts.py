@@ -5,9 +5,12 @@ HTTP (L{jsonsync.testing.StubClient}).
 
 from __future__ import annotations
 
+import os
 import threading
+from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from jsonsync.config import ConfigurationError
@@ -27,10 +30,19 @@ SETTINGS = {
 
 class AccountsTestCase(TestCase):
     settings: dict = SETTINGS
+    backend: dict = {}
 
     async def setUp(self):
-        self.app = await build_app(self.settings)
+        if self.backend:
+            # Other runs of this module (a full test run beside this one)
+            # share the database: take turns, one test at a time.
+            lock = await deferToThread(_pg_lock)
+            self.addCleanup(lock.close)
+        self.app = await build_app({**self.settings, **self.backend})
         self.addCleanup(lambda: self.app.registry.close())
+        if self.backend:
+            await self.app.registry.storage.flush()
+            await self.app.registry.permissions.flush()
         self.client = StubClient(self.app)
 
     async def signup(self, account_id, password="secret"):
@@ -136,7 +148,7 @@ class SignupTests(AccountsTestCase):
         self.assertEqual(await self.user_id("alice"), "account:alice")
 
     async def test_no_signup_without_create_principals(self):
-        settings = {**SETTINGS, "account_create_principals": ""}
+        settings = {**SETTINGS, **self.backend, "account_create_principals": ""}
         app = await build_app(settings)
         self.addCleanup(lambda: app.registry.close())
         r = await StubClient(app).put("/v1/accounts/alice", {"data": {"password": "pw"}})
@@ -528,3 +540,63 @@ class ConfigurationTests(TestCase):
         self.addCleanup(lambda: app.registry.close())
         r = await StubClient(app).put("/v1/accounts/alice", {"data": {"password": "pw"}})
         self.assertEqual(r.status, 401)
+
+
+# The same behaviour on PostgreSQL, in a database of its own so that test
+# runs of other modules cannot flush it under our feet.
+_BASE_URL = os.environ.get("JSONSYNC_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test")
+_PARTS = urlsplit(_BASE_URL)
+PG_URL = os.environ.get(
+    "JSONSYNC_TEST_ACCOUNTS_POSTGRESQL_URL", urlunsplit(_PARTS._replace(path="/jsonsync_accounts_test"))
+)
+
+
+def _pg_skip() -> str | None:
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(_BASE_URL, connect_timeout=3)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (urlsplit(PG_URL).path.lstrip("/"),))
+                if cur.fetchone() is None:
+                    cur.execute(f'CREATE DATABASE "{urlsplit(PG_URL).path.lstrip("/")}"')
+        finally:
+            conn.close()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no database here"
+        return None if os.environ.get("CI") else f"PostgreSQL not reachable at {_BASE_URL}: {exc}"
+    return None
+
+
+def _pg_lock():
+    """A connection holding the session lock of this module's database (blocking)."""
+    import psycopg2
+
+    conn = psycopg2.connect(PG_URL, connect_timeout=3)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s, %s)", _LOCK_KEY)
+    return conn
+
+
+# Two-integer key: that space never meets the per-list locks of the backend
+# (bigint keys), and differs from its schema lock.
+_LOCK_KEY = (0x6A73, 0x6163)
+_PG = {"storage_backend": "postgresql", "permission_backend": "postgresql", "storage_url": PG_URL}
+_PG_SKIP = _pg_skip()
+
+for _case in (
+    SignupTests,
+    LoginTests,
+    PasswordChangeTests,
+    IsolationTests,
+    AdminTests,
+    DeletionTests,
+    HashNeverShownTests,
+    TimingTests,
+    CacheTests,
+):
+    _name = _case.__name__ + "OnPostgreSQL"
+    globals()[_name] = type(_name, (_case,), {"backend": _PG, "skip": _PG_SKIP})
+del _case, _name
