@@ -87,8 +87,13 @@ class DiscoveryTests(AccountsTestCase):
         self.assertEqual(capability["description"], "Manage user accounts.")
 
     async def test_settings_are_declared(self):
-        for name in ("account_create_principals", "account_write_principals", "account_read_principals",
-                     "account_cache_ttl_seconds", "account_bcrypt_rounds"):
+        for name in (
+            "account_create_principals",
+            "account_write_principals",
+            "account_read_principals",
+            "account_cache_ttl_seconds",
+            "account_bcrypt_rounds",
+        ):
             self.assertIn(name, accounts.AccountsPlugin.settings)
         self.assertEqual(accounts.AccountsPlugin.settings["account_cache_ttl_seconds"], 30)
         self.assertEqual(self.app.settings["account_write_principals"], ["account:admin"])
@@ -114,9 +119,13 @@ class SignupTests(AccountsTestCase):
             await txn.rollback()
 
     async def test_anonymous_post_creates_account(self):
-        r = await self.client.post("/v1/accounts", {"data": {"id": "bob.b+1@example.com", "password": "pw"}})
+        r = await self.client.post(
+            "/v1/accounts", {"data": {"id": "bob.b+1@example.com", "password": "pw"}}
+        )
         self.assertEqual(r.status, 201, r)
-        self.assertEqual(await self.user_id("bob.b+1@example.com", "pw"), "account:bob.b+1@example.com")
+        self.assertEqual(
+            await self.user_id("bob.b+1@example.com", "pw"), "account:bob.b+1@example.com"
+        )
 
     async def test_post_without_id(self):
         r = await self.client.post("/v1/accounts", {"data": {"password": "pw"}})
@@ -205,7 +214,9 @@ class PasswordChangeTests(AccountsTestCase):
 
     async def test_patch_changes_password(self):
         await self.signup("alice", "old")
-        r = await self.client.as_user("alice", "old").patch("/v1/accounts/alice", {"data": {"password": "new"}})
+        r = await self.client.as_user("alice", "old").patch(
+            "/v1/accounts/alice", {"data": {"password": "new"}}
+        )
         self.assertEqual(r.status, 200, r)
         self.assertNotEqual(await self.user_id("alice", "old"), "account:alice")
         self.assertEqual(await self.user_id("alice", "new"), "account:alice")
@@ -215,7 +226,9 @@ class PasswordChangeTests(AccountsTestCase):
         hashes = []
         real = accounts.hash_password
         self.patch(accounts, "hash_password", lambda *a: hashes.append(a) or real(*a))
-        r = await self.client.as_user("alice", "pw").patch("/v1/accounts/alice", {"data": {"name": "Alice"}})
+        r = await self.client.as_user("alice", "pw").patch(
+            "/v1/accounts/alice", {"data": {"name": "Alice"}}
+        )
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.data["name"], "Alice")
         self.assertEqual(hashes, [])
@@ -224,7 +237,9 @@ class PasswordChangeTests(AccountsTestCase):
     async def test_put_with_same_password_rehashes(self):
         await self.signup("alice", "pw")
         before = await self.stored("alice")
-        r = await self.client.as_user("alice", "pw").put("/v1/accounts/alice", {"data": {"password": "pw"}})
+        r = await self.client.as_user("alice", "pw").put(
+            "/v1/accounts/alice", {"data": {"password": "pw"}}
+        )
         self.assertEqual(r.status, 200, r)
         after = await self.stored("alice")
         self.assertNotEqual(before["password"], after["password"])
@@ -248,7 +263,9 @@ class PasswordChangeTests(AccountsTestCase):
         await self.signup("alice", "old")
         self.assertEqual(await self.user_id("alice", "old"), "account:alice")
         self.assertIn("alice", self.policy()._cache)
-        r = await self.client.as_user("alice", "old").patch("/v1/accounts/alice", {"data": {"password": "new"}})
+        r = await self.client.as_user("alice", "old").patch(
+            "/v1/accounts/alice", {"data": {"password": "new"}}
+        )
         self.assertEqual(r.status, 200)
         self.assertNotIn("alice", self.policy()._cache)
         self.assertNotEqual(await self.user_id("alice", "old"), "account:alice")
@@ -256,10 +273,19 @@ class PasswordChangeTests(AccountsTestCase):
     async def test_password_change_inside_batch(self):
         await self.signup("alice", "old")
         alice = self.client.as_user("alice", "old")
-        r = await alice.post("/v1/batch", {"requests": [
-            {"method": "PATCH", "path": "/accounts/alice", "body": {"data": {"password": "new"}}},
-            {"method": "GET", "path": "/accounts/alice"},
-        ]})
+        r = await alice.post(
+            "/v1/batch",
+            {
+                "requests": [
+                    {
+                        "method": "PATCH",
+                        "path": "/accounts/alice",
+                        "body": {"data": {"password": "new"}},
+                    },
+                    {"method": "GET", "path": "/accounts/alice"},
+                ]
+            },
+        )
         self.assertEqual(r.status, 200, r)
         statuses = [resp["status"] for resp in r.json["responses"]]
         self.assertEqual(statuses[0], 200)
@@ -276,21 +302,29 @@ class IsolationTests(AccountsTestCase):
     async def test_cannot_create_another_account(self):
         r = await self.alice.put("/v1/accounts/carol", {"data": {"password": "c"}})
         self.assertEqual(r.status, 400)
-        self.assertEqual(r.json["message"], "data.id in body: Username and account ID do not match.")
+        self.assertEqual(
+            r.json["message"], "data.id in body: Username and account ID do not match."
+        )
         r = await self.alice.post("/v1/accounts", {"data": {"id": "carol", "password": "c"}})
         self.assertEqual(r.status, 400)
         self.assertNotEqual(await self.user_id("carol", "c"), "account:carol")
 
     async def test_cannot_touch_another_account(self):
-        for method, body in (("PUT", {"data": {"password": "x"}}), ("PATCH", {"data": {"password": "x"}}),
-                             ("DELETE", None), ("GET", None)):
+        for method, body in (
+            ("PUT", {"data": {"password": "x"}}),
+            ("PATCH", {"data": {"password": "x"}}),
+            ("DELETE", None),
+            ("GET", None),
+        ):
             r = await self.alice.request(method, "/v1/accounts/bob", body)
             self.assertIn(r.status, (400, 403), (method, r))
         self.assertEqual(await self.user_id("bob", "b"), "account:bob")
         self.assertNotEqual(await self.user_id("bob", "x"), "account:bob")
 
     async def test_basicauth_user_cannot_create_accounts(self):
-        r = await self.client.as_user("carol", "c").put("/v1/accounts/carol", {"data": {"password": "c"}})
+        r = await self.client.as_user("carol", "c").put(
+            "/v1/accounts/carol", {"data": {"password": "c"}}
+        )
         self.assertEqual(r.status, 400)
 
     async def test_listing_shows_only_own_account(self):
@@ -312,7 +346,13 @@ class IsolationTests(AccountsTestCase):
         self.assertEqual(r.status, 401)
 
     async def test_password_filters_and_sorting_refused(self):
-        for query in ("password=x", "like_password=$2b*", "gt_password=$", "_sort=-password", "_sort=id,password"):
+        for query in (
+            "password=x",
+            "like_password=$2b*",
+            "gt_password=$",
+            "_sort=-password",
+            "_sort=id,password",
+        ):
             r = await self.alice.get(f"/v1/accounts?{query}")
             self.assertEqual(r.status, 400, (query, r))
         r = await self.alice.get("/v1/accounts?_sort=id")
@@ -398,7 +438,9 @@ class HashNeverShownTests(AccountsTestCase):
         seen = []
         r = await self.signup("admin", "root")
         seen.append(r)
-        alice_signup = await self.client.post("/v1/accounts", {"data": {"id": "alice", "password": "a"}})
+        alice_signup = await self.client.post(
+            "/v1/accounts", {"data": {"id": "alice", "password": "a"}}
+        )
         seen.append(alice_signup)
         alice = self.client.as_user("alice", "a")
         admin = self.client.as_user("admin", "root")
@@ -407,14 +449,24 @@ class HashNeverShownTests(AccountsTestCase):
         seen.append(await alice.get("/v1/accounts"))
         seen.append(await alice.get("/v1/accounts?_fields=password,id"))
         seen.append(await alice.patch("/v1/accounts/alice", {"data": {"x": 1}}))
-        seen.append(await alice.patch("/v1/accounts/alice", {"data": {"y": 1}},
-                                      headers={"Response-Behavior": "diff"}))
+        seen.append(
+            await alice.patch(
+                "/v1/accounts/alice", {"data": {"y": 1}}, headers={"Response-Behavior": "diff"}
+            )
+        )
         seen.append(await admin.post("/v1/accounts", {"data": {"id": "alice", "password": "z"}}))
         seen.append(await admin.put("/v1/accounts/bob", {"data": {"password": "b"}}))
         seen.append(await admin.get("/v1/accounts"))
-        seen.append(await self.client.as_user("alice", "a").put("/v1/accounts/alice", {"data": {"password": "n"}}))
+        seen.append(
+            await self.client.as_user("alice", "a").put(
+                "/v1/accounts/alice", {"data": {"password": "n"}}
+            )
+        )
         seen.append(await admin.delete("/v1/accounts"))
-        self.assertEqual([r.status for r in seen], [201, 201, 200, 200, 200, 200, 200, 200, 200, 201, 200, 200, 200])
+        self.assertEqual(
+            [r.status for r in seen],
+            [201, 201, 200, 200, 200, 200, 200, 200, 200, 201, 200, 200, 200],
+        )
         for r in seen:
             self.assertNotIn(b"$2b$", r.raw, r)
             self.assertNotIn(b"password", r.raw, r)
@@ -434,7 +486,9 @@ class ThreadTests(AccountsTestCase):
         await self.signup("alice", "pw")
         self.assertEqual(await self.user_id("alice", "pw"), "account:alice")
         self.assertNotEqual(await self.user_id("alice", "bad"), "account:alice")
-        await self.client.as_user("alice", "pw").patch("/v1/accounts/alice", {"data": {"password": "new"}})
+        await self.client.as_user("alice", "pw").patch(
+            "/v1/accounts/alice", {"data": {"password": "new"}}
+        )
         self.assertEqual(hashed_on, [False, False])
         self.assertEqual(len(checks), 2)
         self.assertEqual([main for _, main in checks], [False, False])
@@ -524,7 +578,9 @@ class ConfigurationTests(TestCase):
         self.assertIn(fragment, str(caught.exception))
 
     async def test_creators_must_be_admins(self):
-        await self.assert_refused({"account_create_principals": "system.Everyone account:boss"}, "account:boss")
+        await self.assert_refused(
+            {"account_create_principals": "system.Everyone account:boss"}, "account:boss"
+        )
 
     async def test_account_policy_required(self):
         await self.assert_refused({"multiauth.policies": "basicauth"}, "multiauth.policies")
@@ -544,10 +600,13 @@ class ConfigurationTests(TestCase):
 
 # The same behaviour on PostgreSQL, in a database of its own so that test
 # runs of other modules cannot flush it under our feet.
-_BASE_URL = os.environ.get("JSONSYNC_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test")
+_BASE_URL = os.environ.get(
+    "JSONSYNC_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 _PARTS = urlsplit(_BASE_URL)
 PG_URL = os.environ.get(
-    "JSONSYNC_TEST_ACCOUNTS_POSTGRESQL_URL", urlunsplit(_PARTS._replace(path="/jsonsync_accounts_test"))
+    "JSONSYNC_TEST_ACCOUNTS_POSTGRESQL_URL",
+    urlunsplit(_PARTS._replace(path="/jsonsync_accounts_test")),
 )
 
 
@@ -559,7 +618,10 @@ def _pg_skip() -> str | None:
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (urlsplit(PG_URL).path.lstrip("/"),))
+                cur.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s",
+                    (urlsplit(PG_URL).path.lstrip("/"),),
+                )
                 if cur.fetchone() is None:
                     cur.execute(f'CREATE DATABASE "{urlsplit(PG_URL).path.lstrip("/")}"')
         finally:

@@ -193,8 +193,12 @@ async def validate_account(req, loc, data, existing):
     if password is None or password == "":
         raise InvalidParameters("body", "data.password", "data.password in body: Required")
     if not isinstance(password, str):
-        raise InvalidParameters("body", "data.password", "data.password in body: Should be a string")
-    data["password"] = await deferToThread(hash_password, password, settings["account_bcrypt_rounds"])
+        raise InvalidParameters(
+            "body", "data.password", "data.password in body: Should be a string"
+        )
+    data["password"] = await deferToThread(
+        hash_password, password, settings["account_bcrypt_rounds"]
+    )
     return data
 
 
@@ -246,8 +250,12 @@ def _refuse_password_queries(req) -> None:
     """Hashes must not be probed with filters nor leak into pagination tokens."""
     for name, value in req.query:
         if name == "_sort":
-            if any(part.strip().lstrip("+-").split(".")[0] == "password" for part in value.split(",")):
-                raise InvalidParameters("querystring", "_sort", "_sort in querystring: Unknown sort field 'password'")
+            if any(
+                part.strip().lstrip("+-").split(".")[0] == "password" for part in value.split(",")
+            ):
+                raise InvalidParameters(
+                    "querystring", "_sort", "_sort in querystring: Unknown sort field 'password'"
+                )
         elif not name.startswith("_"):
             match = _FILTER_OPERATOR.match(name)
             field = match.group(2) if match else name
@@ -289,7 +297,9 @@ class AccountsPlugin:
             else:
                 route.view = self._object_view(registry, engine, route.view)
             registry.add_route(route)
-        registry.add_capability("accounts", "Manage user accounts.", DOCS_URL, validation_enabled=False)
+        registry.add_capability(
+            "accounts", "Manage user accounts.", DOCS_URL, validation_enabled=False
+        )
         for policy in _account_policies(registry):
             await policy.dummy_hash()
 
@@ -302,7 +312,9 @@ class AccountsPlugin:
                 f"plugin accounts is included but the {POLICY_NAME!r} policy is not in multiauth.policies"
             )
         elif "basicauth" in policies and policies.index("basicauth") < policies.index(POLICY_NAME):
-            problems.append(f"'basicauth' should not be listed before {POLICY_NAME!r} in multiauth.policies")
+            problems.append(
+                f"'basicauth' should not be listed before {POLICY_NAME!r} in multiauth.policies"
+            )
         creators = set(settings.get("account_create_principals") or ())
         admins = set(settings.get("account_write_principals") or ())
         outsiders = sorted(creators - admins - {EVERYONE})
@@ -325,7 +337,10 @@ class AccountsPlugin:
             _refuse_password_queries(req)
             if req.method == "POST" and not req.authenticated:
                 oid = _posted_id(req, registry.settings["json_max_depth"])
-                if oid is not None and await registry.storage.get(req.txn, POLICY_NAME, "", oid) is not None:
+                if (
+                    oid is not None
+                    and await registry.storage.get(req.txn, POLICY_NAME, "", oid) is not None
+                ):
                     raise Forbidden(f"Account ID {oid!r} already exists")
             response = await view(req)
             if req.method == "POST":
@@ -351,11 +366,21 @@ async def _show_stored_acl(registry, engine, req, response):
     engine built the response: show the ACL as stored.
     """
     body = response.body
-    if not isinstance(body, dict) or "permissions" not in body or not isinstance(body.get("data"), dict):
+    if (
+        not isinstance(body, dict)
+        or "permissions" not in body
+        or not isinstance(body.get("data"), dict)
+    ):
         return
     uri = f"/accounts/{body['data']['id']}"
     acl = await registry.permissions.get_object_permissions(req.txn, uri)
     body["permissions"] = engine.shown_permissions(req, acl)
 
 
-__all__ = ["AccountPolicy", "AccountPolicyFactory", "AccountsPlugin", "check_password", "hash_password"]
+__all__ = [
+    "AccountPolicy",
+    "AccountPolicyFactory",
+    "AccountsPlugin",
+    "check_password",
+    "hash_password",
+]
