@@ -67,6 +67,10 @@ class IStorage(Interface):
       - filters, sorting and keyset pagination (L{jsonsync.query}) have the
         same meaning on every backend, including the cross-type order
         C{null < string < number < boolean < array < object < missing}.
+
+    Objects a provider returns belong to the caller only at the top level:
+    nested values may be shared with the stored copy, so callers never
+    modify them in place (build new mappings instead).
     """
 
     def transaction():

@@ -8,6 +8,10 @@ keyset pages walk only what they return instead of sorting the list.
 Writers are serialised by one lock taken at a transaction's first write
 and released at its end; every write is journalled so that a rollback puts
 back exactly what was there.
+
+Stored objects are never modified in place (a write stores a new mapping),
+so reads hand out the stored mappings themselves, without copying: callers
+treat them as read-only, as the IStorage contract says.
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ class MemoryStorage(_MemoryBase):
         obj = lst.objects.get(object_id)
         if obj is None or obj.get("deleted"):
             return None
-        return copy.deepcopy(obj)
+        return dict(obj)
 
     async def list_timestamp(self, txn, resource_name, parent_id):
         lst = self._list(resource_name, parent_id, create=True)
@@ -148,7 +152,7 @@ class MemoryStorage(_MemoryBase):
             target.timestamp = old_ts
 
         journal.undo.append(undo)
-        return copy.deepcopy(stored)
+        return dict(stored)
 
     async def create(self, txn, resource_name, parent_id, obj):
         lst = self._list(resource_name, parent_id)
@@ -245,7 +249,7 @@ class MemoryStorage(_MemoryBase):
         lst = self._list(resource_name, parent_id)
         if lst is None:
             return []
-        return copy.deepcopy(self._select(lst, query, query.limit))
+        return self._select(lst, query, query.limit)
 
     async def count(self, txn, resource_name, parent_id, query):
         lst = self._list(resource_name, parent_id)
@@ -279,10 +283,18 @@ def _timestamp_bounds(filters: list[Filter]) -> tuple[int | None, int | None]:
 
 @implementer(IPermissionStore)
 class MemoryPermissions(_MemoryBase):
+    """
+    ACEs by object URI, indexed by parent so that "which children may these
+    principals read" looks only at that list. Every change journals the
+    previous value of just what it touches.
+    """
+
     def __init__(self, lock: DeferredLock | None = None):
         super().__init__(lock)
         # uri -> permission -> set(principals)
         self._aces: dict[str, dict[str, set[str]]] = {}
+        # parent prefix ("/buckets/b/collections/") -> set(child ids) having ACEs
+        self._children: dict[str, set[str]] = {}
         # member -> set(principals)
         self._members: dict[str, set[str]] = {}
 
@@ -291,48 +303,74 @@ class MemoryPermissions(_MemoryBase):
 
     async def flush(self):
         self._aces.clear()
+        self._children.clear()
         self._members.clear()
 
-    async def _snapshot(self, txn):
-        """Journal the whole state once per transaction: ACL writes are rare and small."""
+    # -- journalled primitives ---------------------------------------------------
+    def _set_aces(self, uri: str, perms: dict[str, set[str]] | None):
+        prefix, _, child = uri.rpartition("/")
+        prefix += "/"
+        if perms:
+            self._aces[uri] = perms
+            self._children.setdefault(prefix, set()).add(child)
+        else:
+            self._aces.pop(uri, None)
+            siblings = self._children.get(prefix)
+            if siblings is not None:
+                siblings.discard(child)
+                if not siblings:
+                    del self._children[prefix]
+
+    async def _change_aces(self, txn, uri: str, perms: dict[str, set[str]] | None):
         journal = await self._journal(txn)
-        marker = ("perm-snapshot", id(self))
-        if marker not in getattr(journal, "marks", ()):
-            if not hasattr(journal, "marks"):
-                journal.marks = set()
-            journal.marks.add(marker)
-            aces = {uri: {p: set(s) for p, s in perms.items()} for uri, perms in self._aces.items()}
-            members = {m: set(s) for m, s in self._members.items()}
+        old = self._aces.get(uri)
+        old = {p: set(s) for p, s in old.items()} if old is not None else None
+        journal.undo.append(lambda: self._set_aces(uri, old))
+        self._set_aces(uri, perms)
 
-            def undo():
-                self._aces = aces
-                self._members = members
+    async def _change_member(self, txn, member: str, principals: set[str]):
+        journal = await self._journal(txn)
+        old = set(self._members.get(member, ()))
 
-            journal.undo.append(undo)
+        def restore():
+            if old:
+                self._members[member] = old
+            else:
+                self._members.pop(member, None)
 
+        journal.undo.append(restore)
+        if principals:
+            self._members[member] = principals
+        else:
+            self._members.pop(member, None)
+
+    # -- the interface -------------------------------------------------------------
     async def get_object_permissions(self, txn, object_uri):
         perms = self._aces.get(object_uri, {})
         return {name: set(principals) for name, principals in perms.items() if principals}
 
     async def replace_object_permissions(self, txn, object_uri, permissions):
-        await self._snapshot(txn)
-        perms = self._aces.setdefault(object_uri, {})
+        perms = {p: set(s) for p, s in self._aces.get(object_uri, {}).items()}
         for name, principals in permissions.items():
             if principals:
                 perms[name] = set(principals)
             else:
                 perms.pop(name, None)
-        if not perms:
-            del self._aces[object_uri]
+        await self._change_aces(txn, object_uri, perms or None)
 
     async def delete_object_permissions(self, txn, uri_prefix):
-        await self._snapshot(txn)
         below = uri_prefix + "/"
-        for uri in [u for u in self._aces if u == uri_prefix or u.startswith(below)]:
-            del self._aces[uri]
+        doomed = [u for u in self._aces if u == uri_prefix or u.startswith(below)] if self._has_below(
+            uri_prefix
+        ) else ([uri_prefix] if uri_prefix in self._aces else [])
+        for uri in doomed:
+            await self._change_aces(txn, uri, None)
+
+    def _has_below(self, uri_prefix: str) -> bool:
+        below = uri_prefix + "/"
+        return any(prefix.startswith(below) for prefix in self._children)
 
     async def check(self, txn, principals, grants):
-        principals = set(principals)
         for uri, perm in grants:
             holders = self._aces.get(uri, {}).get(perm)
             if holders and not holders.isdisjoint(principals):
@@ -342,14 +380,10 @@ class MemoryPermissions(_MemoryBase):
     async def accessible_children(self, txn, principals, uri_prefix, permissions):
         principals = set(principals)
         found = set()
-        for uri, perms in self._aces.items():
-            if not uri.startswith(uri_prefix):
-                continue
-            rest = uri[len(uri_prefix) :]
-            if not rest or "/" in rest:
-                continue
+        for child in self._children.get(uri_prefix, ()):
+            perms = self._aces.get(uri_prefix + child, {})
             if any(not perms.get(p, set()).isdisjoint(principals) for p in permissions):
-                found.add(rest)
+                found.add(child)
         return found
 
     async def accessible_objects(self, txn, principals):
@@ -368,40 +402,25 @@ class MemoryPermissions(_MemoryBase):
         return found
 
     async def add_user_principal(self, txn, member, principal):
-        await self._snapshot(txn)
-        self._members.setdefault(member, set()).add(principal)
+        await self._change_member(txn, member, self._members.get(member, set()) | {principal})
 
     async def remove_user_principal(self, txn, member, principal):
-        await self._snapshot(txn)
-        principals = self._members.get(member)
-        if principals is not None:
-            principals.discard(principal)
-            if not principals:
-                del self._members[member]
+        await self._change_member(txn, member, self._members.get(member, set()) - {principal})
 
     async def remove_principal(self, txn, principal):
-        await self._snapshot(txn)
-        for member in list(self._members):
-            self._members[member].discard(principal)
-            if not self._members[member]:
-                del self._members[member]
-        for uri in list(self._aces):
-            perms = self._aces[uri]
-            for name in list(perms):
-                perms[name].discard(principal)
-                if not perms[name]:
-                    del perms[name]
-            if not perms:
-                del self._aces[uri]
+        for member in [m for m, p in self._members.items() if principal in p]:
+            await self._change_member(txn, member, self._members[member] - {principal})
+        touched = [u for u, perms in self._aces.items() if any(principal in s for s in perms.values())]
+        for uri in touched:
+            perms = {p: s - {principal} for p, s in self._aces[uri].items()}
+            await self._change_aces(txn, uri, {p: s for p, s in perms.items() if s} or None)
 
     async def remove_principal_prefix(self, txn, prefix):
-        await self._snapshot(txn)
         for member in list(self._members):
-            kept = {p for p in self._members[member] if not p.startswith(prefix)}
-            if kept:
-                self._members[member] = kept
-            else:
-                del self._members[member]
+            principals = self._members[member]
+            kept = {p for p in principals if not p.startswith(prefix)}
+            if kept != principals:
+                await self._change_member(txn, member, kept)
 
 
 class MemoryBackend:
