@@ -34,6 +34,13 @@ class ITransaction(Interface):
         @rtype: C{Awaitable[object]}
         """
 
+    def enlisted(key):
+        """
+        The resource enlisted under C{key}, or C{None}: a backend reads
+        through the transaction's connection once it has written, and
+        straight from its pool before.
+        """
+
     def after_commit(callback):
         """
         Call C{callback()} (which may return an awaitable) once the
@@ -150,6 +157,12 @@ class IStorage(Interface):
         C{True} when the backend answers. @rtype: C{Awaitable[bool]}
         """
 
+    def close():
+        """
+        Release connections and timers (the server is stopping).
+        @rtype: C{Awaitable[None]}
+        """
+
 
 class IPermissionStore(Interface):
     """
@@ -233,6 +246,12 @@ class IPermissionStore(Interface):
 
     def flush():
         """@rtype: C{Awaitable[None]}"""
+
+    def heartbeat():
+        """C{True} when the backend answers. @rtype: C{Awaitable[bool]}"""
+
+    def close():
+        """Release connections and timers. @rtype: C{Awaitable[None]}"""
 
 
 class IAuthenticationPolicy(Interface):

@@ -293,6 +293,7 @@ class Engine:
         acl = await self.save_permissions(req, loc.uri, rt, perms, replace=True, existed=False)
         if rt.on_write is not None:
             await rt.on_write(req, loc, None, obj)
+            acl = await self.permissions.get_object_permissions(req.txn, loc.uri)
         events.notify(req, "create", loc, [{"new": obj}], obj["last_modified"])
         return self.object_response(req, loc, obj, acl, 201)
 
@@ -392,7 +393,8 @@ class Engine:
         obj = await self.storage.update(req.txn, rt.name, loc.parent_uri, loc.object_id, new)
         acl = await self.save_permissions(req, loc.uri, rt, perms, replace=replace_acl, existed=True)
         if rt.on_write is not None:
-            await rt.on_write(req, loc, existing, obj)
+            await rt.on_write(req, loc, existing, obj)  # may change the ACL (accounts)
+            acl = await self.permissions.get_object_permissions(req.txn, loc.uri)
         events.notify(req, "update", loc, [{"new": obj, "old": existing}], obj["last_modified"])
         return self.object_response(req, loc, obj, acl, 200)
 

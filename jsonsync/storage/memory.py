@@ -60,6 +60,9 @@ class _MemoryBase:
     def transaction(self):
         return Transaction()
 
+    async def close(self):
+        """Nothing to release: the data lives as long as the process."""
+
     async def _journal(self, txn) -> _Journal:
         async def open_journal():
             await self._lock.acquire()

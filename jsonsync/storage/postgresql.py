@@ -953,14 +953,6 @@ class _PostgresBase:
         if self._owns_pool:
             self._pool.close()
 
-
-@implementer(IStorage)
-class PostgresStorage(_PostgresBase):
-    """
-    Objects in one C{objects} table (the whole object as JSONB, plus the
-    columns that key and order it) and list timestamps in C{timestamps}.
-    """
-
     async def heartbeat(self, timeout: float = 2.0) -> bool:
         result: Deferred = Deferred()
 
@@ -984,6 +976,14 @@ class PostgresStorage(_PostgresBase):
         if timer.active():
             timer.cancel()
         return answer
+
+
+@implementer(IStorage)
+class PostgresStorage(_PostgresBase):
+    """
+    Objects in one C{objects} table (the whole object as JSONB, plus the
+    columns that key and order it) and list timestamps in C{timestamps}.
+    """
 
     async def flush(self):
         await self._pool.run("TRUNCATE objects, timestamps")
