@@ -199,7 +199,8 @@ class JsonSyncApp:
             check_accept(req)
             if req.method in ("POST", "PUT"):
                 check_content_type(req)
-        await authenticate(self.registry, req)
+        if route.authenticate:
+            await authenticate(self.registry, req)
         return await route.view(req)
 
     def check_service(self, req: ApiRequest):

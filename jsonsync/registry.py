@@ -154,6 +154,7 @@ class Route:
     summary: str = ""
     anonymous: bool = True
     resource: Any = None
+    authenticate: bool = True  # False for probes that must answer while backends are down
 
 
 class Registry:

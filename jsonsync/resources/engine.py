@@ -34,7 +34,7 @@ from jsonsync.http import (
     check_preconditions,
     validators,
 )
-from jsonsync.query import Query
+from jsonsync.query import Filter, Op, Query
 from jsonsync.resources import querystring
 from jsonsync.resources.model import Location, ResourceType
 
@@ -252,6 +252,10 @@ class Engine:
             total = await self.storage.count(req.txn, loc.resource.name, loc.parent_uri, count_query)
             headers += [("Total-Objects", str(total)), ("Total-Records", str(total))]
             return ApiResponse(b"", 200, headers)
+        # The page shows the list as of its ETag: a change committed after the
+        # timestamp was read (so newer than it) waits for the next sync
+        # instead of arriving now and again with `_since=<this ETag>`.
+        listing.query.filters.append(Filter("last_modified", timestamp, Op.MAX))
         objects, next_page = await self.fetch_page(req, loc, listing, ids)
         if next_page:
             headers.append(("Next-Page", next_page))

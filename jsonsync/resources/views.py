@@ -434,11 +434,11 @@ def _deep_merge(defaults: dict, values: dict) -> dict:
 def install(registry: Registry, views: ServiceViews):
     add = registry.add_route
     add(Route("/", ("GET",), views.hello, "hello", summary="Server information and capabilities"))
-    add(Route("/__heartbeat__", ("GET",), views.heartbeat, "heartbeat", summary="Backends health"))
-    add(Route("/__lbheartbeat__", ("GET",), views.lbheartbeat, "lbheartbeat", summary="Process alive"))
-    add(Route("/__version__", ("GET",), views.version, "version", summary="Deployed version"))
-    add(Route("/__api__", ("GET",), views.openapi, "openapi", summary="This OpenAPI document"))
-    add(Route("/contribute.json", ("GET",), views.contribute, "contribute", summary="Project information"))
+    add(Route("/__heartbeat__", ("GET",), views.heartbeat, "heartbeat", summary="Backends health", authenticate=False))
+    add(Route("/__lbheartbeat__", ("GET",), views.lbheartbeat, "lbheartbeat", summary="Process alive", authenticate=False))
+    add(Route("/__version__", ("GET",), views.version, "version", summary="Deployed version", authenticate=False))
+    add(Route("/__api__", ("GET",), views.openapi, "openapi", summary="This OpenAPI document", authenticate=False))
+    add(Route("/contribute.json", ("GET",), views.contribute, "contribute", summary="Project information", authenticate=False))
     add(Route("/batch", ("POST",), views.batch, "batch", summary="Several requests in one transaction"))
     add(Route("/__user_data__/<path:principal>", ("DELETE",), views.user_data, "user-data",
               summary="Delete a principal's data (needs user-data_delete_principals)"))
