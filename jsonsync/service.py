@@ -5,8 +5,12 @@ and closes the backends on stop.
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
+
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, protocol
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web import server
@@ -35,11 +39,48 @@ def make_site(app, settings) -> server.Site:
     return site
 
 
+def parse_tcp(description: str) -> tuple[int, str, int]:
+    """C{(family, host, port)} of a C{tcp:PORT[:interface=HOST]} (or tcp6) description."""
+    parts = description.split(":")
+    kind = parts[0]
+    if kind not in ("tcp", "tcp6") or len(parts) < 2:
+        raise ValueError(f"--workers and --reuse-port need a tcp:PORT endpoint, got {description!r}")
+    try:
+        port = int(parts[1])
+    except ValueError:
+        raise ValueError(f"bad port in {description!r}") from None
+    if port == 0:
+        raise ValueError("--workers and --reuse-port need a fixed port, not 0")
+    host = "::" if kind == "tcp6" else "0.0.0.0"
+    for part in parts[2:]:
+        key, _, value = part.partition("=")
+        if key == "interface":
+            host = value
+    family = socket.AF_INET6 if kind == "tcp6" or ":" in host else socket.AF_INET
+    return family, host, port
+
+
+def listen_reusing_port(reactor, description: str, factory):
+    """Listen with SO_REUSEPORT: the kernel spreads connections over every process listening."""
+    family, host, port = parse_tcp(description)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        return reactor.adoptStreamPort(sock.fileno(), family, factory)
+    finally:
+        sock.close()
+
+
 class JsonSyncService(service.Service):
-    def __init__(self, settings, discovered, listen: str, reactor=None):
+    def __init__(self, settings, discovered, listen: str, reactor=None, reuse_port: bool = False):
         self.settings = settings
         self.discovered = discovered
         self.listen = listen
+        self.reuse_port = reuse_port
         self._reactor = reactor
         self.app = None
         self.port = None
@@ -63,8 +104,12 @@ class JsonSyncService(service.Service):
 
         self.app = await build(self.settings, self.reactor, self.discovered)
         site = make_site(self.app, self.settings)
-        endpoint = serverFromString(self.reactor, self.listen)
-        self.port = await endpoint.listen(site)
+        if self.reuse_port:
+            self.port = listen_reusing_port(self.reactor, self.listen, site)
+            self._watch_parent()
+        else:
+            endpoint = serverFromString(self.reactor, self.listen)
+            self.port = await endpoint.listen(site)
         address = self.port.getHost()
         _log.info(
             "jsonsync listening on {host}:{port} (storage: {storage}, plugins: {plugins})",
@@ -74,6 +119,21 @@ class JsonSyncService(service.Service):
             plugins=" ".join(self.settings["includes"]) or "none",
         )
         self.ready.callback(self.port)
+
+    def _watch_parent(self):
+        """A worker whose parent died (even by SIGKILL) stops instead of lingering."""
+        from twisted.internet.task import LoopingCall
+
+        parent = os.getppid()
+
+        def check():
+            if os.getppid() != parent and self.reactor.running:
+                _log.warn("parent process {pid} is gone; stopping", pid=parent)
+                self.reactor.stop()
+
+        self._parent_watch = LoopingCall(check)
+        self._parent_watch.clock = self.reactor
+        self._parent_watch.start(1.0, now=False)
 
     def _failed(self, failure):
         _log.failure("jsonsync could not start", failure)
@@ -87,7 +147,75 @@ class JsonSyncService(service.Service):
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self):
+        watch = getattr(self, "_parent_watch", None)
+        if watch is not None and watch.running:
+            watch.stop()
         if self.port is not None:
             await self.port.stopListening()
         if self.app is not None:
             await self.app.registry.close()
+
+
+class _WorkerProtocol(protocol.ProcessProtocol):
+    def __init__(self, workers: "Workers", number: int):
+        self.workers = workers
+        self.number = number
+
+    def processEnded(self, reason):
+        self.workers.ended(self)
+
+
+class Workers(service.MultiService):
+    """
+    The first process serves like any other and starts C{count - 1} more
+    with the same configuration, all listening on one port with
+    SO_REUSEPORT. A worker that dies is started again; stopping this
+    service stops them all.
+    """
+
+    def __init__(self, main: JsonSyncService, count: int, child_args: list[str], reactor=None):
+        super().__init__()
+        main.reuse_port = True
+        main.setServiceParent(self)
+        self.count = count
+        self.child_args = child_args
+        self._reactor = reactor
+        self.children: dict[int, object] = {}
+        self.stopping = False
+
+    @property
+    def reactor(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+    def startService(self):
+        super().startService()
+        for number in range(1, self.count):
+            self.spawn(number)
+
+    def spawn(self, number: int):
+        proto = _WorkerProtocol(self, number)
+        transport = self.reactor.spawnProcess(
+            proto, sys.executable, [sys.executable, *self.child_args], env=os.environ,
+            childFDs={0: "w", 1: 1, 2: 2},
+        )
+        self.children[number] = transport
+        _log.info("started worker {number} (pid {pid})", number=number, pid=transport.pid)
+
+    def ended(self, proto: _WorkerProtocol):
+        self.children.pop(proto.number, None)
+        if not self.stopping:
+            _log.warn("worker {number} ended; starting it again", number=proto.number)
+            self.reactor.callLater(1, self.spawn, proto.number)
+
+    def stopService(self):
+        self.stopping = True
+        for transport in list(self.children.values()):
+            try:
+                transport.signalProcess("TERM")
+            except Exception:
+                pass
+        return super().stopService()

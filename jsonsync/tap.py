@@ -39,6 +39,11 @@ class Options(usage.Options):
     optParameters = [
         ["listen", "l", "tcp:8888:interface=127.0.0.1", "Where to listen (a Twisted endpoint description)."],
         ["config", "c", None, "An INI file with a [jsonsync] section."],
+        ["workers", "w", "1", "Processes serving the port (TCP only; use with PostgreSQL: "
+         "the memory backend keeps one copy of the data per process)."],
+    ]
+    optFlags = [
+        ["reuse-port", None, "Listen with SO_REUSEPORT so that several jsonsync processes share the port."],
     ]
 
     def __init__(self):
@@ -63,6 +68,19 @@ class Options(usage.Options):
 
     def postOptions(self):
         try:
+            self["workers"] = int(self["workers"])
+            if self["workers"] < 1:
+                raise ValueError
+        except ValueError:
+            raise usage.UsageError(f"--workers must be a positive integer, got {self['workers']!r}") from None
+        if self["workers"] > 1 or self["reuse-port"]:
+            from jsonsync.service import parse_tcp
+
+            try:
+                parse_tcp(self["listen"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+        try:
             self.settings, self.discovered = configure(
                 self["config"], os.environ, self["settings"], discover()
             )
@@ -70,12 +88,36 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "jsonsync cannot start:\n  " + "\n  ".join(e.problems)
             ) from None
+        if self["workers"] > 1 and "memory" in (
+            self.settings["storage_backend"], self.settings["permission_backend"]
+        ):
+            raise usage.UsageError(
+                "jsonsync cannot start:\n  --workers needs a shared backend (postgresql): "
+                "with the memory backend each process would hold its own data"
+            )
 
 
 def makeService(options: Options) -> service.IService:
     from jsonsync.service import JsonSyncService
 
-    return JsonSyncService(options.settings, options.discovered, options["listen"])
+    service = JsonSyncService(
+        options.settings, options.discovered, options["listen"], reuse_port=options["reuse-port"]
+    )
+    if options["workers"] > 1:
+        from jsonsync.service import Workers
+
+        return Workers(service, options["workers"], _child_arguments(options))
+    return service
+
+
+def _child_arguments(options: Options) -> list[str]:
+    """The command line of a worker: the same server, sharing the port."""
+    args = ["-m", "twisted", "jsonsync", "--listen", options["listen"], "--reuse-port"]
+    if options["config"]:
+        args += ["--config", os.path.abspath(options["config"])]
+    for name, value in options["settings"].items():
+        args += ["--setting", f"{name}={value}"]
+    return args
 
 
 def main(argv=None):
