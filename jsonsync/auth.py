@@ -71,9 +71,12 @@ class BasicAuthFactory:
 async def authenticate(registry, request) -> None:
     """
     Run the policy chain on C{request} and set its C{user_id},
-    C{principals} and C{authenticated}. The first policy that returns a
-    user id wins. Results are shared by the sub-requests of a batch that
-    carry the same credentials.
+    C{authenticated} and base C{principals} (the user id,
+    C{system.Authenticated}, C{system.Everyone}). The first policy that
+    returns a user id wins. Group principals are loaded later, with the
+    first permission check (L{ensure_principals} loads them on their own).
+    Results are shared by the sub-requests of a batch that carry the same
+    credentials.
     """
     cache = request.ctx.auth_cache
     key = request.header("Authorization")
@@ -85,17 +88,44 @@ async def authenticate(registry, request) -> None:
             if found:
                 user_id = f"{policy.name}:{found}"
                 break
-        if user_id is None:
-            cached = (None, [EVERYONE])
-        else:
-            groups = await registry.permissions.user_principals(
-                request.txn, [user_id, AUTHENTICATED]
-            )
-            cached = (user_id, [user_id, *sorted(groups), AUTHENTICATED, EVERYONE])
-        cache[key] = cached
-    request.user_id, principals = cached
-    request.principals = list(principals)
+        cached = cache[key] = {"user_id": user_id, "groups": None if user_id else ()}
+    request.user_id = cached["user_id"]
     request.authenticated = request.user_id is not None
+    request.auth_entry = cached
+    set_groups(request, cached["groups"])
+
+
+def base_principals(request) -> list[str]:
+    if request.user_id is None:
+        return [EVERYONE]
+    return [request.user_id, AUTHENTICATED, EVERYONE]
+
+
+def set_groups(request, groups) -> None:
+    """Record the request's group principals (C{None}: not loaded yet)."""
+    base = base_principals(request)
+    if groups is None:
+        request.principals = base
+        request.groups_loaded = False
+        return
+    request.principals = [base[0], *sorted(groups), *base[1:]] if request.user_id else base
+    request.groups_loaded = True
+    entry = getattr(request, "auth_entry", None)
+    if entry is not None:
+        entry["groups"] = tuple(groups)
+
+
+def membership_keys(request) -> list[str]:
+    """The member strings whose groups a request's user holds."""
+    return [request.user_id, AUTHENTICATED]
+
+
+async def ensure_principals(registry, request) -> list[str]:
+    """The request's principals, group principals included (loading them if needed)."""
+    if not request.groups_loaded:
+        groups = await registry.permissions.user_principals(request.txn, membership_keys(request))
+        set_groups(request, groups)
+    return request.principals
 
 
 def challenges(registry) -> list[str]:

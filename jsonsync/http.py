@@ -74,7 +74,9 @@ class ApiRequest:
         self.registry: Any = None
         self.user_id: str | None = None
         self.principals: list[str] = ["system.Everyone"]
+        self.groups_loaded = True
         self.authenticated = False
+        self.acl_cache: dict[str, dict] = {}
         self.in_batch = False
         self._json: Any = _UNPARSED
         self.params: dict[str, str] = {}

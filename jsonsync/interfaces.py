@@ -91,6 +91,14 @@ class IStorage(Interface):
         @rtype: C{Awaitable[dict | None]}
         """
 
+    def get_many(txn, keys):
+        """
+        The live objects at C{keys} (C{(resource_name, parent_id, id)}
+        triples), in one look-up: a list in the order of C{keys}, C{None}
+        where nothing lives.
+        @rtype: C{Awaitable[list[dict | None]]}
+        """
+
     def create(txn, resource_name, parent_id, obj):
         """
         Store C{obj} (which carries its C{id}) as a new object and return it
@@ -200,6 +208,17 @@ class IPermissionStore(Interface):
         Whether any of C{principals} holds any of the C{(uri, permission)}
         pairs of C{grants}, answered in one look-up.
         @rtype: C{Awaitable[bool]}
+        """
+
+    def authorize(txn, principals, grants, members=None, acl_uri=None):
+        """
+        One look-up answering what a request needs first: C{(allowed,
+        groups, acl)} where C{groups} are the group principals of
+        C{members} (C{None} when no members are given), C{allowed} tells
+        whether C{principals} or those groups hold any of C{grants}, and
+        C{acl} is the ACL of C{acl_uri} (C{None} when not asked), as
+        L{get_object_permissions} gives it.
+        @rtype: C{Awaitable[tuple[bool, set[str] | None, dict | None]]}
         """
 
     def accessible_children(txn, principals, uri_prefix, permissions):

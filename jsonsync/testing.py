@@ -95,6 +95,19 @@ class CreateReadContract(_BackendFixture):
         await txn.rollback()
         self.assertEqual(got, created)
 
+    async def test_get_many_in_order_with_gaps(self):
+        await self.create({"id": "a", "v": 1})
+        await self.create({"id": "c"}, resource="collection", parent="/buckets/b")
+        await self.create({"id": "gone"})
+        await self.run_in_txn(lambda txn: self.storage.delete(txn, R, P, "gone"))
+        txn = self.storage.transaction()
+        found = await self.storage.get_many(
+            txn, [("collection", "/buckets/b", "c"), (R, P, "zz"), (R, P, "a"), (R, P, "gone")]
+        )
+        await txn.rollback()
+        self.assertEqual([o and o["id"] for o in found], ["c", None, "a", None])
+        self.assertEqual(found[2]["v"], 1)
+
     async def test_get_missing_is_none(self):
         txn = self.storage.transaction()
         self.assertIsNone(await self.storage.get(txn, R, P, "nope"))
@@ -485,6 +498,28 @@ class PermissionContract(_BackendFixture):
         self.assertFalse(await self.txn_do(lambda t: p.check(t, ["x"], [("/buckets/b", "write")])))
         self.assertFalse(await self.txn_do(lambda t: p.check(t, ["u"], [("/buckets/b", "read")])))
         self.assertFalse(await self.txn_do(lambda t: p.check(t, ["u"], [])))
+
+    async def test_authorize_in_one_call(self):
+        p = self.permissions
+        g = "/buckets/b/groups/g"
+        await self.txn_do(lambda t: p.add_user_principal(t, "alice", g))
+        await self.txn_do(lambda t: p.replace_object_permissions(t, "/buckets/b", {"write": [g], "read": ["x"]}))
+        grants = [("/buckets/b", "write")]
+        allowed, groups, acl = await self.txn_do(
+            lambda t: p.authorize(t, ["alice"], grants, members=["alice"], acl_uri="/buckets/b")
+        )
+        self.assertTrue(allowed)  # through the group loaded in the same call
+        self.assertEqual(groups, {g})
+        self.assertEqual(acl, {"write": {g}, "read": {"x"}})
+        allowed, groups, acl = await self.txn_do(lambda t: p.authorize(t, ["alice"], grants))
+        self.assertFalse(allowed)  # without members, groups are not looked up
+        self.assertIsNone(groups)
+        self.assertIsNone(acl)
+        allowed, _, acl = await self.txn_do(
+            lambda t: p.authorize(t, ["bob"], grants, members=["bob"], acl_uri="/buckets/none")
+        )
+        self.assertFalse(allowed)
+        self.assertEqual(acl, {})
 
     async def test_delete_by_prefix(self):
         p = self.permissions

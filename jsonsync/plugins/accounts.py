@@ -21,7 +21,7 @@ import bcrypt
 from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
-from jsonsync.auth import EVERYONE, basic_credentials, challenges
+from jsonsync.auth import ensure_principals, EVERYONE, basic_credentials, challenges
 from jsonsync.config import ConfigurationError
 from jsonsync.errors import Forbidden, InvalidParameters, Unauthenticated
 from jsonsync.interfaces import IAuthenticationPolicy
@@ -184,7 +184,7 @@ async def validate_account(req, loc, data, existing):
     theirs); a new password is hashed, the stored hash is kept otherwise.
     """
     settings = req.registry.settings
-    if req.authenticated and not _is_admin(settings, req.principals):
+    if req.authenticated and not _is_admin(settings, await ensure_principals(req.registry, req)):
         if req.user_id != f"{POLICY_NAME}:{loc.object_id}":
             raise InvalidParameters("body", "data.id", "Username and account ID do not match.")
     password = data.get("password")

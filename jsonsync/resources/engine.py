@@ -15,7 +15,7 @@ from typing import Any
 import jsonpatch
 
 from jsonsync import events
-from jsonsync.auth import challenges
+from jsonsync.auth import challenges, ensure_principals, membership_keys, set_groups
 from jsonsync.errors import (
     Forbidden,
     InvalidParameters,
@@ -71,27 +71,79 @@ class Engine:
     def settings(self, name, default=None):
         return self.registry.settings.get(name, default)
 
-    async def allowed(self, req: ApiRequest, uri: str, permission: str) -> bool:
+    async def allowed(self, req: ApiRequest, uri: str, permission: str, acl_uri: str | None = None) -> bool:
+        """
+        Whether the request may C{permission} on C{uri}. The first check of a
+        request also loads its group principals, and C{acl_uri}'s ACL can
+        come along (kept in C{req.acl_cache}): one round trip for all three.
+        """
         grants = self.registry.tree.grants(uri, permission)
-        if self.registry.acl.grants_any(req.principals, grants):
+        settings_acl = self.registry.acl
+        if req.groups_loaded and acl_uri is None and settings_acl.grants_any(req.principals, grants):
             return True
-        return await self.permissions.check(req.txn, req.principals, grants)
+        members = None if req.groups_loaded else membership_keys(req)
+        allowed, groups, acl = await self.permissions.authorize(
+            req.txn, req.principals, grants, members=members, acl_uri=acl_uri
+        )
+        if groups is not None:
+            set_groups(req, groups)
+        if acl is not None:
+            req.acl_cache[acl_uri] = acl
+        return allowed or settings_acl.grants_any(req.principals, grants)
+
+    async def object_acl(self, req: ApiRequest, uri: str) -> dict[str, set[str]]:
+        acl = req.acl_cache.get(uri)
+        if acl is None:
+            acl = await self.permissions.get_object_permissions(req.txn, uri)
+        return acl
 
     def deny(self, req: ApiRequest):
         if not req.authenticated:
             return Unauthenticated(challenges(self.registry))
         return Forbidden()
 
-    async def require(self, req: ApiRequest, uri: str, permission: str):
-        if not await self.allowed(req, uri, permission):
+    async def require(self, req: ApiRequest, uri: str, permission: str, acl_uri: str | None = None):
+        if not await self.allowed(req, uri, permission, acl_uri):
             raise self.deny(req)
 
-    async def check_parents(self, req: ApiRequest, loc: Location):
+    async def fetch(self, req: ApiRequest, loc: Location, object_id: str | None = None):
+        """
+        The ancestors and the object, in one look-up, before the permission
+        check: returns C{(missing, obj)} where C{missing} is the
+        L{ParentNotFound} to raise I{after} authorization (Kinto's order),
+        or C{None}.
+        """
+        keys = []
         parent = ""
         for rt, oid in loc.ancestors:
-            if await self.storage.get(req.txn, rt.name, parent, oid) is None:
-                raise ParentNotFound(rt.name, oid)
+            keys.append((rt.name, parent, oid))
             parent = f"{parent}/{rt.plural}/{oid}"
+        keys.append((loc.resource.name, loc.parent_uri, object_id or loc.object_id))
+        found = await self.storage.get_many(req.txn, keys)
+        for (rt, oid), obj in zip(loc.ancestors, found):
+            if obj is None:
+                return ParentNotFound(rt.name, oid), None
+        return None, found[-1]
+
+    async def check_parents(self, req: ApiRequest, loc: Location, with_object: bool = False):
+        """
+        404 unless every ancestor exists; with C{with_object}, also return the
+        object itself (or C{None}), all fetched in one look-up.
+        """
+        keys = []
+        parent = ""
+        for rt, oid in loc.ancestors:
+            keys.append((rt.name, parent, oid))
+            parent = f"{parent}/{rt.plural}/{oid}"
+        if with_object:
+            keys.append((loc.resource.name, loc.parent_uri, loc.object_id))
+        if not keys:
+            return None
+        found = await self.storage.get_many(req.txn, keys)
+        for (rt, oid), obj in zip(loc.ancestors, found):
+            if obj is None:
+                raise ParentNotFound(rt.name, oid)
+        return found[-1] if with_object else None
 
     def check_id(self, loc: Location):
         if not loc.resource.id_pattern.match(loc.object_id or ""):
@@ -159,7 +211,7 @@ class Engine:
         self, req, uri: str, rt: ResourceType, given, *, replace: bool, existed: bool
     ) -> dict[str, set[str]]:
         """Apply the request's ACL changes; return the object's ACL after them."""
-        current = await self.permissions.get_object_permissions(req.txn, uri) if existed else {}
+        current = await self.object_acl(req, uri) if existed else {}
         changes: dict[str, set[str]] = {}
         if given is not None:
             names = rt.permissions if replace else [n for n, v in given.items() if v is not None]
@@ -204,6 +256,7 @@ class Engine:
         rt = loc.resource
         if loc.parent_uri and await self.allowed(req, loc.parent_uri, permission):
             return None
+        await ensure_principals(self.registry, req)
         wanted = ("read", "write") if permission == "read" else ("write",)
         if any(self.registry.acl.granted_on_type(req.principals, rt.name, p) for p in wanted):
             return None
@@ -274,18 +327,19 @@ class Engine:
             oid = data["id"]
             if not isinstance(oid, str) or not rt.id_pattern.match(oid):
                 raise InvalidParameters("body", "data.id", "data.id in body: Invalid object id")
-            existing = await self.storage.get(req.txn, rt.name, loc.parent_uri, oid)
-            if existing is not None:
-                loc.object_id = oid
-                await self.require(req, loc.uri, "read")
-                check_preconditions(req, existing["last_modified"], existing)
-                acl = await self.permissions.get_object_permissions(req.txn, loc.uri)
-                events.notify(req, "read", loc, [{"new": existing}], existing["last_modified"])
-                return self.object_response(req, loc, existing, acl, 200)
         else:
             oid = rt.id_generator()
+        missing, existing = await self.fetch(req, loc, oid)
+        if existing is not None:
+            loc.object_id = oid
+            await self.require(req, loc.uri, "read", acl_uri=loc.uri)
+            check_preconditions(req, existing["last_modified"], existing)
+            acl = await self.object_acl(req, loc.uri)
+            events.notify(req, "read", loc, [{"new": existing}], existing["last_modified"])
+            return self.object_response(req, loc, existing, acl, 200)
         await self.require(req, loc.parent_uri, rt.create_permission)
-        await self.check_parents(req, loc)
+        if missing is not None:
+            raise missing
         check_preconditions(req, None)
         loc.object_id = oid
         return await self.create(req, loc, data, perms)
@@ -350,7 +404,7 @@ class Engine:
     # -- object endpoints --------------------------------------------------------
     async def require_existing_write(self, req, loc: Location, existing):
         """Write on the object; a missing object answers 404 to whoever can read its parent."""
-        if await self.allowed(req, loc.uri, "write"):
+        if await self.allowed(req, loc.uri, "write", acl_uri=loc.uri if existing else None):
             return
         if existing is None and loc.parent_uri and await self.allowed(req, loc.parent_uri, "read"):
             return
@@ -359,14 +413,13 @@ class Engine:
     async def get_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
         rt = loc.resource
         permission = "read:attributes" if any(p.endswith(":create") for p in rt.permissions) else "read"
-        await self.require(req, loc.uri, permission)
+        await self.require(req, loc.uri, permission, acl_uri=loc.uri)
         self.check_id(loc)
-        await self.check_parents(req, loc)
-        obj = await self.storage.get(req.txn, rt.name, loc.parent_uri, loc.object_id)
+        obj = await self.check_parents(req, loc, with_object=True)
         if obj is None:
             raise ObjectNotFound(rt.name, loc.object_id)
         check_preconditions(req, obj["last_modified"], obj)
-        acl = await self.permissions.get_object_permissions(req.txn, loc.uri)
+        acl = await self.object_acl(req, loc.uri)
         fields = querystring.parse_fields(req.query, rt.strict_fields)
         events.notify(req, "read", loc, [{"new": obj}], obj["last_modified"])
         if fields:
@@ -376,13 +429,14 @@ class Engine:
     async def put_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
         rt = loc.resource
         data, perms = self.envelope(req, loc)
-        existing = await self.storage.get(req.txn, rt.name, loc.parent_uri, loc.object_id)
+        missing, existing = await self.fetch(req, loc)
         if existing is not None and req.header("If-None-Match", "").strip() != "*":
-            await self.require(req, loc.uri, "write")
+            await self.require(req, loc.uri, "write", acl_uri=loc.uri)
         else:
             await self.require(req, loc.parent_uri, rt.create_permission)
         self.check_id(loc)
-        await self.check_parents(req, loc)
+        if missing is not None:
+            raise missing
         current = existing["last_modified"] if existing else None
         check_preconditions(req, current, existing)
         if existing is None:
@@ -405,10 +459,11 @@ class Engine:
     async def patch_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
         rt = loc.resource
         media = check_content_type(req, (JSON, MERGE_PATCH, JSON_PATCH))
-        existing = await self.storage.get(req.txn, rt.name, loc.parent_uri, loc.object_id)
+        missing, existing = await self.fetch(req, loc)
         await self.require_existing_write(req, loc, existing)
         self.check_id(loc)
-        await self.check_parents(req, loc)
+        if missing is not None:
+            raise missing
         if existing is None:
             raise ObjectNotFound(rt.name, loc.object_id)
         check_preconditions(req, existing["last_modified"], existing)
@@ -417,7 +472,7 @@ class Engine:
             raise InvalidParameters(
                 "header", "Response-Behavior", "Response-Behavior should be one of full, light, diff"
             )
-        acl_before = await self.permissions.get_object_permissions(req.txn, loc.uri)
+        acl_before = await self.object_acl(req, loc.uri)
         if media == JSON_PATCH:
             data, perms, sent = self.apply_json_patch(req, loc, existing, acl_before)
         else:
@@ -483,10 +538,11 @@ class Engine:
 
     async def delete_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
         rt = loc.resource
-        existing = await self.storage.get(req.txn, rt.name, loc.parent_uri, loc.object_id)
+        missing, existing = await self.fetch(req, loc)
         await self.require_existing_write(req, loc, existing)
         self.check_id(loc)
-        await self.check_parents(req, loc)
+        if missing is not None:
+            raise missing
         if existing is None:
             raise ObjectNotFound(rt.name, loc.object_id)
         check_preconditions(req, existing["last_modified"], existing)

@@ -17,7 +17,7 @@ from twisted.internet import defer
 from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed, NotFound
 
 from jsonsync import __version__, events, jsonutil
-from jsonsync.auth import challenges
+from jsonsync.auth import challenges, ensure_principals
 from jsonsync.errors import Forbidden, InvalidParameters, MethodNotAllowed, RouteNotFound, Unauthenticated
 from jsonsync.http import API_PREFIX, ApiRequest, ApiResponse, check_content_type
 from jsonsync.query import Query, Sort, matches_all, ordering_key
@@ -60,7 +60,8 @@ class ServiceViews:
         if s.get("eos"):
             doc["eos"] = s["eos"]
         if req.authenticated:
-            doc["user"] = {"id": req.user_id, "principals": list(req.principals)}
+            principals = await ensure_principals(self.registry, req)
+            doc["user"] = {"id": req.user_id, "principals": list(principals)}
         for extend in self.registry.hello_extensions:
             result = extend(req, doc)
             if hasattr(result, "__await__"):
@@ -280,6 +281,7 @@ class ServiceViews:
     # -- permissions ----------------------------------------------------------------
     async def permissions(self, req: ApiRequest) -> ApiResponse:
         acl = self.registry.acl
+        await ensure_principals(self.registry, req)
         if not acl.principals("permissions_read_principals").intersection(req.principals):
             raise Forbidden() if req.authenticated else Unauthenticated(challenges(self.registry))
         tree = self.registry.tree
@@ -366,6 +368,7 @@ class ServiceViews:
     # -- user data --------------------------------------------------------------------
     async def user_data(self, req: ApiRequest) -> ApiResponse:
         """Forget a principal: delete what only it could write, strip it from every ACL and group."""
+        await ensure_principals(self.registry, req)
         if not self.registry.acl.principals("user-data_delete_principals").intersection(req.principals):
             raise Forbidden() if req.authenticated else Unauthenticated(challenges(self.registry))
         principal = req.params["principal"]

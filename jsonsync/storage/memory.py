@@ -125,6 +125,9 @@ class MemoryStorage(_MemoryBase):
             return None
         return dict(obj)
 
+    async def get_many(self, txn, keys):
+        return [await self.get(txn, *key) for key in keys]
+
     async def list_timestamp(self, txn, resource_name, parent_id):
         lst = self._list(resource_name, parent_id, create=True)
         if lst.timestamp is None:
@@ -379,6 +382,13 @@ class MemoryPermissions(_MemoryBase):
             if holders and not holders.isdisjoint(principals):
                 return True
         return False
+
+    async def authorize(self, txn, principals, grants, members=None, acl_uri=None):
+        groups = await self.user_principals(txn, members) if members is not None else None
+        everyone = set(principals) | (groups or set())
+        allowed = await self.check(txn, everyone, grants)
+        acl = await self.get_object_permissions(txn, acl_uri) if acl_uri is not None else None
+        return allowed, groups, acl
 
     async def accessible_children(self, txn, principals, uri_prefix, permissions):
         principals = set(principals)

@@ -988,6 +988,23 @@ class PostgresStorage(_PostgresBase):
     async def flush(self):
         await self._pool.run("TRUNCATE objects, timestamps")
 
+    async def get_many(self, txn, keys):
+        keys = list(keys)
+        if not keys:
+            return []
+        rows, _ = await self._read(
+            txn,
+            "SELECT k.n, o.data FROM unnest(%s::text[], %s::text[], %s::text[])"
+            " WITH ORDINALITY AS k(resource_name, parent_id, id, n)"
+            " JOIN objects o ON o.resource_name = k.resource_name AND o.parent_id = k.parent_id"
+            " AND o.id = k.id AND NOT o.deleted",
+            ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+        )
+        found: list = [None] * len(keys)
+        for n, data in rows:
+            found[n - 1] = data
+        return found
+
     async def get(self, txn, resource_name, parent_id, object_id):
         rows, _ = await self._read(
             txn,
@@ -1195,6 +1212,46 @@ class PostgresPermissions(_PostgresBase):
             ([g[0] for g in grants], [g[1] for g in grants], principals),
         )
         return bool(rows[0][0])
+
+    async def authorize(self, txn, principals, grants, members=None, acl_uri=None):
+        # Group membership, the grant check and the object's ACL in one round
+        # trip: the first thing nearly every request needs.
+        grants = list(grants)
+        rows, _ = await self._read(
+            txn,
+            "WITH groups AS ("
+            "  SELECT DISTINCT principal FROM user_principals"
+            "  WHERE %(has_members)s AND member = ANY(%(members)s::text[])),"
+            " everyone AS ("
+            "  SELECT unnest(%(principals)s::text[]) AS principal"
+            "  UNION SELECT principal FROM groups)"
+            " SELECT"
+            "  (SELECT array_agg(principal) FROM groups),"
+            "  EXISTS (SELECT 1 FROM access_control_entries a"
+            "   JOIN unnest(%(uris)s::text[], %(perms)s::text[]) AS g(uri, perm)"
+            "   ON a.object_id = g.uri AND a.permission = g.perm"
+            "   WHERE a.principal IN (SELECT principal FROM everyone)),"
+            "  (SELECT array_agg(permission || ' ' || principal) FROM access_control_entries"
+            "   WHERE %(has_acl)s AND object_id = %(acl_uri)s)",
+            {
+                "has_members": members is not None,
+                "members": list(members or ()),
+                "principals": sorted(set(principals)),
+                "uris": [g[0] for g in grants],
+                "perms": [g[1] for g in grants],
+                "has_acl": acl_uri is not None,
+                "acl_uri": acl_uri or "",
+            },
+        )
+        group_list, allowed, entries = rows[0]
+        groups = set(group_list or ()) if members is not None else None
+        acl = None
+        if acl_uri is not None:
+            acl = {}
+            for entry in entries or ():
+                permission, _, principal = entry.partition(" ")
+                acl.setdefault(permission, set()).add(principal)
+        return bool(allowed), groups, acl
 
     async def accessible_children(self, txn, principals, uri_prefix, permissions):
         principals = sorted(set(principals))
