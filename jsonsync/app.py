@@ -16,7 +16,8 @@ from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from werkzeug.exceptions import HTTPException, MethodNotAllowed as WzMethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 
 from jsonsync import errors, events
 from jsonsync.auth import authenticate
@@ -54,7 +55,7 @@ class _Root(Resource):
 
     isLeaf = True
 
-    def __init__(self, app: "JsonSyncApp"):
+    def __init__(self, app: JsonSyncApp):
         super().__init__()
         self._app = app
         self._klein = app.klein.resource()

@@ -7,9 +7,9 @@ server (routes, listeners, capabilities, permission rules).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from twisted.plugin import getPlugins
 from zope.interface.exceptions import Invalid

@@ -157,7 +157,7 @@ class JsonSyncService(service.Service):
 
 
 class _WorkerProtocol(protocol.ProcessProtocol):
-    def __init__(self, workers: "Workers", number: int):
+    def __init__(self, workers: Workers, number: int):
         self.workers = workers
         self.number = number
 

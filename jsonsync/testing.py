@@ -34,6 +34,7 @@ else:
 
 R = "record"
 P = "/buckets/b/collections/c"
+BY_ID = (Sort("id", 1),)
 
 
 class _BackendFixture(_Base):
@@ -306,7 +307,7 @@ class ListingContract(_BackendFixture):
         ]
         self.made = [await self.create(o) for o in objs]
 
-    async def filtered(self, *filters, sorting=(Sort("id", 1),)):
+    async def filtered(self, *filters, sorting=BY_ID):
         return await self.ids(Query(filters=list(filters), sorting=tuple(sorting)))
 
     async def test_default_sort_newest_first(self):
@@ -739,16 +740,13 @@ class StubClient:
         factory.max_body = app.settings["max_request_body_bytes"]
         self.auth = auth
 
-    def as_user(self, user: str | None, password: str = "secret") -> "StubClient":
+    def as_user(self, user: str | None, password: str = "secret") -> StubClient:
         other = StubClient.__new__(StubClient)
         other.__dict__.update(self.__dict__)
         other.auth = basic(user, password) if user else None
         return other
 
     async def request(self, method, path, body=None, headers=None, raw=None, auth=True):
-        from twisted.internet import reactor
-        from twisted.internet.task import deferLater
-
         from jsonsync import jsonutil
 
         url = path if path.startswith("http") else "http://localhost" + path
@@ -763,27 +761,26 @@ class StubClient:
         kwargs = {"headers": encoded, "allow_redirects": False}
         if data is not None:
             kwargs["data"] = data
-        d = self.stub.request(method, url, **kwargs)
+        response = await self._settle(self.stub.request(method, url, **kwargs))
+        content = await self._settle(response.content())
+        headers_out = {
+            k.decode().lower(): [v.decode("latin-1") for v in vs]
+            for k, vs in response.headers.getAllRawHeaders()
+        }
+        return Response(response.code, headers_out, content)
+
+    async def _settle(self, d):
+        """Pump the in-memory connection until C{d} fires (the server may wait on real I/O)."""
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
         done = []
         d.addBoth(lambda r: done.append(r) or r)
         while not done:
             self.stub.flush()
             if not done:
                 await deferLater(reactor, 0.001, lambda: None)
-        response = await d
-        content_d = response.content()
-        got = []
-        content_d.addBoth(lambda r: got.append(r) or r)
-        while not got:
-            self.stub.flush()
-            if not got:
-                await deferLater(reactor, 0.001, lambda: None)
-        content = await content_d
-        headers_out = {
-            k.decode().lower(): [v.decode("latin-1") for v in vs]
-            for k, vs in response.headers.getAllRawHeaders()
-        }
-        return Response(response.code, headers_out, content)
+        return await d
 
     def get(self, path, **kw):
         return self.request("GET", path, **kw)

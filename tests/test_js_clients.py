@@ -5,11 +5,9 @@ paginate_by = 5, the permissions endpoint): kinto.js (offline-first sync, two
 devices, conflicts) and kinto-http.js from npm, and kinto-http from PyPI.
 """
 
-import base64
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -18,7 +16,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.test_postgresql_processes import TWIST, free_port
-from tests.test_storage_postgresql import SKIP as PG_SKIP, scratch_url
+from tests.test_storage_postgresql import SKIP as PG_SKIP
+from tests.test_storage_postgresql import scratch_url
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JS = os.path.join(HERE, "js")

@@ -21,7 +21,7 @@ import bcrypt
 from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
-from jsonsync.auth import ensure_principals, EVERYONE, basic_credentials, challenges
+from jsonsync.auth import EVERYONE, basic_credentials, challenges, ensure_principals
 from jsonsync.config import ConfigurationError
 from jsonsync.errors import Forbidden, InvalidParameters, Unauthenticated
 from jsonsync.interfaces import IAuthenticationPolicy

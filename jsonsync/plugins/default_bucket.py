@@ -15,11 +15,18 @@ import hmac
 import re
 import uuid
 
-from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed, NotFound
+from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
+from werkzeug.exceptions import NotFound
 
 from jsonsync import events, jsonutil
 from jsonsync.auth import challenges
-from jsonsync.errors import InvalidParameters, MethodNotAllowed, ObjectExists, RouteNotFound, Unauthenticated
+from jsonsync.errors import (
+    InvalidParameters,
+    MethodNotAllowed,
+    ObjectExists,
+    RouteNotFound,
+    Unauthenticated,
+)
 from jsonsync.http import API_PREFIX
 from jsonsync.registry import Route
 from jsonsync.resources.model import NAME_PATTERN, Location

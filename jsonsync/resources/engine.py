@@ -120,7 +120,7 @@ class Engine:
             parent = f"{parent}/{rt.plural}/{oid}"
         keys.append((loc.resource.name, loc.parent_uri, object_id or loc.object_id))
         found = await self.storage.get_many(req.txn, keys)
-        for (rt, oid), obj in zip(loc.ancestors, found):
+        for (rt, oid), obj in zip(loc.ancestors, found, strict=False):
             if obj is None:
                 return ParentNotFound(rt.name, oid), None
         return None, found[-1]
@@ -140,7 +140,7 @@ class Engine:
         if not keys:
             return None
         found = await self.storage.get_many(req.txn, keys)
-        for (rt, oid), obj in zip(loc.ancestors, found):
+        for (rt, oid), obj in zip(loc.ancestors, found, strict=False):
             if obj is None:
                 raise ParentNotFound(rt.name, oid)
         return found[-1] if with_object else None
@@ -402,13 +402,24 @@ class Engine:
         return ApiResponse({"data": tombstones}, 200, headers)
 
     # -- object endpoints --------------------------------------------------------
-    async def require_existing_write(self, req, loc: Location, existing):
-        """Write on the object; a missing object answers 404 to whoever can read its parent."""
-        if await self.allowed(req, loc.uri, "write", acl_uri=loc.uri if existing else None):
-            return
-        if existing is None and loc.parent_uri and await self.allowed(req, loc.parent_uri, "read"):
-            return
-        raise self.deny(req)
+    async def existing_for_write(self, req, loc: Location) -> dict:
+        """
+        The object a PATCH or DELETE acts on, after the checks in Kinto's
+        order: write permission (a missing object answers 404 to whoever can
+        read its parent, 401/403 to others), id, ancestors, existence,
+        preconditions.
+        """
+        missing, existing = await self.fetch(req, loc)
+        if not await self.allowed(req, loc.uri, "write", acl_uri=loc.uri if existing else None):
+            if existing is not None or not loc.parent_uri or not await self.allowed(req, loc.parent_uri, "read"):
+                raise self.deny(req)
+        self.check_id(loc)
+        if missing is not None:
+            raise missing
+        if existing is None:
+            raise ObjectNotFound(loc.resource.name, loc.object_id)
+        check_preconditions(req, existing["last_modified"], existing)
+        return existing
 
     async def get_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
         rt = loc.resource
@@ -459,14 +470,7 @@ class Engine:
     async def patch_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
         rt = loc.resource
         media = check_content_type(req, (JSON, MERGE_PATCH, JSON_PATCH))
-        missing, existing = await self.fetch(req, loc)
-        await self.require_existing_write(req, loc, existing)
-        self.check_id(loc)
-        if missing is not None:
-            raise missing
-        if existing is None:
-            raise ObjectNotFound(rt.name, loc.object_id)
-        check_preconditions(req, existing["last_modified"], existing)
+        existing = await self.existing_for_write(req, loc)
         behavior = (req.header("Response-Behavior") or "full").strip().lower()
         if behavior not in ("full", "light", "diff"):
             raise InvalidParameters(
@@ -537,15 +541,7 @@ class Engine:
         return result["data"], perms, {}
 
     async def delete_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
-        rt = loc.resource
-        missing, existing = await self.fetch(req, loc)
-        await self.require_existing_write(req, loc, existing)
-        self.check_id(loc)
-        if missing is not None:
-            raise missing
-        if existing is None:
-            raise ObjectNotFound(rt.name, loc.object_id)
-        check_preconditions(req, existing["last_modified"], existing)
+        existing = await self.existing_for_write(req, loc)
         forced = req.arg("last_modified")
         wanted = None
         if forced is not None:

@@ -14,11 +14,18 @@ from email.utils import formatdate
 from urllib.parse import unquote
 
 from twisted.internet import defer
-from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed, NotFound
+from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
+from werkzeug.exceptions import NotFound
 
 from jsonsync import __version__, events, jsonutil
 from jsonsync.auth import challenges, ensure_principals
-from jsonsync.errors import Forbidden, InvalidParameters, MethodNotAllowed, RouteNotFound, Unauthenticated
+from jsonsync.errors import (
+    Forbidden,
+    InvalidParameters,
+    MethodNotAllowed,
+    RouteNotFound,
+    Unauthenticated,
+)
 from jsonsync.http import API_PREFIX, ApiRequest, ApiResponse, check_content_type
 from jsonsync.query import Query, Sort, matches_all, ordering_key
 from jsonsync.registry import Registry, Route

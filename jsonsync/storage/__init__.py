@@ -6,7 +6,8 @@ that assigns C{last_modified} timestamps.
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from twisted.logger import Logger
 from zope.interface import implementer
