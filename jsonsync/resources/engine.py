@@ -468,7 +468,6 @@ class Engine:
         return self.object_response(req, loc, obj, acl, 200)
 
     async def patch_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
-        rt = loc.resource
         media = check_content_type(req, (JSON, MERGE_PATCH, JSON_PATCH))
         existing = await self.existing_for_write(req, loc)
         behavior = (req.header("Response-Behavior") or "full").strip().lower()
