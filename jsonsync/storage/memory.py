@@ -17,6 +17,7 @@ treat them as read-only, as the IStorage contract says.
 from __future__ import annotations
 
 import copy
+import weakref
 from bisect import bisect_left, bisect_right, insort
 from typing import Any
 
@@ -287,6 +288,12 @@ def _timestamp_bounds(filters: list[Filter]) -> tuple[int | None, int | None]:
     return low, high
 
 
+class _ACL(dict):
+    """A shared, never modified ACL mapping (a dict that weak references can point to)."""
+
+    __slots__ = ("__weakref__",)
+
+
 @implementer(IPermissionStore)
 class MemoryPermissions(_MemoryBase):
     """
@@ -297,8 +304,9 @@ class MemoryPermissions(_MemoryBase):
 
     def __init__(self, lock: DeferredLock | None = None):
         super().__init__(lock)
-        # uri -> permission -> set(principals)
-        self._aces: dict[str, dict[str, set[str]]] = {}
+        # uri -> permission -> set(principals), never modified in place
+        self._aces: dict[str, dict[str, frozenset[str]]] = {}
+        self._acl_pool: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         # parent prefix ("/buckets/b/collections/") -> set(child ids) having ACEs
         self._children: dict[str, set[str]] = {}
         # member -> set(principals)
@@ -309,15 +317,28 @@ class MemoryPermissions(_MemoryBase):
 
     async def flush(self):
         self._aces.clear()
+        self._acl_pool.clear()
         self._children.clear()
         self._members.clear()
 
     # -- journalled primitives ---------------------------------------------------
+    def _shared(self, perms: dict[str, set[str]]) -> "_ACL":
+        """
+        One immutable copy per distinct ACL: most objects carry the same one
+        (their creator's write), so 100,000 records hold one ACL, not 100,000.
+        """
+        key = tuple(sorted((p, tuple(sorted(s))) for p, s in perms.items() if s))
+        found = self._acl_pool.get(key)
+        if found is None:
+            found = _ACL((p, frozenset(s)) for p, s in key)
+            self._acl_pool[key] = found
+        return found
+
     def _set_aces(self, uri: str, perms: dict[str, set[str]] | None):
         prefix, _, child = uri.rpartition("/")
         prefix += "/"
         if perms:
-            self._aces[uri] = perms
+            self._aces[uri] = self._shared(perms)
             self._children.setdefault(prefix, set()).add(child)
         else:
             self._aces.pop(uri, None)
