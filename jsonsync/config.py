@@ -81,7 +81,7 @@ CORE_SETTINGS: list[Setting] = [
 
 # <resource>_<perm>_principals and <resource>_cache_expires_seconds
 _PRINCIPALS = re.compile(r"^[a-z][a-z0-9-]*_(read|write|create|delete)_principals$")
-_CACHE = re.compile(r"^([a-z0-9_.-]+_)?[a-z]+_cache_expires_seconds$")
+_CACHE = re.compile(r"^([A-Za-z0-9_-]+\.){0,2}[a-z]+_cache_expires_seconds$")
 # <plural|object>_<resource>_<method>_enabled
 _ENDPOINT_SWITCH = re.compile(r"^(plural|object)_[a-z0-9-]+_(get|post|put|patch|delete)_enabled$")
 

@@ -87,3 +87,25 @@ class HostileInputTests(TestCase):
 
 
 with_postgresql_variants(globals())
+
+
+class AnonymousCacheTests(TestCase):
+    async def test_cache_headers_for_anonymous_reads(self):
+        app = await build_app({"record_cache_expires_seconds": "60", "b.c2.record_cache_expires_seconds": "600"})
+        alice = StubClient(app).as_user("alice")
+        anon = StubClient(app)
+        await alice.put("/v1/buckets/b", {"permissions": {"read": ["system.Everyone"]}})
+        for cid in ("c", "c2", "c3"):
+            await alice.put(f"/v1/buckets/b/collections/{cid}")
+        await alice.patch("/v1/buckets/b/collections/c3", {"data": {"cache_expires": 0}})
+        r = await anon.get("/v1/buckets/b/collections/c/records")
+        self.assertEqual(r.header("Cache-Control"), "max-age=60")
+        self.assertIsNotNone(r.header("Expires"))
+        r = await anon.get("/v1/buckets/b/collections/c2/records")
+        self.assertEqual(r.header("Cache-Control"), "max-age=600")
+        r = await anon.get("/v1/buckets/b/collections/c3/records")
+        self.assertEqual(r.header("Cache-Control"), "max-age=60")  # the larger of setting and attribute
+        r = await alice.get("/v1/buckets/b/collections/c/records")
+        self.assertEqual(r.header("Cache-Control"), "no-cache, no-store")  # never for authenticated users
+        r = await anon.get("/v1/buckets/b")
+        self.assertEqual(r.header("Cache-Control"), "no-cache, no-store")  # no bucket setting

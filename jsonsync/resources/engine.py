@@ -32,6 +32,7 @@ from jsonsync.http import (
     NotModified,
     check_content_type,
     check_preconditions,
+    http_date,
     validators,
 )
 from jsonsync.query import Filter, Op, Query
@@ -291,13 +292,43 @@ class Engine:
             next_page = req.url(query=params)
         return objects, next_page
 
+    async def cache_headers(self, req: ApiRequest, loc: Location) -> list[tuple[str, str]]:
+        """
+        Anonymous reads may be cached when the operator says so
+        (C{<resource>_cache_expires_seconds}, C{<bid>.<cid>.record_cache_expires_seconds},
+        C{<bid>.record_cache_expires_seconds}) or the collection does
+        (C{cache_expires}); the largest value wins.
+        """
+        if req.authenticated:
+            return []
+        rt = loc.resource
+        settings = self.registry.settings
+        candidates = [settings.get(f"{rt.name}_cache_expires_seconds")]
+        if rt.name == "record" and len(loc.ancestors) == 2:
+            bid, cid = loc.ancestors[0][1], loc.ancestors[1][1]
+            candidates += [
+                settings.get(f"{bid}.{cid}.record_cache_expires_seconds"),
+                settings.get(f"{bid}.record_cache_expires_seconds"),
+            ]
+            collection = await self.storage.get(req.txn, "collection", f"/buckets/{bid}", cid)
+            if collection is not None:
+                candidates.append(collection.get("cache_expires"))
+        values = [v for v in candidates if isinstance(v, int) and not isinstance(v, bool)]
+        if not values:
+            return []
+        ttl = max(values)
+        if ttl <= 0:
+            return [("Cache-Control", "max-age=0, must-revalidate, no-cache, no-store"), ("Pragma", "no-cache")]
+        expires = http_date((querystring.now_ms() // 1000 + ttl) * 1000)
+        return [("Cache-Control", f"max-age={ttl}"), ("Expires", expires)]
+
     async def get_plural(self, req: ApiRequest, loc: Location) -> ApiResponse:
         ids = await self.readable_ids(req, loc, "read")
         await self.check_parents(req, loc)
         listing = self.list_request(req, loc)
         timestamp = await self.storage.list_timestamp(req.txn, loc.resource.name, loc.parent_uri)
         check_preconditions(req, timestamp)
-        headers = validators(timestamp)
+        headers = validators(timestamp) + await self.cache_headers(req, loc)
         if listing.deprecated_to:
             headers.append(("Alert", _TO_ALERT))
         if req.method == "HEAD":
@@ -435,7 +466,9 @@ class Engine:
         events.notify(req, "read", loc, [{"new": obj}], obj["last_modified"])
         if fields:
             obj = querystring.project(obj, fields)
-        return self.object_response(req, loc, obj, acl)
+        response = self.object_response(req, loc, obj, acl)
+        response.headers += await self.cache_headers(req, loc)
+        return response
 
     async def put_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
         rt = loc.resource
