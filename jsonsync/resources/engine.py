@@ -378,8 +378,10 @@ class Engine:
     async def create(self, req, loc: Location, data: dict, perms) -> ApiResponse:
         rt = loc.resource
         data = await self.validate(req, loc, data, None)
-        obj = await self.storage.create(req.txn, rt.name, loc.parent_uri, data)
+        # ACL first: the object write takes the list's lock (PostgreSQL), held
+        # to commit, so it comes last to keep other writers waiting least.
         acl = await self.save_permissions(req, loc.uri, rt, perms, replace=True, existed=False)
+        obj = await self.storage.create(req.txn, rt.name, loc.parent_uri, data)
         if rt.on_write is not None:
             await rt.on_write(req, loc, None, obj)
             acl = await self.permissions.get_object_permissions(req.txn, loc.uri)
@@ -492,8 +494,8 @@ class Engine:
 
     async def replace(self, req, loc: Location, existing, new, perms, *, replace_acl) -> ApiResponse:
         rt = loc.resource
-        obj = await self.storage.update(req.txn, rt.name, loc.parent_uri, loc.object_id, new)
         acl = await self.save_permissions(req, loc.uri, rt, perms, replace=replace_acl, existed=True)
+        obj = await self.storage.update(req.txn, rt.name, loc.parent_uri, loc.object_id, new)
         if rt.on_write is not None:
             await rt.on_write(req, loc, existing, obj)  # may change the ACL (accounts)
             acl = await self.permissions.get_object_permissions(req.txn, loc.uri)

@@ -1092,9 +1092,62 @@ class PostgresStorage(_PostgresBase):
         )
         return stored
 
+    async def _store_now(self, txn, resource_name, parent_id, obj, only_over_tombstone: bool):
+        """
+        The common write (no client-supplied timestamp) in one round trip:
+        take the list's lock, then, in a statement whose snapshot follows
+        the lock, stamp the object with C{max(now, list timestamp + 1)},
+        store it and move the list timestamp. Returns the stored object, or
+        C{None} when C{only_over_tombstone} and a live object holds the id.
+        """
+        unit = await self._unit(txn)
+        data = _dumps(obj)
+        rows, _ = await unit.execute(
+            "SELECT pg_advisory_xact_lock(%(lock)s);"
+            " WITH stamp AS ("
+            "  SELECT GREATEST(%(now)s::bigint, COALESCE(("
+            "   SELECT last_modified FROM timestamps"
+            "   WHERE resource_name = %(res)s AND parent_id = %(parent)s), 0) + 1) AS v),"
+            " written AS ("
+            "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data)"
+            "  SELECT %(res)s, %(parent)s, %(id)s, v, %(deleted)s,"
+            "   jsonb_set(%(data)s::jsonb, '{last_modified}', to_jsonb(v)) FROM stamp"
+            "  ON CONFLICT (resource_name, parent_id, id) DO UPDATE SET"
+            "   last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted, data = EXCLUDED.data"
+            "   WHERE NOT %(only_tomb)s OR objects.deleted"
+            "  RETURNING last_modified),"
+            " moved AS ("
+            "  INSERT INTO timestamps (resource_name, parent_id, last_modified)"
+            "  SELECT %(res)s, %(parent)s, last_modified FROM written"
+            "  ON CONFLICT (resource_name, parent_id) DO UPDATE SET last_modified = EXCLUDED.last_modified"
+            "  RETURNING last_modified)"
+            " SELECT (SELECT last_modified FROM written), (SELECT count(*) FROM moved)",
+            {
+                "lock": _list_lock_key(resource_name, parent_id),
+                "now": now_ms(),
+                "res": resource_name,
+                "parent": parent_id,
+                "id": obj["id"],
+                "deleted": bool(obj.get("deleted")),
+                "data": data,
+                "only_tomb": only_over_tombstone,
+            },
+        )
+        stamp = rows[0][0]
+        if stamp is None:
+            return None
+        stored = dict(obj)
+        stored["last_modified"] = stamp
+        return stored
+
     async def create(self, txn, resource_name, parent_id, obj):
         obj = dict(obj)
         wanted = obj.pop("last_modified", None)
+        if wanted is None:
+            stored = await self._store_now(txn, resource_name, parent_id, obj, only_over_tombstone=True)
+            if stored is None:
+                raise ObjectExists()
+            return stored
 
         def decide(existing):
             if existing is not None and not existing[0]:
@@ -1108,6 +1161,8 @@ class PostgresStorage(_PostgresBase):
         obj["id"] = object_id
         obj.pop("deleted", None)
         wanted = obj.pop("last_modified", None)
+        if wanted is None:
+            return await self._store_now(txn, resource_name, parent_id, obj, only_over_tombstone=False)
 
         def decide(existing):
             # An older client timestamp cannot move a live object back.
