@@ -170,8 +170,16 @@ class NotModified(Exception):
 
 # --- validators ---------------------------------------------------------------
 
+_last_date: list = [None, ""]
+
+
 def http_date(ms: int) -> str:
-    return formatdate(ms / 1000.0, usegmt=True)
+    """An HTTP date (second precision), memoised for the current second."""
+    second = ms // 1000
+    if _last_date[0] != second:
+        _last_date[0] = second
+        _last_date[1] = formatdate(second, usegmt=True)
+    return _last_date[1]
 
 
 def validators(timestamp: int) -> list[tuple[str, str]]:
