@@ -141,6 +141,15 @@ class IStorage(Interface):
         @rtype: C{Awaitable[list[dict]]}
         """
 
+    def list_snapshot(txn, resource_name, parent_id, query):
+        """
+        C{(timestamp, objects)}: the list's timestamp and the objects of
+        L{list} as of that timestamp, read together, so that no object
+        committed after the timestamp is returned (a client syncing with
+        C{_since=<timestamp>} then never receives a change twice).
+        @rtype: C{Awaitable[tuple[int, list[dict]]]}
+        """
+
     def count(txn, resource_name, parent_id, query):
         """
         How many live objects match the query's filters and ids (not its

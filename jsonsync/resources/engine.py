@@ -35,7 +35,7 @@ from jsonsync.http import (
     http_date,
     validators,
 )
-from jsonsync.query import Filter, Op, Query
+from jsonsync.query import Query
 from jsonsync.resources import querystring
 from jsonsync.resources.model import Location, ResourceType
 
@@ -276,12 +276,22 @@ class Engine:
             strict_fields=loc.resource.strict_fields,
         )
 
-    async def fetch_page(self, req, loc: Location, listing, ids):
+    async def fetch_page(self, req, loc: Location, listing, ids, snapshot=False):
+        """
+        One page and its Next-Page URL; with C{snapshot}, also the list
+        timestamp the page is consistent with (C{(objects, next, timestamp)}).
+        """
         query: Query = listing.query
         query.ids = ids
         limit = listing.limit
         query.limit = limit + 1
-        objects = await self.storage.list(req.txn, loc.resource.name, loc.parent_uri, query)
+        timestamp = None
+        if snapshot:
+            timestamp, objects = await self.storage.list_snapshot(
+                req.txn, loc.resource.name, loc.parent_uri, query
+            )
+        else:
+            objects = await self.storage.list(req.txn, loc.resource.name, loc.parent_uri, query)
         next_page = None
         if len(objects) > limit:
             objects = objects[:limit]
@@ -290,6 +300,8 @@ class Engine:
             params.append(("_limit", str(limit)))
             params.append(("_token", querystring.encode_token(last)))
             next_page = req.url(query=params)
+        if snapshot:
+            return objects, next_page, timestamp
         return objects, next_page
 
     async def cache_headers(self, req: ApiRequest, loc: Location) -> list[tuple[str, str]]:
@@ -326,21 +338,22 @@ class Engine:
         ids = await self.readable_ids(req, loc, "read")
         await self.check_parents(req, loc)
         listing = self.list_request(req, loc)
-        timestamp = await self.storage.list_timestamp(req.txn, loc.resource.name, loc.parent_uri)
-        check_preconditions(req, timestamp)
-        headers = validators(timestamp) + await self.cache_headers(req, loc)
-        if listing.deprecated_to:
-            headers.append(("Alert", _TO_ALERT))
         if req.method == "HEAD":
+            timestamp = await self.storage.list_timestamp(req.txn, loc.resource.name, loc.parent_uri)
+            check_preconditions(req, timestamp)
+            headers = validators(timestamp) + await self.cache_headers(req, loc)
             count_query = Query(filters=listing.query.filters, ids=ids)
             total = await self.storage.count(req.txn, loc.resource.name, loc.parent_uri, count_query)
             headers += [("Total-Objects", str(total)), ("Total-Records", str(total))]
             return ApiResponse(b"", 200, headers)
         # The page shows the list as of its ETag: a change committed after the
-        # timestamp was read (so newer than it) waits for the next sync
-        # instead of arriving now and again with `_since=<this ETag>`.
-        listing.query.filters.append(Filter("last_modified", timestamp, Op.MAX))
-        objects, next_page = await self.fetch_page(req, loc, listing, ids)
+        # timestamp was read waits for the next sync instead of arriving now
+        # and again with `_since=<this ETag>`.
+        objects, next_page, timestamp = await self.fetch_page(req, loc, listing, ids, snapshot=True)
+        check_preconditions(req, timestamp)
+        headers = validators(timestamp) + await self.cache_headers(req, loc)
+        if listing.deprecated_to:
+            headers.append(("Alert", _TO_ALERT))
         if next_page:
             headers.append(("Next-Page", next_page))
         events.notify(req, "read", loc, [{"new": o} for o in objects], timestamp)

@@ -258,6 +258,10 @@ class MemoryStorage(_MemoryBase):
             return []
         return self._select(lst, query, query.limit)
 
+    async def list_snapshot(self, txn, resource_name, parent_id, query):
+        timestamp = await self.list_timestamp(txn, resource_name, parent_id)
+        return timestamp, await self.list(txn, resource_name, parent_id, query)
+
     async def count(self, txn, resource_name, parent_id, query):
         lst = self._list(resource_name, parent_id)
         if lst is None:
@@ -322,7 +326,7 @@ class MemoryPermissions(_MemoryBase):
         self._members.clear()
 
     # -- journalled primitives ---------------------------------------------------
-    def _shared(self, perms: dict[str, set[str]]) -> "_ACL":
+    def _shared(self, perms: dict[str, set[str]]) -> _ACL:
         """
         One immutable copy per distinct ACL: most objects carry the same one
         (their creator's write), so 100,000 records hold one ACL, not 100,000.

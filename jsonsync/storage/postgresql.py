@@ -867,13 +867,16 @@ class _SqlQuery:
 
 
 def _build_select(
-    what: str, resource_name: str, parent_id: str, query: Query, *, listing: bool
+    what: str, resource_name: str, parent_id: str, query: Query, *, listing: bool,
+    extra_where: str | None = None,
 ) -> tuple[str, list[Any]]:
     q = _SqlQuery()
     where = [
         f"o.resource_name = {q.param(resource_name)}",
         f"o.parent_id = {q.param(parent_id)}",
     ]
+    if extra_where:
+        where.append(extra_where)
     if not (listing and query.include_deleted):
         where.append("NOT o.deleted")
     if query.ids is not None:
@@ -1205,6 +1208,26 @@ class PostgresStorage(_PostgresBase):
         sql, params = _build_select("o.data", resource_name, parent_id, query, listing=True)
         rows, _ = await self._read(txn, sql, params)
         return [row[0] for row in rows]
+
+    async def list_snapshot(self, txn, resource_name, parent_id, query):
+        # The list timestamp and the page as of it, in one statement (one
+        # snapshot): nothing committed after the timestamp shows up.
+        if (query.ids is not None and not query.ids) or (query.limit is not None and query.limit <= 0):
+            return await self.list_timestamp(txn, resource_name, parent_id), []
+        inner, params = _build_select(
+            "o.data", resource_name, parent_id, query, listing=True,
+            extra_where="o.last_modified <= ts.t",
+        )
+        rows, _ = await self._read(
+            txn,
+            "WITH ts AS (SELECT last_modified AS t FROM timestamps"
+            " WHERE resource_name = %s AND parent_id = %s)"
+            f" SELECT ts.t, page.data FROM ts LEFT JOIN LATERAL ({inner}) page ON true",
+            [resource_name, parent_id, *params],
+        )
+        if not rows:  # a list never written: it gets its timestamp now, and has nothing
+            return await self.list_timestamp(txn, resource_name, parent_id), []
+        return rows[0][0], [row[1] for row in rows if row[1] is not None]
 
     async def count(self, txn, resource_name, parent_id, query):
         if query.ids is not None and not query.ids:
