@@ -226,8 +226,10 @@ class _Connection(Connection):
         )
         self.ready = False
         self.checked_out = False
+        self.prepared = set()
 
     def connect(self, *args, **kwargs):
+        self.prepared: set[str] = set()  # a new session has no prepared statements
         d = super().connect(*args, **kwargs)
 
         def registered(result):
@@ -422,7 +424,7 @@ class _Pool:
         finally:
             self._schema_lock.release()
 
-    async def run(self, sql: str, params=None):
+    async def run(self, sql: str, params=None, prepare=False):
         """
         One statement (or several, sent at once) in autocommit mode. Every
         caller sends idempotent statements (reads, C{TRUNCATE}, inserts
@@ -435,7 +437,7 @@ class _Pool:
             conn = await self.checkout()
             generation = conn.detector.generation
             try:
-                return await _execute(conn, sql, params)
+                return await _execute(conn, sql, params, prepare=prepare)
             except BackendUnavailable:
                 if attempt == attempts - 1 or conn.detector.generation == generation:
                     raise
@@ -449,7 +451,67 @@ def _redact(url: str) -> str:
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
-def _run_statement(conn: _Connection, sql: str, params, generation):
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s")
+_statements: dict[str, tuple[str, str, list]] = {}
+
+
+def _prepared_form(sql: str) -> tuple[str, str, list]:
+    """
+    C{(name, text, order)}: a server-side prepared statement for C{sql}
+    (psycopg2 placeholders turned into C{$n}), and the order in which to
+    pass the parameters.
+    """
+    found = _statements.get(sql)
+    if found is None:
+        order: list = []
+
+        def number(match):
+            key = match.group(1)
+            if key is None:
+                order.append(None)
+                return f"${len(order)}"
+            if key not in order:
+                order.append(key)
+            return f"${order.index(key) + 1}"
+
+        text = _PLACEHOLDER.sub(number, sql)
+        name = "js_" + hashlib.sha1(sql.encode("utf-8")).hexdigest()[:20]
+        found = (name, text, order)
+        if len(_statements) < 1000:
+            _statements[sql] = found
+    return found
+
+
+class _ArrayLiteral:
+    """A Python list sent as an untyped array literal, which PostgreSQL
+    coerces to the parameter's declared type (text[], jsonb[], bigint[])."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self._quoted = psycopg2.extensions.QuotedString(text)
+
+    def prepare(self, conn):
+        self._quoted.prepare(conn)
+
+    def getquoted(self):
+        return self._quoted.getquoted()
+
+
+psycopg2.extensions.register_adapter(_ArrayLiteral, lambda v: v)
+
+
+def _array_literal(values) -> _ArrayLiteral:
+    parts = []
+    for v in values:
+        if v is None:
+            parts.append("NULL")
+        else:
+            text = v if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
+            parts.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return _ArrayLiteral("{" + ",".join(parts) + "}")
+
+
+def _run_statement(conn: _Connection, sql: str, params, generation, prepare=False):
     detector = conn.detector
     if (
         detector.connectionIsDead
@@ -457,8 +519,20 @@ def _run_statement(conn: _Connection, sql: str, params, generation):
         or (generation is not None and detector.generation != generation)
     ):
         return fail(ConnectionDead())
+    if prepare:
+        # Hot single statements are planned once per connection: parsing and
+        # planning cost PostgreSQL more than running these index look-ups.
+        name, text, order = _prepared_form(sql)
+        values = [params[k] for k in order] if isinstance(params, dict) else list(params or ())
+        values = [_array_literal(v) if isinstance(v, (list, tuple)) else v for v in values]
+        call = f"EXECUTE {name}" + (f" ({', '.join(['%s'] * len(values))})" if values else "")
+        if name not in conn.prepared:
+            call = f"PREPARE {name} AS {text}; {call}"
+        sql, params = call, values
     cursor = conn.cursor()
     d = cursor.execute(sql, params)
+    if prepare:
+        d.addCallback(lambda result: conn.prepared.add(name) or result)
 
     def fetch(_):
         try:
@@ -472,14 +546,21 @@ def _run_statement(conn: _Connection, sql: str, params, generation):
     return d
 
 
-async def _execute(conn: _Connection, sql: str, params=None, generation=None):
+async def _execute(conn: _Connection, sql: str, params=None, generation=None, prepare=False):
     """
     Run C{sql} on C{conn} and return C{(rows or None, rowcount)}. When
     C{generation} is given, refuse to run on a connection that was
-    re-established since (the transaction it belonged to is lost).
+    re-established since (the transaction it belonged to is lost). With
+    C{prepare}, C{sql} (one statement) runs as a prepared statement.
     """
     try:
-        return await conn.lock.run(_run_statement, conn, sql, params, generation)
+        try:
+            return await conn.lock.run(_run_statement, conn, sql, params, generation, prepare)
+        except psycopg2.Error as exc:
+            if prepare and exc.pgcode == "42P05":  # prepared by an earlier call that failed after
+                conn.prepared.add(_prepared_form(sql)[0])
+                return await conn.lock.run(_run_statement, conn, sql, params, generation, prepare)
+            raise
     except Exception as exc:
         translated = _translate(exc)
         if translated is exc:
@@ -501,11 +582,11 @@ class _Unit:
         self._begun = False
         self._done = False
 
-    async def execute(self, sql: str, params=None):
+    async def execute(self, sql: str, params=None, prepare=False):
         if self._done:
             raise RuntimeError("transaction already finished")
         if self._begun:
-            return await _execute(self.conn, sql, params, self.generation)
+            return await _execute(self.conn, sql, params, self.generation, prepare)
         self._begun = True
         # When this first statement finds its connection dead (the server
         # restarted while it sat idle in the pool), nothing can have been
@@ -947,9 +1028,10 @@ class _PostgresBase:
         unit = enlisted(self._pool.key) if enlisted is not None else None
         if unit is None and enlisted is None:
             unit = await self._unit(txn)
+        prepare = ";" not in sql
         if unit is not None:
-            return await unit.execute(sql, params)
-        return await self._pool.run(sql, params)
+            return await unit.execute(sql, params, prepare)
+        return await self._pool.run(sql, params, prepare)
 
     async def close(self) -> None:
         """Close the connections (when this provider opened them)."""
