@@ -77,6 +77,14 @@ for base in "$JS" "$KI"; do
   python3 "$BENCH/seed.py" "$base" --auth "$AUTH" --records "$N_RECORDS" \
     --concurrency "${SEED_CONCURRENCY:-2}" --reset 2>&1 | tee -a "$OUT_DIR/seed.log" >&2
 done
+if [ "$MODE" = postgresql ]; then
+  # Fresh tables have no statistics until autovacuum gets to them, and the
+  # planner then picks poor plans for both servers alike: analyze both, as a
+  # production database long since would have been.
+  for db in bench_kinto bench_jsonsync; do
+    psql "${PGADMIN%/*}/$db" -qc "ANALYZE" >&2
+  done
+fi
 
 if want w4; then
   SINCE_JS=$(since_for "$JS" c); SINCE_KI=$(since_for "$KI" c)
