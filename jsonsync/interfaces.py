@@ -282,6 +282,25 @@ class IPermissionStore(Interface):
         """Release connections and timers. @rtype: C{Awaitable[None]}"""
 
 
+class IRequestPrefetch(Interface):
+    """
+    Optional, for a backend whose storage and permission store share one
+    database: the first look-ups of an object request in one round trip.
+    The engine falls back to L{IStorage.get_many} and
+    L{IPermissionStore.authorize} when the storage does not provide it.
+    """
+
+    def prefetch(txn, keys, principals, checks, members=None, acl_uri=None):
+        """
+        C{(found, allowed, groups, acl)}: the objects at C{keys} as
+        L{IStorage.get_many} gives them; for each list of C{(uri,
+        permission)} grants in C{checks}, whether C{principals} (plus the
+        groups of C{members}) hold one; and C{groups} and C{acl} as
+        L{IPermissionStore.authorize} gives them.
+        @rtype: C{Awaitable[tuple[list, list[bool], set | None, dict | None]]}
+        """
+
+
 class IAuthenticationPolicy(Interface):
     """
     Turns a request's credentials into a user id.

@@ -35,6 +35,7 @@ from jsonsync.http import (
     http_date,
     validators,
 )
+from jsonsync.interfaces import IRequestPrefetch
 from jsonsync.query import Query
 from jsonsync.resources import querystring
 from jsonsync.resources.model import Location, ResourceType
@@ -107,24 +108,46 @@ class Engine:
         if not await self.allowed(req, uri, permission, acl_uri):
             raise self.deny(req)
 
-    async def fetch(self, req: ApiRequest, loc: Location, object_id: str | None = None):
+    async def fetch(self, req: ApiRequest, loc: Location, checks, object_id: str | None = None):
         """
-        The ancestors and the object, in one look-up, before the permission
-        check: returns C{(missing, obj)} where C{missing} is the
-        L{ParentNotFound} to raise I{after} authorization (Kinto's order),
-        or C{None}.
+        What an object request needs first, in one round trip when the
+        backend can (L{IRequestPrefetch}): the ancestors and the object, and
+        whether the user holds each C{(uri, permission)} of C{checks} (the
+        object's ACL comes along into C{req.acl_cache}). Returns C{(missing,
+        obj, allowed)} where C{missing} is the L{ParentNotFound} to raise
+        I{after} the permission check (Kinto's order), or C{None}.
         """
+        oid = object_id or loc.object_id
         keys = []
         parent = ""
-        for rt, oid in loc.ancestors:
-            keys.append((rt.name, parent, oid))
-            parent = f"{parent}/{rt.plural}/{oid}"
-        keys.append((loc.resource.name, loc.parent_uri, object_id or loc.object_id))
-        found = await self.storage.get_many(req.txn, keys)
-        for (rt, oid), obj in zip(loc.ancestors, found, strict=False):
+        for rt, ancestor_id in loc.ancestors:
+            keys.append((rt.name, parent, ancestor_id))
+            parent = f"{parent}/{rt.plural}/{ancestor_id}"
+        keys.append((loc.resource.name, loc.parent_uri, oid))
+        acl_uri = loc.child_uri(oid)
+        tree, settings_acl = self.registry.tree, self.registry.acl
+        grants = [tree.grants(uri, perm) for uri, perm in checks]
+        storage = self.storage
+        if IRequestPrefetch.providedBy(storage):
+            members = None if req.groups_loaded else membership_keys(req)
+            found, held, groups, acl = await storage.prefetch(
+                req.txn, keys, req.principals, grants, members=members, acl_uri=acl_uri
+            )
+            if groups is not None:
+                set_groups(req, groups)
+            req.acl_cache[acl_uri] = acl
+            allowed = [h or settings_acl.grants_any(req.principals, g) for h, g in zip(held, grants, strict=True)]
+        else:
+            found = await storage.get_many(req.txn, keys)
+            allowed = []
+            for i, (uri, perm) in enumerate(checks):
+                allowed.append(await self.allowed(req, uri, perm, acl_uri if i == 0 else None))
+        missing = None
+        for (rt, ancestor_id), obj in zip(loc.ancestors, found, strict=False):
             if obj is None:
-                return ParentNotFound(rt.name, oid), None
-        return None, found[-1]
+                missing = ParentNotFound(rt.name, ancestor_id)
+                break
+        return missing, (None if missing else found[-1]), allowed
 
     async def check_parents(self, req: ApiRequest, loc: Location, with_object: bool = False):
         """
@@ -373,15 +396,18 @@ class Engine:
                 raise InvalidParameters("body", "data.id", "data.id in body: Invalid object id")
         else:
             oid = rt.id_generator()
-        missing, existing = await self.fetch(req, loc, oid)
+        checks = [(loc.parent_uri, rt.create_permission), (loc.child_uri(oid), "read")]
+        missing, existing, (can_create, can_read) = await self.fetch(req, loc, checks, oid)
         if existing is not None:
             loc.object_id = oid
-            await self.require(req, loc.uri, "read", acl_uri=loc.uri)
+            if not can_read:
+                raise self.deny(req)
             check_preconditions(req, existing["last_modified"], existing)
             acl = await self.object_acl(req, loc.uri)
             events.notify(req, "read", loc, [{"new": existing}], existing["last_modified"])
             return self.object_response(req, loc, existing, acl, 200)
-        await self.require(req, loc.parent_uri, rt.create_permission)
+        if not can_create:
+            raise self.deny(req)
         if missing is not None:
             raise missing
         check_preconditions(req, None)
@@ -455,9 +481,10 @@ class Engine:
         read its parent, 401/403 to others), id, ancestors, existence,
         preconditions.
         """
-        missing, existing = await self.fetch(req, loc)
-        if not await self.allowed(req, loc.uri, "write", acl_uri=loc.uri if existing else None):
-            if existing is not None or not loc.parent_uri or not await self.allowed(req, loc.parent_uri, "read"):
+        checks = [(loc.uri, "write")] + ([(loc.parent_uri, "read")] if loc.parent_uri else [])
+        missing, existing, allowed = await self.fetch(req, loc, checks)
+        if not allowed[0]:
+            if existing is not None or len(allowed) < 2 or not allowed[1]:
                 raise self.deny(req)
         self.check_id(loc)
         if missing is not None:
@@ -470,9 +497,12 @@ class Engine:
     async def get_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
         rt = loc.resource
         permission = "read:attributes" if any(p.endswith(":create") for p in rt.permissions) else "read"
-        await self.require(req, loc.uri, permission, acl_uri=loc.uri)
+        missing, obj, (can_read,) = await self.fetch(req, loc, [(loc.uri, permission)])
+        if not can_read:
+            raise self.deny(req)
         self.check_id(loc)
-        obj = await self.check_parents(req, loc, with_object=True)
+        if missing is not None:
+            raise missing
         if obj is None:
             raise ObjectNotFound(rt.name, loc.object_id)
         check_preconditions(req, obj["last_modified"], obj)
@@ -488,11 +518,14 @@ class Engine:
     async def put_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
         rt = loc.resource
         data, perms = self.envelope(req, loc)
-        missing, existing = await self.fetch(req, loc)
+        checks = [(loc.uri, "write"), (loc.parent_uri, rt.create_permission)]
+        missing, existing, (can_write, can_create) = await self.fetch(req, loc, checks)
         if existing is not None and req.header("If-None-Match", "").strip() != "*":
-            await self.require(req, loc.uri, "write", acl_uri=loc.uri)
+            allowed = can_write
         else:
-            await self.require(req, loc.parent_uri, rt.create_permission)
+            allowed = can_create
+        if not allowed:
+            raise self.deny(req)
         self.check_id(loc)
         if missing is not None:
             raise missing

@@ -54,7 +54,7 @@ from twisted.python.failure import Failure
 from txpostgres.reconnection import ConnectionDead, DeadConnectionDetector
 from txpostgres.retrying import simpleBackoffIterator
 from txpostgres.txpostgres import Connection, RollbackFailed
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from jsonsync.errors import (
     BackendUnavailable,
@@ -64,7 +64,7 @@ from jsonsync.errors import (
     ObjectNotFound,
     UnexpectedError,
 )
-from jsonsync.interfaces import IPermissionStore, IStorage
+from jsonsync.interfaces import IPermissionStore, IRequestPrefetch, IStorage
 from jsonsync.query import MISSING, Filter, Op, Query, Sort, rank
 from jsonsync.storage import Transaction, next_timestamp, now_ms
 
@@ -1073,6 +1073,63 @@ class PostgresStorage(_PostgresBase):
     async def flush(self):
         await self._pool.run("TRUNCATE objects, timestamps")
 
+    async def prefetch(self, txn, keys, principals, checks, members=None, acl_uri=None):
+        """L{IRequestPrefetch}: objects, grant checks, groups and one ACL in one statement."""
+        keys = list(keys)
+        uris, perms, index = [], [], []
+        for i, grants in enumerate(checks):
+            for uri, perm in grants:
+                uris.append(uri)
+                perms.append(perm)
+                index.append(i)
+        rows, _ = await self._read(
+            txn,
+            "SELECT"
+            " (SELECT array_agg(k.n ORDER BY k.n) FROM unnest(%(kr)s::text[], %(kp)s::text[], %(ki)s::text[])"
+            "   WITH ORDINALITY AS k(r, p, i, n)"
+            "   JOIN objects o ON o.resource_name = k.r AND o.parent_id = k.p AND o.id = k.i AND NOT o.deleted),"
+            " (SELECT array_agg(o.data ORDER BY k.n) FROM unnest(%(kr)s::text[], %(kp)s::text[], %(ki)s::text[])"
+            "   WITH ORDINALITY AS k(r, p, i, n)"
+            "   JOIN objects o ON o.resource_name = k.r AND o.parent_id = k.p AND o.id = k.i AND NOT o.deleted),"
+            " (SELECT array_agg(DISTINCT g.c) FROM unnest(%(uris)s::text[], %(perms)s::text[], %(idx)s::int[])"
+            "   AS g(uri, perm, c)"
+            "   JOIN access_control_entries a ON a.object_id = g.uri AND a.permission = g.perm"
+            "   WHERE a.principal = ANY(%(principals)s::text[])"
+            "   OR (%(has_members)s AND a.principal IN ("
+            "    SELECT principal FROM user_principals WHERE member = ANY(%(members)s::text[])))),"
+            " (SELECT array_agg(DISTINCT principal) FROM user_principals"
+            "   WHERE %(has_members)s AND member = ANY(%(members)s::text[])),"
+            " (SELECT array_agg(permission || ' ' || principal) FROM access_control_entries"
+            "   WHERE %(has_acl)s AND object_id = %(acl_uri)s)",
+            {
+                "kr": [k[0] for k in keys],
+                "kp": [k[1] for k in keys],
+                "ki": [k[2] for k in keys],
+                "uris": uris,
+                "perms": perms,
+                "idx": index,
+                "principals": sorted(set(principals)),
+                "has_members": members is not None,
+                "members": list(members or ()),
+                "has_acl": acl_uri is not None,
+                "acl_uri": acl_uri or "",
+            },
+        )
+        numbers, datas, satisfied, group_list, entries = rows[0]
+        found: list = [None] * len(keys)
+        for n, data in zip(numbers or (), datas or (), strict=True):
+            found[n - 1] = data
+        satisfied = set(satisfied or ())
+        allowed = [i in satisfied for i in range(len(checks))]
+        groups = set(group_list or ()) if members is not None else None
+        acl = None
+        if acl_uri is not None:
+            acl = {}
+            for entry in entries or ():
+                permission, _, principal = entry.partition(" ")
+                acl.setdefault(permission, set()).add(principal)
+        return found, allowed, groups, acl
+
     async def get_many(self, txn, keys):
         keys = list(keys)
         if not keys:
@@ -1536,6 +1593,8 @@ class PostgresBackend:
     async def open_permissions(self, settings, reactor, storage):
         url = self._setting(settings, "permission_url") or self._setting(settings, "storage_url")
         if isinstance(storage, PostgresStorage) and storage._pool.url == url:
+            # Same database: the storage can answer object and ACL look-ups together.
+            alsoProvides(storage, IRequestPrefetch)
             return PostgresPermissions(storage._pool, False)
         return PostgresPermissions(await self._open_pool(url, settings, reactor), True)
 
