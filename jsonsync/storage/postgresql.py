@@ -528,6 +528,11 @@ def _run_statement(conn: _Connection, sql: str, params, generation, prepare=Fals
         call = f"EXECUTE {name}" + (f" ({', '.join(['%s'] * len(values))})" if values else "")
         if name not in conn.prepared:
             call = f"PREPARE {name} AS {text}; {call}"
+            if not conn.prepared:
+                # Keep one plan per statement: every statement we prepare leads
+                # with equality on an index prefix, so a generic plan is as
+                # good as a custom one, and re-planning each call is the cost.
+                call = f"SET plan_cache_mode = force_generic_plan; {call}"
         sql, params = call, values
     cursor = conn.cursor()
     d = cursor.execute(sql, params)
