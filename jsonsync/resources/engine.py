@@ -108,7 +108,8 @@ class Engine:
         if not await self.allowed(req, uri, permission, acl_uri):
             raise self.deny(req)
 
-    async def fetch(self, req: ApiRequest, loc: Location, checks, object_id: str | None = None):
+    async def fetch(self, req: ApiRequest, loc: Location, checks, object_id: str | None = None,
+                    with_object: bool = True):
         """
         What an object request needs first, in one round trip when the
         backend can (L{IRequestPrefetch}): the ancestors and the object, and
@@ -123,8 +124,10 @@ class Engine:
         for rt, ancestor_id in loc.ancestors:
             keys.append((rt.name, parent, ancestor_id))
             parent = f"{parent}/{rt.plural}/{ancestor_id}"
-        keys.append((loc.resource.name, loc.parent_uri, oid))
-        acl_uri = loc.child_uri(oid)
+        acl_uri = None
+        if with_object:
+            keys.append((loc.resource.name, loc.parent_uri, oid))
+            acl_uri = loc.child_uri(oid)
         tree, settings_acl = self.registry.tree, self.registry.acl
         grants = [tree.grants(uri, perm) for uri, perm in checks]
         storage = self.storage
@@ -135,7 +138,8 @@ class Engine:
             )
             if groups is not None:
                 set_groups(req, groups)
-            req.acl_cache[acl_uri] = acl
+            if acl_uri is not None:
+                req.acl_cache[acl_uri] = acl
             allowed = [h or settings_acl.grants_any(req.principals, g) for h, g in zip(held, grants, strict=True)]
         else:
             found = await storage.get_many(req.txn, keys)
@@ -147,7 +151,8 @@ class Engine:
             if obj is None:
                 missing = ParentNotFound(rt.name, ancestor_id)
                 break
-        return missing, (None if missing else found[-1]), allowed
+        obj = found[-1] if with_object and missing is None else None
+        return missing, obj, allowed
 
     async def check_parents(self, req: ApiRequest, loc: Location, with_object: bool = False):
         """
@@ -274,22 +279,28 @@ class Engine:
     # -- plural endpoints --------------------------------------------------------
     async def readable_ids(self, req, loc: Location, permission: str) -> frozenset[str] | None:
         """
-        C{None} when the user may see the whole list, else the ids of the
-        objects shared with them; raise when they may see nothing.
+        C{(ids, missing)}: C{ids} is C{None} when the user may see the whole
+        list, else the ids of the objects shared with them (raise when they
+        may see nothing); C{missing} is the L{ParentNotFound} to raise next.
+        Permission and ancestors come in one look-up where the backend can.
         """
         rt = loc.resource
-        if loc.parent_uri and await self.allowed(req, loc.parent_uri, permission):
-            return None
+        checks = [(loc.parent_uri, rt.create_permission)]
+        if loc.parent_uri:
+            checks.insert(0, (loc.parent_uri, permission))
+        missing, _, allowed = await self.fetch(req, loc, checks, with_object=False)
+        if loc.parent_uri and allowed[0]:
+            return None, missing
         await ensure_principals(self.registry, req)
         wanted = ("read", "write") if permission == "read" else ("write",)
         if any(self.registry.acl.granted_on_type(req.principals, rt.name, p) for p in wanted):
-            return None
+            return None, missing
         ids = await self.permissions.accessible_children(
             req.txn, req.principals, loc.list_uri + "/", list(wanted)
         )
-        if not ids and not await self.allowed(req, loc.parent_uri, rt.create_permission):
+        if not ids and not allowed[-1]:
             raise self.deny(req)
-        return frozenset(ids)
+        return frozenset(ids), missing
 
     def list_request(self, req, loc: Location):
         return querystring.parse_list_request(
@@ -358,8 +369,9 @@ class Engine:
         return [("Cache-Control", f"max-age={ttl}"), ("Expires", expires)]
 
     async def get_plural(self, req: ApiRequest, loc: Location) -> ApiResponse:
-        ids = await self.readable_ids(req, loc, "read")
-        await self.check_parents(req, loc)
+        ids, missing = await self.readable_ids(req, loc, "read")
+        if missing is not None:
+            raise missing
         listing = self.list_request(req, loc)
         if req.method == "HEAD":
             timestamp = await self.storage.list_timestamp(req.txn, loc.resource.name, loc.parent_uri)
@@ -448,8 +460,9 @@ class Engine:
 
     async def delete_plural(self, req: ApiRequest, loc: Location) -> ApiResponse:
         rt = loc.resource
-        ids = await self.readable_ids(req, loc, "write")
-        await self.check_parents(req, loc)
+        ids, missing = await self.readable_ids(req, loc, "write")
+        if missing is not None:
+            raise missing
         listing = self.list_request(req, loc)
         self.spend_token(listing)
         timestamp = await self.storage.list_timestamp(req.txn, rt.name, loc.parent_uri)
