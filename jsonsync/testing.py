@@ -307,6 +307,18 @@ class ListingContract(_BackendFixture):
         ]
         self.made = [await self.create(o) for o in objs]
 
+    async def walk(self, sorting, size) -> list[str]:
+        """The ids of the whole list, page by page, following keyset rules."""
+        seen = []
+        query = Query(sorting=sorting, limit=size)
+        while True:
+            page = await self.list(query)
+            seen.extend(o["id"] for o in page)
+            if len(page) < size:
+                return seen
+            last = {s.field: page[-1].get(s.field, MISSING) for s in sorting}
+            query = Query(sorting=sorting, limit=size, pagination=keyset_rules(sorting, last))
+
     async def filtered(self, *filters, sorting=BY_ID):
         return await self.ids(Query(filters=list(filters), sorting=tuple(sorting)))
 
@@ -432,31 +444,14 @@ class ListingContract(_BackendFixture):
             (Sort("group", 1), Sort("last_modified", -1)),
             (Sort("group", -1), Sort("id", 1)),
         ]:
-            seen = []
-            query = Query(sorting=sorting, limit=5)
-            while True:
-                page = await self.list(query)
-                seen.extend(o["id"] for o in page)
-                if len(page) < 5:
-                    break
-                last = {s.field: page[-1].get(s.field, MISSING) for s in sorting}
-                query = Query(sorting=sorting, limit=5, pagination=keyset_rules(sorting, last))
+            seen = await self.walk(sorting, 5)
             self.assertEqual(sorted(seen), [f"r{i:02d}" for i in range(23)])
             self.assertEqual(len(seen), 23)
 
     async def test_keyset_pagination_over_missing_values(self):
         for i in range(6):
             await self.create({"id": f"m{i}", **({"k": i} if i % 2 else {})})
-        sorting = (Sort("k", 1), Sort("id", 1))
-        seen = []
-        query = Query(sorting=sorting, limit=2)
-        while True:
-            page = await self.list(query)
-            seen.extend(o["id"] for o in page)
-            if len(page) < 2:
-                break
-            last = {s.field: page[-1].get(s.field, MISSING) for s in sorting}
-            query = Query(sorting=sorting, limit=2, pagination=keyset_rules(sorting, last))
+        seen = await self.walk((Sort("k", 1), Sort("id", 1)), 2)
         self.assertEqual(seen, ["m1", "m3", "m5", "m0", "m2", "m4"])
 
     async def test_count(self):
@@ -607,6 +602,15 @@ class Response:
 
     def __repr__(self):
         return f"<Response {self.status} {self.raw[:200]!r}>"
+
+
+def basicauth_id(user: str, password: str = "secret", secret: str = "") -> str:
+    """The principal the basicauth policy gives to C{user:password}."""
+    import hashlib
+    import hmac
+
+    digest = hmac.new(secret.encode(), f"{user}:{password}".encode(), hashlib.sha256).hexdigest()
+    return "basicauth:" + digest
 
 
 def basic(user: str, password: str = "secret") -> str:

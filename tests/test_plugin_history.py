@@ -7,8 +7,6 @@ trimming, exclusions and the collection snapshot at a timestamp.
 from __future__ import annotations
 
 import datetime
-import hashlib
-import hmac
 import os
 
 from twisted.trial import unittest
@@ -16,12 +14,9 @@ from zope.interface import implementer
 
 from jsonsync.errors import ListenerRejected
 from jsonsync.interfaces import IResourceListener
-from jsonsync.testing import StubClient, build_app
+from jsonsync.testing import StubClient, basicauth_id, build_app
 
-
-def uid(user: str, password: str = "secret", secret: str = "") -> str:
-    digest = hmac.new(secret.encode(), f"{user}:{password}".encode(), hashlib.sha256).hexdigest()
-    return "basicauth:" + digest
+uid = basicauth_id
 
 
 ALICE = uid("alice")

@@ -4,20 +4,15 @@ Conformance tests for protocol section 7: POST /v1/batch.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from jsonsync.errors import BackendUnavailable
-from jsonsync.testing import StubClient, basic, build_app
+from jsonsync.testing import StubClient, basic, basicauth_id, build_app
 
-
-def uid(user: str, password: str = "secret", secret: str = "") -> str:
-    digest = hmac.new(secret.encode(), f"{user}:{password}".encode(), hashlib.sha256).hexdigest()
-    return "basicauth:" + digest
+uid = basicauth_id
 
 
 ALICE = uid("alice")

@@ -6,18 +6,13 @@ partial listings, 401 vs 403, and GET /permissions.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from urllib.parse import quote
 
 from twisted.trial import unittest
 
-from jsonsync.testing import StubClient, build_app
+from jsonsync.testing import StubClient, basicauth_id, build_app
 
-
-def uid(user: str, password: str = "secret", secret: str = "") -> str:
-    digest = hmac.new(secret.encode(), f"{user}:{password}".encode(), hashlib.sha256).hexdigest()
-    return "basicauth:" + digest
+uid = basicauth_id
 
 
 ALICE = uid("alice")

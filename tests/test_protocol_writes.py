@@ -7,21 +7,17 @@ as a Kinto client would.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 
 from twisted.trial import unittest
 
-from jsonsync.testing import StubClient, build_app
+from jsonsync.testing import StubClient, basicauth_id, build_app
 
 JSON_PATCH = {"Content-Type": "application/json-patch+json"}
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 
 
-def uid(user: str, password: str = "secret", secret: str = "") -> str:
-    digest = hmac.new(secret.encode(), f"{user}:{password}".encode(), hashlib.sha256).hexdigest()
-    return "basicauth:" + digest
+uid = basicauth_id
 
 
 ALICE = uid("alice")

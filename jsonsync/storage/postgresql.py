@@ -952,6 +952,15 @@ class _SqlQuery:
         return ", ".join(terms)
 
 
+def _acl(entries) -> dict[str, set[str]]:
+    """An ACL from C{"permission principal"} strings (C{array_agg} of both)."""
+    acl: dict[str, set[str]] = {}
+    for entry in entries or ():
+        permission, _, principal = entry.partition(" ")
+        acl.setdefault(permission, set()).add(principal)
+    return acl
+
+
 def _build_select(
     what: str, resource_name: str, parent_id: str, query: Query, *, listing: bool,
     extra_where: str | None = None,
@@ -1127,13 +1136,7 @@ class PostgresStorage(_PostgresBase):
         satisfied = set(satisfied or ())
         allowed = [i in satisfied for i in range(len(checks))]
         groups = set(group_list or ()) if members is not None else None
-        acl = None
-        if acl_uri is not None:
-            acl = {}
-            for entry in entries or ():
-                permission, _, principal = entry.partition(" ")
-                acl.setdefault(permission, set()).add(principal)
-        return found, allowed, groups, acl
+        return found, allowed, groups, _acl(entries) if acl_uri is not None else None
 
     async def get_many(self, txn, keys):
         keys = list(keys)
@@ -1467,13 +1470,7 @@ class PostgresPermissions(_PostgresBase):
         )
         group_list, allowed, entries = rows[0]
         groups = set(group_list or ()) if members is not None else None
-        acl = None
-        if acl_uri is not None:
-            acl = {}
-            for entry in entries or ():
-                permission, _, principal = entry.partition(" ")
-                acl.setdefault(permission, set()).add(principal)
-        return bool(allowed), groups, acl
+        return bool(allowed), groups, _acl(entries) if acl_uri is not None else None
 
     async def accessible_children(self, txn, principals, uri_prefix, permissions):
         principals = sorted(set(principals))
