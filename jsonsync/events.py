@@ -36,8 +36,25 @@ class ResourceEvent:
         )
 
 
-def notify(request, action: str, location, impacted: list[dict], timestamp: int) -> None:
-    """Record an event on the request's context, merged with an earlier alike one."""
+def wanted(registry, action: str) -> bool:
+    """Whether any listener subscribes to C{action} (reads are skipped unless one does)."""
+    for listener in registry.listeners:
+        actions = listener.actions if listener.actions is not None else WRITE_ACTIONS
+        if action in actions:
+            return True
+    return False
+
+
+def notify(request, action: str, location, impacted, timestamp: int) -> None:
+    """
+    Record an event on the request's context, merged with an earlier alike
+    one. C{impacted} may be a callable building the list, so that reads
+    nobody listens to cost nothing.
+    """
+    if action == "read" and request.registry is not None and not wanted(request.registry, "read"):
+        return
+    if callable(impacted):
+        impacted = impacted()
     ctx = request.ctx
     resource_name = location.resource.name
     for event in ctx.events:

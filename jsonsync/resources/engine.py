@@ -391,7 +391,7 @@ class Engine:
             headers.append(("Alert", _TO_ALERT))
         if next_page:
             headers.append(("Next-Page", next_page))
-        events.notify(req, "read", loc, [{"new": o} for o in objects], timestamp)
+        events.notify(req, "read", loc, lambda: [{"new": o} for o in objects], timestamp)
         if loc.resource.present:
             objects = [loc.resource.present(o) for o in objects]
         if listing.fields:

@@ -56,6 +56,7 @@ from txpostgres.retrying import simpleBackoffIterator
 from txpostgres.txpostgres import Connection, RollbackFailed
 from zope.interface import alsoProvides, implementer
 
+from jsonsync import jsonutil
 from jsonsync.errors import (
     BackendUnavailable,
     InvalidParameters,
@@ -84,7 +85,9 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-_loads = json.loads
+# JSONB from the database: orjson where exact (jsonutil falls back to the
+# standard library for integers beyond 64 bits).
+_loads = jsonutil.loads
 
 
 def _translate(exc: BaseException) -> BaseException:
