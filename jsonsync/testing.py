@@ -803,3 +803,37 @@ class StubClient:
 
     def delete(self, path, **kw):
         return self.request("DELETE", path, **kw)
+
+
+def _trial_case():
+    from twisted.trial.unittest import TestCase
+
+    return TestCase
+
+
+class ClientTestCase(_trial_case()):
+    """
+    A test case with a jsonsync application built from C{settings} and
+    stub clients for alice, bob, carol and an anonymous user.
+    """
+
+    settings: dict = {}
+
+    async def setUp(self):
+        await self.make(self.settings)
+
+    async def make(self, settings):
+        """(Re)build the application with other settings."""
+        self.app = await build_app(dict(settings))
+        self.stub = StubClient(self.app)
+        self.anon = self.stub.as_user(None)
+        self.alice = self.stub.as_user("alice")
+        self.bob = self.stub.as_user("bob")
+        self.carol = self.stub.as_user("carol")
+
+    async def ok(self, response, status=(200, 201)):
+        """Await a response and check its status is one of C{status}."""
+        r = await response
+        statuses = status if isinstance(status, tuple) else (status,)
+        self.assertIn(r.status, statuses, r)
+        return r

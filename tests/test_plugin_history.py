@@ -9,12 +9,11 @@ from __future__ import annotations
 import datetime
 import os
 
-from twisted.trial import unittest
 from zope.interface import implementer
 
 from jsonsync.errors import ListenerRejected
 from jsonsync.interfaces import IResourceListener
-from jsonsync.testing import StubClient, basicauth_id, build_app
+from jsonsync.testing import ClientTestCase, StubClient, basicauth_id, build_app
 
 uid = basicauth_id
 
@@ -54,7 +53,7 @@ def _pg_skip() -> str | None:
     return None
 
 
-class _Base(unittest.TestCase):
+class _Base(ClientTestCase):
     settings: dict = {}
     backend: dict = {}
 
@@ -70,11 +69,6 @@ class _Base(unittest.TestCase):
         self.bob = self.stub.as_user("bob")
         self.anon = self.stub.as_user(None)
 
-    async def ok(self, response_d, status=(200, 201)):
-        r = await response_d
-        statuses = status if isinstance(status, tuple) else (status,)
-        self.assertIn(r.status, statuses, r)
-        return r
 
     async def entries(self, query="", client=None):
         r = await self.ok((client or self.alice).get(H + query), 200)

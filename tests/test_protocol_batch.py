@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 
 from twisted.internet import defer
-from twisted.trial import unittest
 
 from jsonsync.errors import BackendUnavailable
-from jsonsync.testing import StubClient, basic, basicauth_id, build_app
+from jsonsync.testing import ClientTestCase, basic, basicauth_id
 
 uid = basicauth_id
 
@@ -19,18 +18,7 @@ ALICE = uid("alice")
 BOB = uid("bob")
 
 
-class _Base(unittest.TestCase):
-    settings: dict = {}
-
-    async def setUp(self):
-        await self.make(self.settings)
-
-    async def make(self, settings):
-        self.app = await build_app(dict(settings))
-        self.stub = StubClient(self.app)
-        self.alice = self.stub.as_user("alice")
-        self.bob = self.stub.as_user("bob")
-        self.anon = self.stub.as_user(None)
+class _Base(ClientTestCase):
 
     async def batch(self, client, body, status=200, **kw):
         r = await client.post("/v1/batch", body, **kw)

@@ -5,15 +5,11 @@ Written against /work/shared/kinto-protocol.md; every test drives the
 server through HTTP as a Kinto client would.
 """
 
-import hashlib
-import hmac
 import json
 import os
 import tempfile
 
-from twisted.trial.unittest import TestCase
-
-from jsonsync.testing import StubClient, build_app
+from jsonsync.testing import ClientTestCase, StubClient, basicauth_id, build_app
 
 ERROR_TITLES = {
     400: "Invalid parameters",
@@ -28,20 +24,10 @@ ERROR_TITLES = {
 }
 
 
-def uid(user, password="secret", secret=""):
-    digest = hmac.new(secret.encode(), f"{user}:{password}".encode(), hashlib.sha256).hexdigest()
-    return "basicauth:" + digest
+uid = basicauth_id
 
 
-class ProtocolCase(TestCase):
-    settings: dict = {}
-
-    async def setUp(self):
-        self.app = await build_app(dict(self.settings))
-        base = StubClient(self.app)
-        self.anon = base.as_user(None)
-        self.alice = base.as_user("alice")
-        self.bob = base.as_user("bob")
+class ProtocolCase(ClientTestCase):
 
     def assertError(self, r, status, errno, message=None):
         """The Kinto error body: code, errno, error title, optional message."""

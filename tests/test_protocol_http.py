@@ -9,9 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 
-from twisted.trial import unittest
-
-from jsonsync.testing import StubClient, build_app
+from jsonsync.testing import ClientTestCase
 
 B = "/v1/buckets/b"
 C = B + "/collections/c"
@@ -19,17 +17,7 @@ RECS = C + "/records"
 R = RECS + "/r"
 
 
-class _Base(unittest.TestCase):
-    settings: dict = {}
-
-    async def setUp(self):
-        await self.make(self.settings)
-
-    async def make(self, settings):
-        self.app = await build_app(dict(settings))
-        self.stub = StubClient(self.app)
-        self.alice = self.stub.as_user("alice")
-        self.anon = self.stub.as_user(None)
+class _Base(ClientTestCase):
 
     async def tree(self):
         for path in (B, C):

@@ -9,9 +9,7 @@ import re
 import time
 from email.utils import parsedate_to_datetime
 
-from twisted.trial.unittest import TestCase
-
-from jsonsync.testing import StubClient, build_app
+from jsonsync.testing import ClientTestCase
 
 B = "/v1/buckets/b"
 C = B + "/collections/c"
@@ -29,16 +27,9 @@ def etag_ts(r):
     return int(value.strip('"'))
 
 
-class ProtocolCase(TestCase):
-    settings: dict = {}
-
+class ProtocolCase(ClientTestCase):
     async def setUp(self):
-        self.app = await build_app(dict(self.settings))
-        base = StubClient(self.app)
-        self.anon = base.as_user(None)
-        self.alice = base.as_user("alice")
-        self.bob = base.as_user("bob")
-        self.carol = base.as_user("carol")
+        await super().setUp()
         r = await self.alice.put(B)
         self.assertEqual(r.status, 201, r)
         r = await self.alice.put(C)

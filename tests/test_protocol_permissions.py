@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from twisted.trial import unittest
-
-from jsonsync.testing import StubClient, basicauth_id, build_app
+from jsonsync.testing import ClientTestCase, basicauth_id
 
 uid = basicauth_id
 
@@ -27,25 +25,7 @@ R = RECS + "/r"
 GROUP_URI = "/buckets/b/groups/g"
 
 
-class _Base(unittest.TestCase):
-    settings: dict = {}
-
-    async def setUp(self):
-        await self.make(self.settings)
-
-    async def make(self, settings):
-        self.app = await build_app(dict(settings))
-        self.stub = StubClient(self.app)
-        self.alice = self.stub.as_user("alice")
-        self.bob = self.stub.as_user("bob")
-        self.carol = self.stub.as_user("carol")
-        self.anon = self.stub.as_user(None)
-
-    async def ok(self, d, status=(200, 201)):
-        r = await d
-        statuses = status if isinstance(status, tuple) else (status,)
-        self.assertIn(r.status, statuses, r)
-        return r
+class _Base(ClientTestCase):
 
     async def tree(self):
         """alice owns bucket b, collection c, record r, group g (empty)."""

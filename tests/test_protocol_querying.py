@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from twisted.trial.unittest import TestCase
 
-from jsonsync.testing import StubClient, build_app
+from jsonsync.testing import ClientTestCase, StubClient, build_app
 
 B = "/v1/buckets/b"
 C = B + "/collections/c"
@@ -37,15 +37,9 @@ def qs(*pairs, **params):
     return "?" + urlencode(items, quote_via=quote, safe="")
 
 
-class QueryCase(TestCase):
-    settings: dict = {}
-
+class QueryCase(ClientTestCase):
     async def setUp(self):
-        self.app = await build_app(dict(self.settings))
-        base = StubClient(self.app)
-        self.anon = base.as_user(None)
-        self.alice = base.as_user("alice")
-        self.bob = base.as_user("bob")
+        await super().setUp()
         self.assertEqual((await self.alice.put(B)).status, 201)
         self.assertEqual((await self.alice.put(C)).status, 201)
         self.ts = {}

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 
-from twisted.trial import unittest
-
-from jsonsync.testing import StubClient, basicauth_id, build_app
+from jsonsync.testing import ClientTestCase, StubClient, basicauth_id, build_app
 
 JSON_PATCH = {"Content-Type": "application/json-patch+json"}
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
@@ -28,21 +26,7 @@ C = B + "/collections/c"
 R = C + "/records/r"
 
 
-class _Base(unittest.TestCase):
-    settings: dict = {}
-
-    async def setUp(self):
-        self.app = await build_app(dict(self.settings))
-        self.stub = StubClient(self.app)
-        self.alice = self.stub.as_user("alice")
-        self.bob = self.stub.as_user("bob")
-        self.anon = self.stub.as_user(None)
-
-    async def ok(self, response_d, status=(200, 201)):
-        r = await response_d
-        statuses = status if isinstance(status, tuple) else (status,)
-        self.assertIn(r.status, statuses, r)
-        return r
+class _Base(ClientTestCase):
 
     async def tree(self):
         await self.ok(self.alice.put(B))
