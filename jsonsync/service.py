@@ -75,7 +75,21 @@ def listen_reusing_port(reactor, description: str, factory):
         sock.close()
 
 
-class JsonSyncService(service.Service):
+class _ReactorMixin:
+    """The reactor given at construction, or the global one, imported only when used."""
+
+    _reactor = None
+
+    @property
+    def reactor(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+
+class JsonSyncService(_ReactorMixin, service.Service):
     def __init__(self, settings, discovered, listen: str, reactor=None, reuse_port: bool = False):
         self.settings = settings
         self.discovered = discovered
@@ -85,14 +99,6 @@ class JsonSyncService(service.Service):
         self.app = None
         self.port = None
         self.ready: defer.Deferred = defer.Deferred()
-
-    @property
-    def reactor(self):
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
-        return self._reactor
 
     def startService(self):
         super().startService()
@@ -165,7 +171,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self.workers.ended(self)
 
 
-class Workers(service.MultiService):
+class Workers(_ReactorMixin, service.MultiService):
     """
     The first process serves like any other and starts C{count - 1} more
     with the same configuration, all listening on one port with
@@ -182,14 +188,6 @@ class Workers(service.MultiService):
         self._reactor = reactor
         self.children: dict[int, object] = {}
         self.stopping = False
-
-    @property
-    def reactor(self):
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
-        return self._reactor
 
     def startService(self):
         super().startService()
