@@ -164,6 +164,8 @@ class JsonSyncApp:
         own = ctx is None
         if own:
             ctx = RequestContext(self.registry.storage.transaction())
+        else:
+            ctx.shared = True
         req.ctx = ctx
         req.registry = self.registry
         try:

@@ -40,6 +40,8 @@ class RequestContext:
         self.txn = txn
         self.events: list = []
         self.auth_cache: dict[Any, Any] = {}
+        # True once a /batch runs its sub-requests in this transaction.
+        self.shared = False
 
 
 class ApiRequest:

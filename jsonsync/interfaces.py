@@ -41,6 +41,19 @@ class ITransaction(Interface):
         straight from its pool before.
         """
 
+    last_write = Attribute(
+        "Set by the request, just before a storage write, when that write is"
+        " the last thing its transaction does before the commit: a backend"
+        " may then commit in the same round trip (and must reset the flag"
+        " when it does). Backends may ignore it."
+    )
+
+    def only(key):
+        """
+        Whether nothing but the resource under C{key} (if anything) is
+        enlisted: committing that one early then commits everything.
+        """
+
     def after_commit(callback):
         """
         Call C{callback()} (which may return an awaitable) once the

@@ -10,6 +10,7 @@ is implemented once, here.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 import jsonpatch
@@ -432,7 +433,8 @@ class Engine:
         # ACL first: the object write takes the list's lock (PostgreSQL), held
         # to commit, so it comes last to keep other writers waiting least.
         acl = await self.save_permissions(req, loc.uri, rt, perms, replace=True, existed=False)
-        obj = await self.storage.create(req.txn, rt.name, loc.parent_uri, data)
+        with self.closing(req, rt.on_write):
+            obj = await self.storage.create(req.txn, rt.name, loc.parent_uri, data)
         if rt.on_write is not None:
             await rt.on_write(req, loc, None, obj)
             acl = await self.permissions.get_object_permissions(req.txn, loc.uri)
@@ -554,7 +556,8 @@ class Engine:
     async def replace(self, req, loc: Location, existing, new, perms, *, replace_acl) -> ApiResponse:
         rt = loc.resource
         acl = await self.save_permissions(req, loc.uri, rt, perms, replace=replace_acl, existed=True)
-        obj = await self.storage.update(req.txn, rt.name, loc.parent_uri, loc.object_id, new)
+        with self.closing(req, rt.on_write):
+            obj = await self.storage.update(req.txn, rt.name, loc.parent_uri, loc.object_id, new)
         if rt.on_write is not None:
             await rt.on_write(req, loc, existing, obj)  # may change the ACL (accounts)
             acl = await self.permissions.get_object_permissions(req.txn, loc.uri)
@@ -642,21 +645,43 @@ class Engine:
                 wanted = int(forced.strip('"'))
             except ValueError:
                 raise InvalidParameters("querystring", "last_modified", "Invalid value for last_modified") from None
-        tomb = await self.remove(req, loc, existing, wanted)
+        tomb = await self.remove(req, loc, existing, wanted, last=True)
         events.notify(req, "delete", loc, [{"new": tomb, "old": existing}], tomb["last_modified"])
         return ApiResponse({"data": tomb}, 200, validators(tomb["last_modified"]))
 
-    async def remove(self, req, loc: Location, existing: dict, last_modified=None) -> dict:
-        """Delete one object, its ACL and everything below it."""
+    async def remove(self, req, loc: Location, existing: dict, last_modified=None, *, last=False) -> dict:
+        """
+        Delete one object, its ACL and everything below it (C{last}: as the
+        request's final write).
+        """
         rt = loc.resource
-        tomb = await self.storage.delete(req.txn, rt.name, loc.parent_uri, loc.object_id, last_modified)
         uri = loc.uri
-        if self.has_children(rt):
-            await self.storage.purge(req.txn, uri)
+        # The ACL goes first, so that the write taking the list's lock can
+        # be the last (and carry the commit) when nothing lies below.
         await self.permissions.delete_object_permissions(req.txn, uri)
+        children = self.has_children(rt)
+        with self.closing(req, rt.on_delete if last and not children else True):
+            tomb = await self.storage.delete(req.txn, rt.name, loc.parent_uri, loc.object_id, last_modified)
+        if children:
+            await self.storage.purge(req.txn, uri)
         if rt.on_delete is not None:
             await rt.on_delete(req, loc, existing)
         return tomb
+
+    @contextmanager
+    def closing(self, req, follower):
+        """
+        Around a request's final storage write: tell the transaction, when
+        nothing comes between that write and the commit (no C{follower}
+        hook, no event listener, not one of a batch's sub-requests), so
+        that a backend may commit in the same round trip.
+        """
+        txn = req.txn
+        txn.last_write = follower is None and not req.ctx.shared and not self.registry.listeners
+        try:
+            yield
+        finally:
+            txn.last_write = False
 
 
 _ABSENT = object()

@@ -56,6 +56,10 @@ class Transaction:
         self._order: list[Any] = []
         self._after: list[Callable[[], Any]] = []
         self.done = False
+        self.last_write = False
+
+    def only(self, key) -> bool:
+        return all(k == key for k in self._resources)
 
     async def enlist(self, key, open_resource: Callable[[], Awaitable[Any]]):
         resource = self._resources.get(key)

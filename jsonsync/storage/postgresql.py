@@ -301,6 +301,11 @@ class _Pool:
         if "application_name" not in psycopg2.extensions.parse_dsn(self.url):
             # Lets operators tell our sessions apart in pg_stat_activity.
             kwargs["application_name"] = "jsonsync"
+        if "options" not in psycopg2.extensions.parse_dsn(self.url):
+            # One plan per prepared statement: every statement we prepare
+            # leads with equality on an index prefix, so a generic plan is as
+            # good as a custom one, and re-planning each call is the cost.
+            kwargs["options"] = "-c plan_cache_mode=force_generic_plan"
         for conn in self.connections:
             d = conn.connect(self.url, **kwargs)
             d.addCallbacks(
@@ -514,7 +519,7 @@ def _array_literal(values) -> _ArrayLiteral:
     return _ArrayLiteral("{" + ",".join(parts) + "}")
 
 
-def _run_statement(conn: _Connection, sql: str, params, generation, prepare=False):
+def _run_statement(conn: _Connection, sql: str, params, generation, prepare=False, prefix=""):
     detector = conn.detector
     if (
         detector.connectionIsDead
@@ -522,53 +527,82 @@ def _run_statement(conn: _Connection, sql: str, params, generation, prepare=Fals
         or (generation is not None and detector.generation != generation)
     ):
         return fail(ConnectionDead())
+    missing: list[tuple[str, str]] = []
     if prepare:
-        # Hot single statements are planned once per connection: parsing and
+        # Hot statements are planned once per connection: parsing and
         # planning cost PostgreSQL more than running these index look-ups.
-        name, text, order = _prepared_form(sql)
-        values = [params[k] for k in order] if isinstance(params, dict) else list(params or ())
-        values = [_array_literal(v) if isinstance(v, (list, tuple)) else v for v in values]
-        call = f"EXECUTE {name}" + (f" ({', '.join(['%s'] * len(values))})" if values else "")
-        if name not in conn.prepared:
-            call = f"PREPARE {name} AS {text}; {call}"
-            if not conn.prepared:
-                # Keep one plan per statement: every statement we prepare leads
-                # with equality on an index prefix, so a generic plan is as
-                # good as a custom one, and re-planning each call is the cost.
-                call = f"SET plan_cache_mode = force_generic_plan; {call}"
-        sql, params = call, values
-    cursor = conn.cursor()
-    d = cursor.execute(sql, params)
-    if prepare:
-        d.addCallback(lambda result: conn.prepared.add(name) or result)
+        # Several statements (separated by ";") become several EXECUTEs.
+        calls, values = [], []
+        positional = None if isinstance(params, dict) else list(params or ())
+        for piece in _pieces(sql):
+            name, text, order = _prepared_form(piece)
+            if positional is None:
+                mine = [params[k] for k in order]
+            else:
+                mine, positional[: len(order)] = positional[: len(order)], []
+            values += [_array_literal(v) if isinstance(v, (list, tuple)) else v for v in mine]
+            calls.append(f"EXECUTE {name}" + (f" ({', '.join(['%s'] * len(mine))})" if mine else ""))
+            if name not in conn.prepared:
+                missing.append((name, text))
+        sql, params = "; ".join(calls), values
+    if prefix:
+        # Statements sent ahead in the same round trip, already rendered:
+        # their % signs must survive the interpolation of C{params}.
+        sql = (prefix.replace("%", "%%") if params is not None else prefix) + sql
 
-    def fetch(_):
-        try:
-            rows = cursor.fetchall() if cursor.description is not None else None
-            return rows, cursor.rowcount
-        finally:
+    def run(_=None):
+        cursor = conn.cursor()
+        d = cursor.execute(sql, params)
+
+        def fetch(_):
+            try:
+                rows = cursor.fetchall() if cursor.description is not None else None
+                return rows, cursor.rowcount
+            finally:
+                cursor.close()
+
+        return d.addCallback(fetch)
+
+    if missing:
+        # PREPARE in a round trip of its own: it outlives a rollback of the
+        # transaction around it, so only a success says it exists.
+        cursor = conn.cursor()
+        d = cursor.execute("; ".join(f"PREPARE {name} AS {text}" for name, text in missing))
+
+        def prepared(_):
             cursor.close()
+            conn.prepared.update(name for name, _ in missing)
 
-    d.addCallback(fetch)
+        d.addCallback(prepared)
+        d.addCallback(run)
+    else:
+        d = run()
     d.addErrback(detector.checkForDeadConnection)
     return d
 
 
-async def _execute(conn: _Connection, sql: str, params=None, generation=None, prepare=False):
+def _pieces(sql: str) -> list[str]:
+    found = _split_cache.get(sql)
+    if found is None:
+        found = [piece.strip() for piece in sql.split(";") if piece.strip()]
+        if len(_split_cache) < 1000:
+            _split_cache[sql] = found
+    return found
+
+
+_split_cache: dict[str, list[str]] = {}
+
+
+async def _execute(conn: _Connection, sql: str, params=None, generation=None, prepare=False, prefix=""):
     """
     Run C{sql} on C{conn} and return C{(rows or None, rowcount)}. When
     C{generation} is given, refuse to run on a connection that was
     re-established since (the transaction it belonged to is lost). With
     C{prepare}, C{sql} (one statement) runs as a prepared statement.
+    C{prefix}: rendered statements to run first, in the same round trip.
     """
     try:
-        try:
-            return await conn.lock.run(_run_statement, conn, sql, params, generation, prepare)
-        except psycopg2.Error as exc:
-            if prepare and exc.pgcode == "42P05":  # prepared by an earlier call that failed after
-                conn.prepared.add(_prepared_form(sql)[0])
-                return await conn.lock.run(_run_statement, conn, sql, params, generation, prepare)
-            raise
+        return await conn.lock.run(_run_statement, conn, sql, params, generation, prepare, prefix)
     except Exception as exc:
         translated = _translate(exc)
         if translated is exc:
@@ -579,8 +613,15 @@ async def _execute(conn: _Connection, sql: str, params=None, generation=None, pr
 class _Unit:
     """
     One connection and one SQL transaction, enlisted in a request's
-    L{ITransaction}. C{BEGIN} travels with the first statement to save a
-    round trip.
+    L{ITransaction}. Round trips are what a request waits for, and what a
+    list's writers wait for while one of them holds its lock, so:
+      - C{BEGIN} travels with the first statement;
+      - writes whose outcome nobody waits for (L{defer}) travel with the
+        next statement, or with the commit;
+      - the transaction's last write may carry the commit (L{finish}): sent
+        before anything began, the statements form one implicit transaction
+        (PostgreSQL runs a multi-statement query that way), so a list lock
+        taken there is held for that one round trip only.
     """
 
     def __init__(self, pool: _Pool, conn: _Connection):
@@ -589,13 +630,33 @@ class _Unit:
         self.generation = conn.detector.generation
         self._begun = False
         self._done = False
+        self._pending: list[str] = []
+
+    @property
+    def begun(self) -> bool:
+        return self._begun
+
+    def defer(self, sql: str, params=None) -> None:
+        """Queue a write to run, in this transaction, before the next statement."""
+        if self._done:
+            raise RuntimeError("transaction already finished")
+        cursor = self.conn.cursor()
+        rendered = cursor.mogrify(sql, params) if params is not None else sql.encode("utf-8")
+        self._pending.append(rendered.decode("utf-8") + "; ")
+
+    def _take_pending(self) -> str:
+        prefix = "".join(self._pending)
+        self._pending = []
+        return prefix
 
     async def execute(self, sql: str, params=None, prepare=False):
         if self._done:
             raise RuntimeError("transaction already finished")
+        prefix = self._take_pending()
         if self._begun:
-            return await _execute(self.conn, sql, params, self.generation, prepare)
+            return await _execute(self.conn, sql, params, self.generation, prepare, prefix)
         self._begun = True
+        prefix = "BEGIN; " + prefix
         # When this first statement finds its connection dead (the server
         # restarted while it sat idle in the pool), nothing can have been
         # committed inside the BEGIN it carried: start over on another
@@ -603,27 +664,72 @@ class _Unit:
         # the pool size.
         for _ in range(len(self.pool.connections)):
             try:
-                return await _execute(self.conn, "BEGIN; " + sql, params, self.generation)
+                return await _execute(self.conn, sql, params, self.generation, prepare, prefix)
             except BackendUnavailable:
                 if self.conn.detector.generation == self.generation:
                     raise
-            self.pool.release(self.conn)
-            self.conn = await self.pool.checkout()
-            self.generation = self.conn.detector.generation
-        return await _execute(self.conn, "BEGIN; " + sql, params, self.generation)
+            await self._swap()
+        return await _execute(self.conn, sql, params, self.generation, prepare, prefix)
+
+    async def _swap(self) -> None:
+        self.pool.release(self.conn)
+        self.conn = await self.pool.checkout()
+        self.generation = self.conn.detector.generation
+
+    async def finish(self, sql: str, params=None, rows: bool = True, prepare: bool = False):
+        """
+        Run C{sql} as the transaction's last statement and commit with it;
+        return its C{(rows, rowcount)}. One round trip when nothing began
+        (or when C{rows} is false: C{COMMIT} then follows C{sql} in the
+        same query), two otherwise.
+        """
+        if self._done:
+            raise RuntimeError("transaction already finished")
+        if self._begun and rows:
+            result = await self.execute(sql, params, prepare)
+            await self.commit()
+            return result
+        if not self._begun:
+            # Unlike a BEGIN, this can commit: never send it twice. A
+            # connection already known dead is swapped before sending.
+            for _ in range(len(self.pool.connections)):
+                if self.conn.usable() and self.conn.detector.generation == self.generation:
+                    break
+                await self._swap()
+        explicit = self._begun
+        prefix = self._take_pending()
+        self._begun = True
+        if explicit:
+            sql += "; COMMIT"  # (not a statement one can prepare)
+            prepare = False
+        try:
+            result = await _execute(self.conn, sql, params, self.generation, prepare, prefix)
+        except BaseException:
+            # The server rolled an implicit transaction back; an explicit
+            # one is left for rollback() to end.
+            if not explicit:
+                self._finish()
+            raise
+        self._finish()
+        return result
 
     async def commit(self):
         if self._done:
             return
         try:
+            prefix = self._take_pending()
             if self._begun:
-                await _execute(self.conn, "COMMIT", None, self.generation)
+                await _execute(self.conn, "COMMIT", None, self.generation, False, prefix)
+            elif prefix:
+                # Only deferred writes: one implicit transaction.
+                await _execute(self.conn, "SELECT 1", None, self.generation, False, prefix)
         finally:
             self._finish()
 
     async def rollback(self):
         if self._done:
             return
+        self._pending = []
         try:
             if self._begun and self.conn.detector.generation == self.generation:
                 await _execute(self.conn, "ROLLBACK", None, self.generation)
@@ -1035,6 +1141,23 @@ class _PostgresBase:
         unit = await self._unit(txn)
         return await unit.execute(sql, params)
 
+    async def _defer(self, txn, sql: str, params=None) -> None:
+        """A write whose outcome nothing waits for: it travels with the next statement."""
+        unit = await self._unit(txn)
+        unit.defer(sql, params)
+
+    async def _last(self, txn, sql: str, params=None, rows: bool = True, prepare: bool = False):
+        """
+        A write that may carry the commit: when the request said it is its
+        transaction's last (C{txn.last_write}) and nothing else is enlisted,
+        it commits with it (L{_Unit.finish}); otherwise it runs as usual.
+        """
+        unit = await self._unit(txn)
+        if getattr(txn, "last_write", False) and txn.only(self._pool.key):
+            txn.last_write = False
+            return await unit.finish(sql, params, rows, prepare)
+        return await unit.execute(sql, params, prepare)
+
     async def _read(self, txn, sql: str, params=None):
         """
         Reads go through the request's connection once it has written (to
@@ -1222,7 +1345,8 @@ class PostgresStorage(_PostgresBase):
         stamp, new_list_ts = next_timestamp(current, wanted)
         stored = dict(obj)
         stored["last_modified"] = stamp
-        await unit.execute(
+        await self._last(
+            txn,
             "INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data)"
             " VALUES (%s, %s, %s, %s, %s, %s::jsonb)"
             " ON CONFLICT (resource_name, parent_id, id) DO UPDATE SET"
@@ -1242,6 +1366,7 @@ class PostgresStorage(_PostgresBase):
                 parent_id,
                 new_list_ts,
             ),
+            rows=False,
         )
         return stored
 
@@ -1253,21 +1378,21 @@ class PostgresStorage(_PostgresBase):
         store it and move the list timestamp. Returns the stored object, or
         C{None} when C{only_over_tombstone} and a live object holds the id.
         """
-        unit = await self._unit(txn)
         data = _dumps(obj)
-        rows, _ = await unit.execute(
-            "SELECT pg_advisory_xact_lock(%(lock)s);"
+        rows, _ = await self._last(
+            txn,
+            "SELECT pg_advisory_xact_lock(%(lock)s::bigint);"
             " WITH stamp AS ("
             "  SELECT GREATEST(%(now)s::bigint, COALESCE(("
             "   SELECT last_modified FROM timestamps"
             "   WHERE resource_name = %(res)s AND parent_id = %(parent)s), 0) + 1) AS v),"
             " written AS ("
             "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data)"
-            "  SELECT %(res)s, %(parent)s, %(id)s, v, %(deleted)s,"
+            "  SELECT %(res)s::text, %(parent)s::text, %(id)s::text, v, %(deleted)s::boolean,"
             "   jsonb_set(%(data)s::jsonb, '{last_modified}', to_jsonb(v)) FROM stamp"
             "  ON CONFLICT (resource_name, parent_id, id) DO UPDATE SET"
             "   last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted, data = EXCLUDED.data"
-            "   WHERE NOT %(only_tomb)s OR objects.deleted"
+            "   WHERE NOT %(only_tomb)s::boolean OR objects.deleted"
             "  RETURNING last_modified),"
             " moved AS ("
             "  INSERT INTO timestamps (resource_name, parent_id, last_modified)"
@@ -1285,6 +1410,7 @@ class PostgresStorage(_PostgresBase):
                 "data": data,
                 "only_tomb": only_over_tombstone,
             },
+            prepare=True,
         )
         stamp = rows[0][0]
         if stamp is None:
@@ -1410,7 +1536,7 @@ class PostgresPermissions(_PostgresBase):
         if not names:
             return
         pairs = [(name, p) for name in names for p in sorted(set(permissions[name] or ()))]
-        await self._write(
+        await self._defer(
             txn,
             "DELETE FROM access_control_entries WHERE object_id = %s AND permission = ANY(%s);"
             " INSERT INTO access_control_entries (object_id, permission, principal)"
@@ -1420,7 +1546,7 @@ class PostgresPermissions(_PostgresBase):
         )
 
     async def delete_object_permissions(self, txn, uri_prefix):
-        await self._write(
+        await self._defer(
             txn,
             "DELETE FROM access_control_entries WHERE object_id = %s OR object_id LIKE %s",
             (uri_prefix, _escape_like(uri_prefix) + "/%"),
