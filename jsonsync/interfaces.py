@@ -154,13 +154,17 @@ class IStorage(Interface):
         @rtype: C{Awaitable[list[dict]]}
         """
 
-    def list_snapshot(txn, resource_name, parent_id, query):
+    def list_snapshot(txn, resource_name, parent_id, query, encoded=False):
         """
         C{(timestamp, objects)}: the list's timestamp and the objects of
         L{list} as of that timestamp, read together, so that no object
         committed after the timestamp is returned (a client syncing with
         C{_since=<timestamp>} then never receives a change twice).
-        @rtype: C{Awaitable[tuple[int, list[dict]]]}
+
+        With C{encoded}, a backend that holds objects as JSON text may
+        return them as L{jsonsync.jsonutil.Encoded} values (the caller only
+        sends them on); dicts are always acceptable.
+        @rtype: C{Awaitable[tuple[int, list[dict | Encoded]]]}
         """
 
     def count(txn, resource_name, parent_id, query):

@@ -37,6 +37,7 @@ from jsonsync.http import (
     validators,
 )
 from jsonsync.interfaces import IRequestPrefetch
+from jsonsync.jsonutil import decoded
 from jsonsync.query import Query
 from jsonsync.resources import querystring
 from jsonsync.resources.model import Location, ResourceType
@@ -311,10 +312,11 @@ class Engine:
             strict_fields=loc.resource.strict_fields,
         )
 
-    async def fetch_page(self, req, loc: Location, listing, ids, snapshot=False):
+    async def fetch_page(self, req, loc: Location, listing, ids, snapshot=False, encoded=False):
         """
         One page and its Next-Page URL; with C{snapshot}, also the list
-        timestamp the page is consistent with (C{(objects, next, timestamp)}).
+        timestamp the page is consistent with (C{(objects, next, timestamp)}),
+        and with C{encoded} the objects may be L{Encoded} (only sent on).
         """
         query: Query = listing.query
         query.ids = ids
@@ -322,15 +324,20 @@ class Engine:
         query.limit = limit + 1
         timestamp = None
         if snapshot:
-            timestamp, objects = await self.storage.list_snapshot(
-                req.txn, loc.resource.name, loc.parent_uri, query
-            )
+            if encoded:
+                timestamp, objects = await self.storage.list_snapshot(
+                    req.txn, loc.resource.name, loc.parent_uri, query, encoded=True
+                )
+            else:
+                timestamp, objects = await self.storage.list_snapshot(
+                    req.txn, loc.resource.name, loc.parent_uri, query
+                )
         else:
             objects = await self.storage.list(req.txn, loc.resource.name, loc.parent_uri, query)
         next_page = None
         if len(objects) > limit:
             objects = objects[:limit]
-            last = querystring.last_object_of(objects[-1], query.sorting)
+            last = querystring.last_object_of(decoded(objects[-1]), query.sorting)
             params = [(k, v) for k, v in req.query if k not in ("_limit", "_token")]
             params.append(("_limit", str(limit)))
             params.append(("_token", querystring.encode_token(last)))
@@ -385,7 +392,14 @@ class Engine:
         # The page shows the list as of its ETag: a change committed after the
         # timestamp was read waits for the next sync instead of arriving now
         # and again with `_since=<this ETag>`.
-        objects, next_page, timestamp = await self.fetch_page(req, loc, listing, ids, snapshot=True)
+        # Objects pass through as the backend's JSON text unless something
+        # here needs their values.
+        encoded = not (
+            loc.resource.present or listing.fields or events.wanted(self.registry, "read")
+        )
+        objects, next_page, timestamp = await self.fetch_page(
+            req, loc, listing, ids, snapshot=True, encoded=encoded
+        )
         check_preconditions(req, timestamp)
         headers = validators(timestamp) + await self.cache_headers(req, loc)
         if listing.deprecated_to:

@@ -258,7 +258,7 @@ class MemoryStorage(_MemoryBase):
             return []
         return self._select(lst, query, query.limit)
 
-    async def list_snapshot(self, txn, resource_name, parent_id, query):
+    async def list_snapshot(self, txn, resource_name, parent_id, query, encoded=False):
         timestamp = await self.list_timestamp(txn, resource_name, parent_id)
         return timestamp, await self.list(txn, resource_name, parent_id, query)
 

@@ -57,6 +57,7 @@ from txpostgres.txpostgres import Connection, RollbackFailed
 from zope.interface import alsoProvides, implementer
 
 from jsonsync import jsonutil
+from jsonsync.jsonutil import Encoded
 from jsonsync.errors import (
     BackendUnavailable,
     InvalidParameters,
@@ -1485,14 +1486,16 @@ class PostgresStorage(_PostgresBase):
         rows, _ = await self._read(txn, sql, params)
         return [row[0] for row in rows]
 
-    async def list_snapshot(self, txn, resource_name, parent_id, query):
+    async def list_snapshot(self, txn, resource_name, parent_id, query, encoded=False):
         # The list timestamp and the page as of it, in one statement (one
         # snapshot): nothing committed after the timestamp shows up.
         if (query.ids is not None and not query.ids) or (query.limit is not None and query.limit <= 0):
             return await self.list_timestamp(txn, resource_name, parent_id), []
         inner, params = _build_select(
-            "o.data", resource_name, parent_id, query, listing=True,
-            extra_where="o.last_modified <= ts.t",
+            # Encoded: the JSONB as text, which goes out without being parsed
+            # and serialised again in Python.
+            "o.data::text AS data" if encoded else "o.data", resource_name, parent_id, query,
+            listing=True, extra_where="o.last_modified <= ts.t",
         )
         rows, _ = await self._read(
             txn,
@@ -1503,6 +1506,8 @@ class PostgresStorage(_PostgresBase):
         )
         if not rows:  # a list never written: it gets its timestamp now, and has nothing
             return await self.list_timestamp(txn, resource_name, parent_id), []
+        if encoded:
+            return rows[0][0], [Encoded(row[1]) for row in rows if row[1] is not None]
         return rows[0][0], [row[1] for row in rows if row[1] is not None]
 
     async def count(self, txn, resource_name, parent_id, query):
