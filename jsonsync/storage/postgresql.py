@@ -57,7 +57,6 @@ from txpostgres.txpostgres import Connection, RollbackFailed
 from zope.interface import alsoProvides, implementer
 
 from jsonsync import jsonutil
-from jsonsync.jsonutil import Encoded
 from jsonsync.errors import (
     BackendUnavailable,
     InvalidParameters,
@@ -67,6 +66,7 @@ from jsonsync.errors import (
     UnexpectedError,
 )
 from jsonsync.interfaces import IPermissionStore, IRequestPrefetch, IStorage
+from jsonsync.jsonutil import Encoded
 from jsonsync.query import MISSING, Filter, Op, Query, Sort, rank
 from jsonsync.storage import Transaction, next_timestamp, now_ms
 
@@ -302,11 +302,12 @@ class _Pool:
         if "application_name" not in psycopg2.extensions.parse_dsn(self.url):
             # Lets operators tell our sessions apart in pg_stat_activity.
             kwargs["application_name"] = "jsonsync"
-        if "options" not in psycopg2.extensions.parse_dsn(self.url):
+        options = psycopg2.extensions.parse_dsn(self.url).get("options", "")
+        if "plan_cache_mode" not in options:
             # One plan per prepared statement: every statement we prepare
             # leads with equality on an index prefix, so a generic plan is as
             # good as a custom one, and re-planning each call is the cost.
-            kwargs["options"] = "-c plan_cache_mode=force_generic_plan"
+            kwargs["options"] = (options + " -c plan_cache_mode=force_generic_plan").strip()
         for conn in self.connections:
             d = conn.connect(self.url, **kwargs)
             d.addCallbacks(
@@ -1147,15 +1148,24 @@ class _PostgresBase:
         unit = await self._unit(txn)
         unit.defer(sql, params)
 
-    async def _last(self, txn, sql: str, params=None, rows: bool = True, prepare: bool = False):
+    def _closing(self, txn) -> bool:
         """
-        A write that may carry the commit: when the request said it is its
-        transaction's last (C{txn.last_write}) and nothing else is enlisted,
-        it commits with it (L{_Unit.finish}); otherwise it runs as usual.
+        Whether the coming write may carry the commit: the request said it
+        is its transaction's last (C{txn.last_write}) and nothing else is
+        enlisted. Answers yes once.
         """
-        unit = await self._unit(txn)
         if getattr(txn, "last_write", False) and txn.only(self._pool.key):
             txn.last_write = False
+            return True
+        return False
+
+    async def _last(self, txn, sql: str, params=None, rows: bool = True, prepare: bool = False,
+                    closing: bool | None = None):
+        """A write that commits with it when L{_closing} (L{_Unit.finish}), runs as usual otherwise."""
+        unit = await self._unit(txn)
+        if closing is None:
+            closing = self._closing(txn)
+        if closing:
             return await unit.finish(sql, params, rows, prepare)
         return await unit.execute(sql, params, prepare)
 
@@ -1204,12 +1214,186 @@ class _PostgresBase:
         return answer
 
 
+_GROUP_WRITE = (
+    "SELECT pg_advisory_xact_lock(%(lock)s::bigint);"
+    " WITH input AS ("
+    "  SELECT i.id, i.data, i.only_tomb, i.n"
+    "  FROM unnest(%(ids)s::text[], %(datas)s::text[], %(tombs)s::boolean[])"
+    "  WITH ORDINALITY AS i(id, data, only_tomb, n)),"
+    " base AS ("
+    "  SELECT GREATEST(%(now)s::bigint, COALESCE(("
+    "   SELECT last_modified FROM timestamps"
+    "   WHERE resource_name = %(res)s::text AND parent_id = %(parent)s::text), 0) + 1) AS v),"
+    " created AS ("
+    "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data)"
+    "  SELECT %(res)s::text, %(parent)s::text, i.id, b.v + i.n - 1, false,"
+    "   jsonb_set(i.data::jsonb, '{last_modified}', to_jsonb(b.v + i.n - 1))"
+    "  FROM input i, base b WHERE i.only_tomb"
+    "  ON CONFLICT (resource_name, parent_id, id) DO UPDATE SET"
+    "   last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted, data = EXCLUDED.data"
+    "   WHERE objects.deleted"
+    "  RETURNING id, last_modified),"
+    " updated AS ("
+    "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data)"
+    "  SELECT %(res)s::text, %(parent)s::text, i.id, b.v + i.n - 1, false,"
+    "   jsonb_set(i.data::jsonb, '{last_modified}', to_jsonb(b.v + i.n - 1))"
+    "  FROM input i, base b WHERE NOT i.only_tomb"
+    "  ON CONFLICT (resource_name, parent_id, id) DO UPDATE SET"
+    "   last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted, data = EXCLUDED.data"
+    "  RETURNING id, last_modified),"
+    # A refused create (a live object holds the id) must fail the whole
+    # statement, or what was sent with it (the new object's ACL) would
+    # commit alone: inserting the id again is a certain unique violation.
+    " clash AS ("
+    "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data)"
+    "  SELECT %(res)s::text, %(parent)s::text, i.id, 0, false, '{}'::jsonb FROM input i"
+    "  WHERE i.only_tomb AND i.id NOT IN (SELECT id FROM created)),"
+    " moved AS ("
+    "  INSERT INTO timestamps (resource_name, parent_id, last_modified)"
+    "  SELECT %(res)s::text, %(parent)s::text, max(w.last_modified)"
+    "  FROM (SELECT last_modified FROM created UNION ALL SELECT last_modified FROM updated) w"
+    "  HAVING count(*) > 0"
+    "  ON CONFLICT (resource_name, parent_id) DO UPDATE SET last_modified = EXCLUDED.last_modified"
+    "  RETURNING 1)"
+    " SELECT id, last_modified FROM created UNION ALL SELECT id, last_modified FROM updated"
+)
+
+# At most this many writes share one statement (and one commit).
+_GROUP_MAX = 64
+
+
+class _GroupItem:
+    __slots__ = ("unit", "prefix", "id", "data", "only_tomb", "done")
+
+    def __init__(self, unit: _Unit, object_id: str, data: str, only_tomb: bool):
+        self.unit = unit
+        self.prefix = unit._take_pending()
+        self.id = object_id
+        self.data = data
+        self.only_tomb = only_tomb
+        self.done: Deferred = Deferred()
+
+
+class _ListWriter:
+    """
+    Group commit for the writes of one list that carry their requests'
+    commits. Such a write is its request's whole transaction (the writes
+    deferred before it, then the object), so several can share one
+    statement, one list lock and one commit: while a group is on its way to
+    the server, the writes that arrive queue, and leave together as the
+    next group. Each request still gets only its own outcome: when a group
+    fails, nothing of it was committed, and its writes run again one by
+    one, so that the one at fault fails alone.
+    """
+
+    def __init__(self, storage: PostgresStorage, key: tuple[str, str]):
+        self.storage = storage
+        self.key = key
+        self.queue: deque[_GroupItem] = deque()
+        self.running = False
+
+    def submit(self, item: _GroupItem) -> Deferred:
+        self.queue.append(item)
+        if not self.running:
+            self.running = True
+            Deferred.fromCoroutine(self._run())
+        return item.done
+
+    def _next_group(self) -> list[_GroupItem]:
+        group: list[_GroupItem] = []
+        ids: set[str] = set()
+        later: list[_GroupItem] = []
+        while self.queue and len(group) < _GROUP_MAX:
+            item = self.queue.popleft()
+            if item.id in ids:  # the same id twice: the second waits for the next group
+                later.append(item)
+            else:
+                ids.add(item.id)
+                group.append(item)
+        self.queue.extendleft(reversed(later))
+        return group
+
+    async def _run(self) -> None:
+        try:
+            while self.queue:
+                group = self._next_group()
+                try:
+                    outcomes = await self._send(group)
+                except BackendUnavailable as exc:
+                    # Whether it committed is unknown: never send it again.
+                    outcomes = [Failure(exc)] * len(group)
+                except JsonSyncError as exc:
+                    if len(group) == 1:
+                        outcomes = [Failure(exc)]
+                    else:
+                        outcomes = []
+                        for item in group:
+                            try:
+                                outcomes.extend(await self._send([item]))
+                            except JsonSyncError as one:
+                                outcomes.append(Failure(one))
+                except Exception:
+                    _log.failure("group write failed")
+                    outcomes = [Failure(UnexpectedError())] * len(group)
+                for item, outcome in zip(group, outcomes, strict=True):
+                    item.unit._begun = True
+                    item.unit._finish()
+                    item.done.callback(outcome) if not isinstance(outcome, Failure) else item.done.errback(outcome)
+        finally:
+            self.running = False
+
+    async def _send(self, group: list[_GroupItem]) -> list:
+        sender = group[0].unit
+        for _ in range(len(sender.pool.connections)):
+            if sender.conn.usable() and sender.conn.detector.generation == sender.generation:
+                break
+            await sender._swap()
+        resource_name, parent_id = self.key
+        rows, _ = await _execute(
+            sender.conn,
+            _GROUP_WRITE,
+            {
+                "lock": _list_lock_key(resource_name, parent_id),
+                "ids": [item.id for item in group],
+                "datas": [item.data for item in group],
+                "tombs": [item.only_tomb for item in group],
+                "now": now_ms(),
+                "res": resource_name,
+                "parent": parent_id,
+            },
+            sender.generation,
+            True,
+            "".join(item.prefix for item in group),
+        )
+        stamps = dict(rows)
+        return [stamps[item.id] for item in group]
+
+
 @implementer(IStorage)
 class PostgresStorage(_PostgresBase):
     """
     Objects in one C{objects} table (the whole object as JSONB, plus the
     columns that key and order it) and list timestamps in C{timestamps}.
     """
+
+    def __init__(self, pool: _Pool, owns_pool: bool):
+        super().__init__(pool, owns_pool)
+        self._writers: dict[tuple[str, str], _ListWriter] = {}
+
+    async def _store_closing(self, unit: _Unit, resource_name, parent_id, obj, only_over_tombstone):
+        """A write carrying its request's commit, sent with its list's group (L{_ListWriter})."""
+        key = (resource_name, parent_id)
+        writer = self._writers.get(key)
+        if writer is None:
+            if len(self._writers) > 1000:  # forget idle lists
+                for k in [k for k, w in self._writers.items() if not w.running]:
+                    del self._writers[k]
+            writer = self._writers[key] = _ListWriter(self, key)
+        item = _GroupItem(unit, obj["id"], _dumps(obj), only_over_tombstone)
+        stamp = await writer.submit(item)
+        stored = dict(obj)
+        stored["last_modified"] = stamp
+        return stored
 
     async def flush(self):
         await self._pool.run("TRUNCATE objects, timestamps")
@@ -1379,6 +1563,11 @@ class PostgresStorage(_PostgresBase):
         store it and move the list timestamp. Returns the stored object, or
         C{None} when C{only_over_tombstone} and a live object holds the id.
         """
+        closing = self._closing(txn)
+        if closing and not bool(obj.get("deleted")):
+            unit = await self._unit(txn)
+            if not unit.begun:
+                return await self._store_closing(unit, resource_name, parent_id, obj, only_over_tombstone)
         data = _dumps(obj)
         rows, _ = await self._last(
             txn,
@@ -1399,7 +1588,15 @@ class PostgresStorage(_PostgresBase):
             "  INSERT INTO timestamps (resource_name, parent_id, last_modified)"
             "  SELECT %(res)s, %(parent)s, last_modified FROM written"
             "  ON CONFLICT (resource_name, parent_id) DO UPDATE SET last_modified = EXCLUDED.last_modified"
-            "  RETURNING last_modified)"
+            "  RETURNING last_modified),"
+            # A refused create that carries the commit must fail the whole
+            # statement, or the writes sent with it (the new object's ACL)
+            # would commit alone: insert the id again, for certain a unique
+            # violation (ObjectExists). Elsewhere the caller sees the NULL.
+            " clash AS ("
+            "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data)"
+            "  SELECT %(res)s::text, %(parent)s::text, %(id)s::text, 0, false, '{}'::jsonb"
+            "  WHERE %(strict)s::boolean AND NOT EXISTS (SELECT 1 FROM written))"
             " SELECT (SELECT last_modified FROM written), (SELECT count(*) FROM moved)",
             {
                 "lock": _list_lock_key(resource_name, parent_id),
@@ -1410,8 +1607,10 @@ class PostgresStorage(_PostgresBase):
                 "deleted": bool(obj.get("deleted")),
                 "data": data,
                 "only_tomb": only_over_tombstone,
+                "strict": only_over_tombstone and closing,
             },
             prepare=True,
+            closing=closing,
         )
         stamp = rows[0][0]
         if stamp is None:
