@@ -42,6 +42,8 @@ class RequestContext:
         self.auth_cache: dict[Any, Any] = {}
         # True once a /batch runs its sub-requests in this transaction.
         self.shared = False
+        # Checks granted to the batch's sub-requests (Engine.fetch).
+        self.granted: set = set()
 
 
 class ApiRequest:

@@ -389,6 +389,56 @@ class ErrorsInPlaceTests(_Base):
         self.assertEqual(out[1]["status"], 200)
 
 
+class RememberedChecksTests(_Base):
+    """
+    Creations with generated ids skip the look-up of their parents when an
+    earlier sub-request of the batch made it; a write to anything but a
+    record makes them look again.
+    """
+
+    async def setUp(self):
+        await super().setUp()
+        await self.alice.put("/v1/buckets/b")
+        await self.alice.put("/v1/buckets/b/collections/c")
+
+    async def test_many_creations(self):
+        out = await self.responses(self.alice, [
+            {"method": "POST", "path": "/buckets/b/collections/c/records", "body": {"data": {"n": i}}}
+            for i in range(10)
+        ])
+        self.assertEqual([o["status"] for o in out], [201] * 10)
+        listed = (await self.alice.get("/v1/buckets/b/collections/c/records")).json["data"]
+        self.assertEqual(sorted(r["n"] for r in listed), list(range(10)))
+        stamps = [o["body"]["data"]["last_modified"] for o in out]
+        self.assertEqual(stamps, sorted(set(stamps)))
+        for o in out:
+            self.assertEqual(o["body"]["permissions"]["write"], [ALICE])
+
+    async def test_parent_deleted_in_between(self):
+        out = await self.responses(self.alice, [
+            {"method": "POST", "path": "/buckets/b/collections/c/records", "body": {"data": {}}},
+            {"method": "DELETE", "path": "/buckets/b/collections/c"},
+            {"method": "POST", "path": "/buckets/b/collections/c/records", "body": {"data": {}}},
+        ])
+        self.assertEqual([o["status"] for o in out], [201, 200, 404])
+        self.assertEqual(out[2]["body"]["details"], {"id": "c", "resource_name": "collection"})
+
+    async def test_permission_lost_in_between(self):
+        # Bob may create records through group g, and may edit g.
+        await self.alice.put("/v1/buckets/b/groups/g", {"data": {"members": [BOB]}, "permissions": {"write": [BOB]}})
+        await self.alice.patch(
+            "/v1/buckets/b/collections/c", {"permissions": {"record:create": ["/buckets/b/groups/g"]}}
+        )
+        out = await self.responses(self.bob, [
+            {"method": "POST", "path": "/buckets/b/collections/c/records", "body": {"data": {}}},
+            {"method": "PATCH", "path": "/buckets/b/groups/g", "body": {"data": {"members": []}}},
+            {"method": "POST", "path": "/buckets/b/collections/c/records", "body": {"data": {}}},
+        ])
+        self.assertEqual([o["status"] for o in out], [201, 200, 403])
+        listed = (await self.alice.get("/v1/buckets/b/collections/c/records")).json["data"]
+        self.assertEqual([r["id"] for r in listed], [out[0]["body"]["data"]["id"]])
+
+
 class InheritedHeadersTests(_Base):
     async def test_authorization_inherited(self):
         out = await self.responses(self.alice, [{"path": "/"}])

@@ -111,7 +111,7 @@ class Engine:
             raise self.deny(req)
 
     async def fetch(self, req: ApiRequest, loc: Location, checks, object_id: str | None = None,
-                    with_object: bool = True):
+                    with_object: bool = True, fresh: bool = False):
         """
         What an object request needs first, in one round trip when the
         backend can (L{IRequestPrefetch}): the ancestors and the object, and
@@ -119,7 +119,17 @@ class Engine:
         object's ACL comes along into C{req.acl_cache}). Returns C{(missing,
         obj, allowed)} where C{missing} is the L{ParentNotFound} to raise
         I{after} the permission check (Kinto's order), or C{None}.
+
+        C{fresh}: the object id was just generated, so no object can hold
+        it. Within a batch, the sub-requests then skip the look-up when an
+        earlier one found the same ancestors and was granted the same first
+        check (until a write to anything but records, see L{forget_checks}).
         """
+        cache = req.ctx.granted if fresh and req.ctx.shared else None
+        if cache is not None:
+            memo = (loc.parent_uri, checks[0], frozenset(req.principals))
+            if memo in cache:
+                return None, None, [True] + [False] * (len(checks) - 1)
         oid = object_id or loc.object_id
         keys = []
         parent = ""
@@ -154,7 +164,14 @@ class Engine:
                 missing = ParentNotFound(rt.name, ancestor_id)
                 break
         obj = found[-1] if with_object and missing is None else None
+        if cache is not None and missing is None and allowed[0]:
+            cache.add(memo)
         return missing, obj, allowed
+
+    def forget_checks(self, req: ApiRequest, rt: ResourceType) -> None:
+        """A write to C{rt}: what L{fetch} remembers may no longer hold, unless only records changed."""
+        if rt.name != "record":
+            req.ctx.granted.clear()
 
     async def check_parents(self, req: ApiRequest, loc: Location, with_object: bool = False):
         """
@@ -421,10 +438,12 @@ class Engine:
             oid = data["id"]
             if not isinstance(oid, str) or not rt.id_pattern.match(oid):
                 raise InvalidParameters("body", "data.id", "data.id in body: Invalid object id")
+            fresh = False
         else:
             oid = rt.id_generator()
+            fresh = rt.name == "record"
         checks = [(loc.parent_uri, rt.create_permission), (loc.child_uri(oid), "read")]
-        missing, existing, (can_create, can_read) = await self.fetch(req, loc, checks, oid)
+        missing, existing, (can_create, can_read) = await self.fetch(req, loc, checks, oid, fresh=fresh)
         if existing is not None:
             loc.object_id = oid
             if not can_read:
@@ -443,6 +462,7 @@ class Engine:
 
     async def create(self, req, loc: Location, data: dict, perms) -> ApiResponse:
         rt = loc.resource
+        self.forget_checks(req, rt)
         data = await self.validate(req, loc, data, None)
         # ACL first: the object write takes the list's lock (PostgreSQL), held
         # to commit, so it comes last to keep other writers waiting least.
@@ -569,6 +589,7 @@ class Engine:
 
     async def replace(self, req, loc: Location, existing, new, perms, *, replace_acl) -> ApiResponse:
         rt = loc.resource
+        self.forget_checks(req, rt)
         acl = await self.save_permissions(req, loc.uri, rt, perms, replace=replace_acl, existed=True)
         with self.closing(req, rt.on_write):
             obj = await self.storage.update(req.txn, rt.name, loc.parent_uri, loc.object_id, new)
@@ -669,6 +690,7 @@ class Engine:
         request's final write).
         """
         rt = loc.resource
+        self.forget_checks(req, rt)
         uri = loc.uri
         # The ACL goes first, so that the write taking the list's lock can
         # be the last (and carry the commit) when nothing lies below.
