@@ -75,6 +75,8 @@ class ApiRequest:
         self.host = host
         self.raw_query = raw_query
         self.ctx: RequestContext | None = None
+        # A list page read along with the permission check (Engine.fetch).
+        self.page_ahead = None
         self.registry: Any = None
         self.user_id: str | None = None
         self.principals: list[str] = ["system.Everyone"]
@@ -285,6 +287,17 @@ class LimitedRequest(Request):
 
     too_large = False
     _received = 0
+
+    def __init__(self, channel, *args, **kwargs):
+        if channel is not None and not getattr(channel, "_jsonsync_memo", False):
+            # A connection's local address and TLS state never change: ask
+            # the socket once per connection instead of on every request
+            # (twisted.web and Klein each ask several times).
+            host, secure = channel.getHost(), channel.isSecure()
+            channel.getHost = lambda: host
+            channel.isSecure = lambda: secure
+            channel._jsonsync_memo = True
+        super().__init__(channel, *args, **kwargs)
 
     def _limit(self) -> int:
         return getattr(self.channel.site, "max_body", 1 << 20)

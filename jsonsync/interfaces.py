@@ -307,13 +307,18 @@ class IRequestPrefetch(Interface):
     L{IPermissionStore.authorize} when the storage does not provide it.
     """
 
-    def prefetch(txn, keys, principals, checks, members=None, acl_uri=None):
+    def prefetch(txn, keys, principals, checks, members=None, acl_uri=None, page=None):
         """
         C{(found, allowed, groups, acl)}: the objects at C{keys} as
         L{IStorage.get_many} gives them; for each list of C{(uri,
         permission)} grants in C{checks}, whether C{principals} (plus the
         groups of C{members}) hold one; and C{groups} and C{acl} as
         L{IPermissionStore.authorize} gives them.
+
+        With C{page=(resource_name, parent_id, query, encoded)}, a fifth
+        item: what L{IStorage.list_snapshot} would return for it, read in
+        the same snapshot (a list request asks before it knows whether the
+        user may see the whole list, and drops the page when not).
         @rtype: C{Awaitable[tuple[list, list[bool], set | None, dict | None]]}
         """
 

@@ -20,6 +20,7 @@ from jsonsync.auth import challenges, ensure_principals, membership_keys, set_gr
 from jsonsync.errors import (
     Forbidden,
     InvalidParameters,
+    JsonSyncError,
     ObjectNotFound,
     ParentNotFound,
     Unauthenticated,
@@ -111,7 +112,7 @@ class Engine:
             raise self.deny(req)
 
     async def fetch(self, req: ApiRequest, loc: Location, checks, object_id: str | None = None,
-                    with_object: bool = True, fresh: bool = False):
+                    with_object: bool = True, fresh: bool = False, page=None):
         """
         What an object request needs first, in one round trip when the
         backend can (L{IRequestPrefetch}): the ancestors and the object, and
@@ -124,6 +125,9 @@ class Engine:
         it. Within a batch, the sub-requests then skip the look-up when an
         earlier one found the same ancestors and was granted the same first
         check (until a write to anything but records, see L{forget_checks}).
+
+        C{page}: a list page to read in the same round trip, if the backend
+        can (see L{IRequestPrefetch.prefetch}); it lands in C{req.page_ahead}.
         """
         cache = req.ctx.granted if fresh and req.ctx.shared else None
         if cache is not None:
@@ -145,9 +149,14 @@ class Engine:
         storage = self.storage
         if IRequestPrefetch.providedBy(storage):
             members = None if req.groups_loaded else membership_keys(req)
-            found, held, groups, acl = await storage.prefetch(
-                req.txn, keys, req.principals, grants, members=members, acl_uri=acl_uri
-            )
+            if page is None:
+                found, held, groups, acl = await storage.prefetch(
+                    req.txn, keys, req.principals, grants, members=members, acl_uri=acl_uri
+                )
+            else:
+                found, held, groups, acl, req.page_ahead = await storage.prefetch(
+                    req.txn, keys, req.principals, grants, members=members, acl_uri=acl_uri, page=page
+                )
             if groups is not None:
                 set_groups(req, groups)
             if acl_uri is not None:
@@ -296,7 +305,7 @@ class Engine:
         return any(t.parent == rt.name for t in self.registry.resource_types.values())
 
     # -- plural endpoints --------------------------------------------------------
-    async def readable_ids(self, req, loc: Location, permission: str) -> frozenset[str] | None:
+    async def readable_ids(self, req, loc: Location, permission: str, page=None) -> frozenset[str] | None:
         """
         C{(ids, missing)}: C{ids} is C{None} when the user may see the whole
         list, else the ids of the objects shared with them (raise when they
@@ -307,7 +316,7 @@ class Engine:
         checks = [(loc.parent_uri, rt.create_permission)]
         if loc.parent_uri:
             checks.insert(0, (loc.parent_uri, permission))
-        missing, _, allowed = await self.fetch(req, loc, checks, with_object=False)
+        missing, _, allowed = await self.fetch(req, loc, checks, with_object=False, page=page)
         if loc.parent_uri and allowed[0]:
             return None, missing
         await ensure_principals(self.registry, req)
@@ -329,18 +338,27 @@ class Engine:
             strict_fields=loc.resource.strict_fields,
         )
 
-    async def fetch_page(self, req, loc: Location, listing, ids, snapshot=False, encoded=False):
+    @staticmethod
+    def page_query(listing, ids) -> Query:
+        """The query of one page (one object more than the page, to know whether another follows)."""
+        query: Query = listing.query
+        query.ids = ids
+        query.limit = listing.limit + 1
+        return query
+
+    async def fetch_page(self, req, loc: Location, listing, ids, snapshot=False, encoded=False, ahead=None):
         """
         One page and its Next-Page URL; with C{snapshot}, also the list
         timestamp the page is consistent with (C{(objects, next, timestamp)}),
         and with C{encoded} the objects may be L{Encoded} (only sent on).
+        C{ahead}: the C{(timestamp, objects)} of that page, already read.
         """
-        query: Query = listing.query
-        query.ids = ids
+        query = self.page_query(listing, ids)
         limit = listing.limit
-        query.limit = limit + 1
         timestamp = None
-        if snapshot:
+        if ahead is not None:
+            timestamp, objects = ahead
+        elif snapshot:
             if encoded:
                 timestamp, objects = await self.storage.list_snapshot(
                     req.txn, loc.resource.name, loc.parent_uri, query, encoded=True
@@ -394,10 +412,25 @@ class Engine:
         return [("Cache-Control", f"max-age={ttl}"), ("Expires", expires)]
 
     async def get_plural(self, req: ApiRequest, loc: Location) -> ApiResponse:
-        ids, missing = await self.readable_ids(req, loc, "read")
+        # Objects pass through as the backend's JSON text unless something
+        # here needs their values.
+        encoded = not (loc.resource.present or events.wanted(self.registry, "read"))
+        page = None
+        if req.method != "HEAD" and loc.parent_uri and IRequestPrefetch.providedBy(self.storage):
+            # Where the user may read the whole list (the common case), its
+            # page comes with the permission check: one round trip.
+            try:
+                ahead_listing = self.list_request(req, loc)
+            except JsonSyncError:
+                ahead_listing = None  # reported after the permission check
+            if ahead_listing is not None:
+                query = self.page_query(ahead_listing, None)
+                page = (loc.resource.name, loc.parent_uri, query, encoded and not ahead_listing.fields)
+        req.page_ahead = None
+        ids, missing = await self.readable_ids(req, loc, "read", page=page)
         if missing is not None:
             raise missing
-        listing = self.list_request(req, loc)
+        listing = self.list_request(req, loc) if page is None else ahead_listing
         if req.method == "HEAD":
             timestamp = await self.storage.list_timestamp(req.txn, loc.resource.name, loc.parent_uri)
             check_preconditions(req, timestamp)
@@ -409,13 +442,9 @@ class Engine:
         # The page shows the list as of its ETag: a change committed after the
         # timestamp was read waits for the next sync instead of arriving now
         # and again with `_since=<this ETag>`.
-        # Objects pass through as the backend's JSON text unless something
-        # here needs their values.
-        encoded = not (
-            loc.resource.present or listing.fields or events.wanted(self.registry, "read")
-        )
         objects, next_page, timestamp = await self.fetch_page(
-            req, loc, listing, ids, snapshot=True, encoded=encoded
+            req, loc, listing, ids, snapshot=True, encoded=encoded and not listing.fields,
+            ahead=req.page_ahead if ids is None else None,
         )
         check_preconditions(req, timestamp)
         headers = validators(timestamp) + await self.cache_headers(req, loc)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import uuid
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,7 +99,7 @@ def parse_filter(name: str, raw: str, strict_fields: frozenset[str] | None) -> F
 
 
 def encode_token(last: dict) -> str:
-    payload = {"last_object": last, "nonce": f"pagination-token-{uuid.uuid4()}", "issued": now_ms()}
+    payload = {"last_object": last, "nonce": f"pagination-token-{secrets.token_hex(16)}", "issued": now_ms()}
     return base64.urlsafe_b64encode(jsonutil.dumps(payload)).decode("ascii")
 
 

@@ -463,6 +463,7 @@ def _redact(url: str) -> str:
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s")
 _statements: dict[str, tuple[str, str, list]] = {}
+_STATEMENTS_MAX = 500
 
 
 def _prepared_form(sql: str) -> tuple[str, str, list]:
@@ -487,7 +488,7 @@ def _prepared_form(sql: str) -> tuple[str, str, list]:
         text = _PLACEHOLDER.sub(number, sql)
         name = "js_" + hashlib.sha1(sql.encode("utf-8")).hexdigest()[:20]
         found = (name, text, order)
-        if len(_statements) < 1000:
+        if len(_statements) < _STATEMENTS_MAX:
             _statements[sql] = found
     return found
 
@@ -530,6 +531,10 @@ def _run_statement(conn: _Connection, sql: str, params, generation, prepare=Fals
     ):
         return fail(ConnectionDead())
     missing: list[tuple[str, str]] = []
+    if prepare and len(_statements) >= _STATEMENTS_MAX and any(p not in _statements for p in _pieces(sql)):
+        # Past this many shapes (filters and sorts make new ones), plan as
+        # we go: each connection would otherwise hold a plan for every one.
+        prepare = False
     if prepare:
         # Hot statements are planned once per connection: parsing and
         # planning cost PostgreSQL more than running these index look-ups.
@@ -1074,7 +1079,7 @@ def _acl(entries) -> dict[str, set[str]]:
 
 def _build_select(
     what: str, resource_name: str, parent_id: str, query: Query, *, listing: bool,
-    extra_where: str | None = None,
+    extra_where: str | None = None, numbered: bool = False,
 ) -> tuple[str, list[Any]]:
     q = _SqlQuery()
     where = [
@@ -1095,7 +1100,10 @@ def _build_select(
         if query.pagination:
             rules = " OR ".join(f"({q.conjunction(rule)})" for rule in query.pagination)
             where.append(f"({rules})")
-        order = f" ORDER BY {q.order_by(tuple(query.sorting) or (Sort('last_modified', -1),))}"
+        terms = q.order_by(tuple(query.sorting) or (Sort("last_modified", -1),))
+        order = f" ORDER BY {terms}"
+        if numbered:  # each row's rank in the page, for an aggregate to keep the order
+            what = f"{what}, row_number() OVER (ORDER BY {terms}) AS n"
         if query.limit is not None:
             limit = f" LIMIT {q.param(int(query.limit))}"
     source, source_params = q.from_clause()
@@ -1398,9 +1406,10 @@ class PostgresStorage(_PostgresBase):
     async def flush(self):
         await self._pool.run("TRUNCATE objects, timestamps")
 
-    async def prefetch(self, txn, keys, principals, checks, members=None, acl_uri=None):
-        """L{IRequestPrefetch}: objects, grant checks, groups and one ACL in one statement."""
+    async def prefetch(self, txn, keys, principals, checks, members=None, acl_uri=None, page=None):
+        """L{IRequestPrefetch}: objects, grant checks, groups, one ACL (and a page) in one statement."""
         keys = list(keys)
+        page_sql, page_params = self._page_columns(page) if page is not None else ("", {})
         uris, perms, index = [], [], []
         for i, grants in enumerate(checks):
             for uri, perm in grants:
@@ -1425,7 +1434,7 @@ class PostgresStorage(_PostgresBase):
             " (SELECT array_agg(DISTINCT principal) FROM user_principals"
             "   WHERE %(has_members)s AND member = ANY(%(members)s::text[])),"
             " (SELECT array_agg(permission || ' ' || principal) FROM access_control_entries"
-            "   WHERE %(has_acl)s AND object_id = %(acl_uri)s)",
+            "   WHERE %(has_acl)s AND object_id = %(acl_uri)s)" + page_sql,
             {
                 "kr": [k[0] for k in keys],
                 "kp": [k[1] for k in keys],
@@ -1438,16 +1447,50 @@ class PostgresStorage(_PostgresBase):
                 "members": list(members or ()),
                 "has_acl": acl_uri is not None,
                 "acl_uri": acl_uri or "",
+                **page_params,
             },
         )
-        numbers, datas, satisfied, group_list, entries = rows[0]
+        numbers, datas, satisfied, group_list, entries = rows[0][:5]
         found: list = [None] * len(keys)
         for n, data in zip(numbers or (), datas or (), strict=True):
             found[n - 1] = data
         satisfied = set(satisfied or ())
         allowed = [i in satisfied for i in range(len(checks))]
         groups = set(group_list or ()) if members is not None else None
-        return found, allowed, groups, _acl(entries) if acl_uri is not None else None
+        result = found, allowed, groups, _acl(entries) if acl_uri is not None else None
+        if page is None:
+            return result
+        timestamp, texts = rows[0][5:]
+        if timestamp is None:  # a list never written: it gets its timestamp now
+            return (*result, (await self.list_timestamp(txn, page[0], page[1]), []))
+        objects = [Encoded(t) for t in texts or ()] if page[3] else list(texts or ())
+        return (*result, (timestamp, objects))
+
+    @staticmethod
+    def _page_columns(page) -> tuple[str, dict]:
+        """The list timestamp and a page as of it, as two more columns of L{prefetch}."""
+        resource_name, parent_id, query, encoded = page
+        inner, params = _build_select(
+            "o.data::text AS data" if encoded else "o.data", resource_name, parent_id, query,
+            listing=True, numbered=True,
+            extra_where="o.last_modified <= (SELECT last_modified FROM timestamps"
+            " WHERE resource_name = %(page_res)s AND parent_id = %(page_parent)s)",
+        )
+        named: dict[str, Any] = {"page_res": resource_name, "page_parent": parent_id}
+        counter = iter(range(len(params)))
+
+        def name(_match):
+            key = f"page_{next(counter)}"
+            return f"%({key})s"
+
+        inner = re.sub(r"(?<!%)%s", name, inner)
+        named.update({f"page_{i}": v for i, v in enumerate(params)})
+        sql = (
+            ", (SELECT last_modified FROM timestamps"
+            "   WHERE resource_name = %(page_res)s AND parent_id = %(page_parent)s),"
+            f" (SELECT array_agg(p.data ORDER BY p.n) FROM ({inner}) p)"
+        )
+        return sql, named
 
     async def get_many(self, txn, keys):
         keys = list(keys)
