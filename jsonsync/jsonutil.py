@@ -63,6 +63,21 @@ class Encoded:
         return f"Encoded({self.text!r})"
 
 
+class EncodedPage:
+    """
+    A page of objects kept as JSON text: the objects joined by commas,
+    how many the query found (one more than the page says another page
+    follows) and the text of the page's last object.
+    """
+
+    __slots__ = ("joined", "found", "last")
+
+    def __init__(self, joined: str, found: int, last: str | None):
+        self.joined = joined
+        self.found = found
+        self.last = last
+
+
 def decoded(value: Any) -> Any:
     """C{value} itself, or the value an L{Encoded} stands for."""
     return value.decode() if isinstance(value, Encoded) else value
@@ -71,12 +86,16 @@ def decoded(value: Any) -> Any:
 def _fragment(value: Any) -> Any:
     if isinstance(value, Encoded):
         return orjson.Fragment(value.text)
+    if isinstance(value, EncodedPage):
+        return orjson.Fragment("[" + value.joined + "]")
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, Encoded):
         return value.decode()
+    if isinstance(value, EncodedPage):
+        return loads("[" + value.joined + "]")
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

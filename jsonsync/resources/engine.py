@@ -38,7 +38,7 @@ from jsonsync.http import (
     validators,
 )
 from jsonsync.interfaces import IRequestPrefetch
-from jsonsync.jsonutil import decoded
+from jsonsync.jsonutil import Encoded, EncodedPage, decoded
 from jsonsync.query import Query
 from jsonsync.resources import querystring
 from jsonsync.resources.model import Location, ResourceType
@@ -370,9 +370,16 @@ class Engine:
         else:
             objects = await self.storage.list(req.txn, loc.resource.name, loc.parent_uri, query)
         next_page = None
-        if len(objects) > limit:
-            objects = objects[:limit]
-            last = querystring.last_object_of(decoded(objects[-1]), query.sorting)
+        if isinstance(objects, EncodedPage):
+            more = objects.found > limit
+            last_object = Encoded(objects.last) if more else None
+        else:
+            more = len(objects) > limit
+            if more:
+                objects = objects[:limit]
+                last_object = objects[-1]
+        if more:
+            last = querystring.last_object_of(decoded(last_object), query.sorting)
             params = [(k, v) for k, v in req.query if k not in ("_limit", "_token")]
             params.append(("_limit", str(limit)))
             params.append(("_token", querystring.encode_token(last)))
@@ -425,7 +432,8 @@ class Engine:
                 ahead_listing = None  # reported after the permission check
             if ahead_listing is not None:
                 query = self.page_query(ahead_listing, None)
-                page = (loc.resource.name, loc.parent_uri, query, encoded and not ahead_listing.fields)
+                if encoded and not ahead_listing.fields:
+                    page = (loc.resource.name, loc.parent_uri, query, True)
         req.page_ahead = None
         ids, missing = await self.readable_ids(req, loc, "read", page=page)
         if missing is not None:

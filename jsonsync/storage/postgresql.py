@@ -66,7 +66,7 @@ from jsonsync.errors import (
     UnexpectedError,
 )
 from jsonsync.interfaces import IPermissionStore, IRequestPrefetch, IStorage
-from jsonsync.jsonutil import Encoded
+from jsonsync.jsonutil import Encoded, EncodedPage
 from jsonsync.query import MISSING, Filter, Op, Query, Sort, rank
 from jsonsync.storage import Transaction, next_timestamp, now_ms
 
@@ -1409,7 +1409,7 @@ class PostgresStorage(_PostgresBase):
     async def prefetch(self, txn, keys, principals, checks, members=None, acl_uri=None, page=None):
         """L{IRequestPrefetch}: objects, grant checks, groups, one ACL (and a page) in one statement."""
         keys = list(keys)
-        page_sql, page_params = self._page_columns(page) if page is not None else ("", {})
+        page_with, page_sql, page_params = self._page_columns(page) if page is not None else ("", "", {})
         uris, perms, index = [], [], []
         for i, grants in enumerate(checks):
             for uri, perm in grants:
@@ -1418,7 +1418,7 @@ class PostgresStorage(_PostgresBase):
                 index.append(i)
         rows, _ = await self._read(
             txn,
-            "SELECT"
+            page_with + "SELECT"
             " (SELECT array_agg(k.n ORDER BY k.n) FROM unnest(%(kr)s::text[], %(kp)s::text[], %(ki)s::text[])"
             "   WITH ORDINALITY AS k(r, p, i, n)"
             "   JOIN objects o ON o.resource_name = k.r AND o.parent_id = k.p AND o.id = k.i AND NOT o.deleted),"
@@ -1460,37 +1460,37 @@ class PostgresStorage(_PostgresBase):
         result = found, allowed, groups, _acl(entries) if acl_uri is not None else None
         if page is None:
             return result
-        timestamp, texts = rows[0][5:]
+        timestamp, count, joined, last = rows[0][5:]
         if timestamp is None:  # a list never written: it gets its timestamp now
             return (*result, (await self.list_timestamp(txn, page[0], page[1]), []))
-        objects = [Encoded(t) for t in texts or ()] if page[3] else list(texts or ())
-        return (*result, (timestamp, objects))
+        return (*result, (timestamp, EncodedPage(joined or "", count, last)))
 
     @staticmethod
-    def _page_columns(page) -> tuple[str, dict]:
-        """The list timestamp and a page as of it, as two more columns of L{prefetch}."""
-        resource_name, parent_id, query, encoded = page
+    def _page_columns(page) -> tuple[str, str, dict]:
+        """
+        A page and the list timestamp it is consistent with, as more
+        columns of L{prefetch}: the timestamp, how many rows the query
+        found, the JSON texts of the page's objects joined by commas (no
+        array to escape and parse), and the page's last object.
+        """
+        resource_name, parent_id, query, _ = page
         inner, params = _build_select(
-            "o.data::text AS data" if encoded else "o.data", resource_name, parent_id, query,
-            listing=True, numbered=True,
+            "o.data::text AS data", resource_name, parent_id, query, listing=True, numbered=True,
             extra_where="o.last_modified <= (SELECT last_modified FROM timestamps"
             " WHERE resource_name = %(page_res)s AND parent_id = %(page_parent)s)",
         )
-        named: dict[str, Any] = {"page_res": resource_name, "page_parent": parent_id}
         counter = iter(range(len(params)))
-
-        def name(_match):
-            key = f"page_{next(counter)}"
-            return f"%({key})s"
-
-        inner = re.sub(r"(?<!%)%s", name, inner)
-        named.update({f"page_{i}": v for i, v in enumerate(params)})
-        sql = (
+        inner = re.sub(r"(?<!%)%s", lambda _: f"%(page_{next(counter)})s", inner)
+        named: dict[str, Any] = {f"page_{i}": v for i, v in enumerate(params)}
+        named.update(page_res=resource_name, page_parent=parent_id, page_size=query.limit - 1)
+        columns = (
             ", (SELECT last_modified FROM timestamps"
             "   WHERE resource_name = %(page_res)s AND parent_id = %(page_parent)s),"
-            f" (SELECT array_agg(p.data ORDER BY p.n) FROM ({inner}) p)"
+            " (SELECT count(*) FROM page),"
+            " (SELECT string_agg(data, ',' ORDER BY n) FROM page WHERE n <= %(page_size)s),"
+            " (SELECT data FROM page WHERE n = %(page_size)s)"
         )
-        return sql, named
+        return f"WITH page AS MATERIALIZED ({inner}) ", columns, named
 
     async def get_many(self, txn, keys):
         keys = list(keys)
