@@ -86,6 +86,15 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
+def _head(obj: dict) -> str:
+    """
+    The JSON text of C{obj} up to its C{last_modified} value, which the
+    database appends (with the closing brace) once it has chosen it.
+    """
+    text = _dumps(obj)
+    return ('{"last_modified":' if text == "{}" else text[:-1] + ',"last_modified":')
+
+
 # JSONB from the database: orjson where exact (jsonutil falls back to the
 # standard library for integers beyond 64 bits).
 _loads = jsonutil.loads
@@ -1225,29 +1234,31 @@ class _PostgresBase:
 _GROUP_WRITE = (
     "SELECT pg_advisory_xact_lock(%(lock)s::bigint);"
     " WITH input AS ("
-    "  SELECT i.id, i.data, i.only_tomb, i.n"
-    "  FROM unnest(%(ids)s::text[], %(datas)s::text[], %(tombs)s::boolean[])"
-    "  WITH ORDINALITY AS i(id, data, only_tomb, n)),"
+    "  SELECT i.id, i.head, i.only_tomb, i.n"
+    "  FROM unnest(%(ids)s::text[], %(heads)s::text[], %(tombs)s::boolean[])"
+    "  WITH ORDINALITY AS i(id, head, only_tomb, n)),"
     " base AS ("
     "  SELECT GREATEST(%(now)s::bigint, COALESCE(("
     "   SELECT last_modified FROM timestamps"
     "   WHERE resource_name = %(res)s::text AND parent_id = %(parent)s::text), 0) + 1) AS v),"
     " created AS ("
-    "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data)"
+    "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data, body)"
     "  SELECT %(res)s::text, %(parent)s::text, i.id, b.v + i.n - 1, false,"
-    "   jsonb_set(i.data::jsonb, '{last_modified}', to_jsonb(b.v + i.n - 1))"
+    "   (i.head || (b.v + i.n - 1) || '}')::jsonb, i.head || (b.v + i.n - 1) || '}'"
     "  FROM input i, base b WHERE i.only_tomb"
     "  ON CONFLICT (resource_name, parent_id, id) DO UPDATE SET"
-    "   last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted, data = EXCLUDED.data"
+    "   last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted, data = EXCLUDED.data,"
+    "   body = EXCLUDED.body"
     "   WHERE objects.deleted"
     "  RETURNING id, last_modified),"
     " updated AS ("
-    "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data)"
+    "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data, body)"
     "  SELECT %(res)s::text, %(parent)s::text, i.id, b.v + i.n - 1, false,"
-    "   jsonb_set(i.data::jsonb, '{last_modified}', to_jsonb(b.v + i.n - 1))"
+    "   (i.head || (b.v + i.n - 1) || '}')::jsonb, i.head || (b.v + i.n - 1) || '}'"
     "  FROM input i, base b WHERE NOT i.only_tomb"
     "  ON CONFLICT (resource_name, parent_id, id) DO UPDATE SET"
-    "   last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted, data = EXCLUDED.data"
+    "   last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted, data = EXCLUDED.data,"
+    "   body = EXCLUDED.body"
     "  RETURNING id, last_modified),"
     # A refused create (a live object holds the id) must fail the whole
     # statement, or what was sent with it (the new object's ACL) would
@@ -1271,13 +1282,13 @@ _GROUP_MAX = 64
 
 
 class _GroupItem:
-    __slots__ = ("unit", "prefix", "id", "data", "only_tomb", "done")
+    __slots__ = ("unit", "prefix", "id", "head", "only_tomb", "done")
 
-    def __init__(self, unit: _Unit, object_id: str, data: str, only_tomb: bool):
+    def __init__(self, unit: _Unit, object_id: str, head: str, only_tomb: bool):
         self.unit = unit
         self.prefix = unit._take_pending()
         self.id = object_id
-        self.data = data
+        self.head = head
         self.only_tomb = only_tomb
         self.done: Deferred = Deferred()
 
@@ -1363,7 +1374,7 @@ class _ListWriter:
             {
                 "lock": _list_lock_key(resource_name, parent_id),
                 "ids": [item.id for item in group],
-                "datas": [item.data for item in group],
+                "heads": [item.head for item in group],
                 "tombs": [item.only_tomb for item in group],
                 "now": now_ms(),
                 "res": resource_name,
@@ -1397,7 +1408,7 @@ class PostgresStorage(_PostgresBase):
                 for k in [k for k, w in self._writers.items() if not w.running]:
                     del self._writers[k]
             writer = self._writers[key] = _ListWriter(self, key)
-        item = _GroupItem(unit, obj["id"], _dumps(obj), only_over_tombstone)
+        item = _GroupItem(unit, obj["id"], _head(obj), only_over_tombstone)
         stamp = await writer.submit(item)
         stored = dict(obj)
         stored["last_modified"] = stamp
@@ -1461,8 +1472,9 @@ class PostgresStorage(_PostgresBase):
         if page is None:
             return result
         timestamp, count, joined, last = rows[0][5:]
-        if timestamp is None:  # a list never written: it gets its timestamp now
-            return (*result, (await self.list_timestamp(txn, page[0], page[1]), []))
+        if timestamp is None:
+            # No timestamp yet in this snapshot: list_snapshot settles one.
+            return (*result, None)
         return (*result, (timestamp, EncodedPage(joined or "", count, last)))
 
     @staticmethod
@@ -1475,7 +1487,7 @@ class PostgresStorage(_PostgresBase):
         """
         resource_name, parent_id, query, _ = page
         inner, params = _build_select(
-            "o.data::text AS data", resource_name, parent_id, query, listing=True, numbered=True,
+            "COALESCE(o.body, o.data::text) AS data", resource_name, parent_id, query, listing=True, numbered=True,
             extra_where="o.last_modified <= (SELECT last_modified FROM timestamps"
             " WHERE resource_name = %(page_res)s AND parent_id = %(page_parent)s)",
         )
@@ -1573,13 +1585,14 @@ class PostgresStorage(_PostgresBase):
         stamp, new_list_ts = next_timestamp(current, wanted)
         stored = dict(obj)
         stored["last_modified"] = stamp
+        body = _dumps(stored)
         await self._last(
             txn,
-            "INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data)"
-            " VALUES (%s, %s, %s, %s, %s, %s::jsonb)"
+            "INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data, body)"
+            " VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s)"
             " ON CONFLICT (resource_name, parent_id, id) DO UPDATE SET"
             " last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted,"
-            " data = EXCLUDED.data;"
+            " data = EXCLUDED.data, body = EXCLUDED.body;"
             " INSERT INTO timestamps (resource_name, parent_id, last_modified)"
             " VALUES (%s, %s, %s) ON CONFLICT (resource_name, parent_id)"
             " DO UPDATE SET last_modified = EXCLUDED.last_modified",
@@ -1589,7 +1602,8 @@ class PostgresStorage(_PostgresBase):
                 object_id,
                 stamp,
                 bool(stored.get("deleted")),
-                _dumps(stored),
+                body,
+                body,
                 resource_name,
                 parent_id,
                 new_list_ts,
@@ -1611,7 +1625,6 @@ class PostgresStorage(_PostgresBase):
             unit = await self._unit(txn)
             if not unit.begun:
                 return await self._store_closing(unit, resource_name, parent_id, obj, only_over_tombstone)
-        data = _dumps(obj)
         rows, _ = await self._last(
             txn,
             "SELECT pg_advisory_xact_lock(%(lock)s::bigint);"
@@ -1620,11 +1633,12 @@ class PostgresStorage(_PostgresBase):
             "   SELECT last_modified FROM timestamps"
             "   WHERE resource_name = %(res)s AND parent_id = %(parent)s), 0) + 1) AS v),"
             " written AS ("
-            "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data)"
+            "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data, body)"
             "  SELECT %(res)s::text, %(parent)s::text, %(id)s::text, v, %(deleted)s::boolean,"
-            "   jsonb_set(%(data)s::jsonb, '{last_modified}', to_jsonb(v)) FROM stamp"
+            "   (%(head)s::text || v || '}')::jsonb, %(head)s::text || v || '}' FROM stamp"
             "  ON CONFLICT (resource_name, parent_id, id) DO UPDATE SET"
-            "   last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted, data = EXCLUDED.data"
+            "   last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted, data = EXCLUDED.data,"
+            "   body = EXCLUDED.body"
             "   WHERE NOT %(only_tomb)s::boolean OR objects.deleted"
             "  RETURNING last_modified),"
             " moved AS ("
@@ -1648,7 +1662,7 @@ class PostgresStorage(_PostgresBase):
                 "parent": parent_id,
                 "id": obj["id"],
                 "deleted": bool(obj.get("deleted")),
-                "data": data,
+                "head": _head(obj),
                 "only_tomb": only_over_tombstone,
                 "strict": only_over_tombstone and closing,
             },
@@ -1728,7 +1742,7 @@ class PostgresStorage(_PostgresBase):
         rows, _ = await self._read(txn, sql, params)
         return [row[0] for row in rows]
 
-    async def list_snapshot(self, txn, resource_name, parent_id, query, encoded=False):
+    async def list_snapshot(self, txn, resource_name, parent_id, query, encoded=False, _again=True):
         # The list timestamp and the page as of it, in one statement (one
         # snapshot): nothing committed after the timestamp shows up.
         if (query.ids is not None and not query.ids) or (query.limit is not None and query.limit <= 0):
@@ -1736,7 +1750,7 @@ class PostgresStorage(_PostgresBase):
         inner, params = _build_select(
             # Encoded: the JSONB as text, which goes out without being parsed
             # and serialised again in Python.
-            "o.data::text AS data" if encoded else "o.data", resource_name, parent_id, query,
+            "COALESCE(o.body, o.data::text) AS data" if encoded else "o.data", resource_name, parent_id, query,
             listing=True, extra_where="o.last_modified <= ts.t",
         )
         rows, _ = await self._read(
@@ -1746,8 +1760,16 @@ class PostgresStorage(_PostgresBase):
             f" SELECT ts.t, page.data FROM ts LEFT JOIN LATERAL ({inner}) page ON true",
             [resource_name, parent_id, *params],
         )
-        if not rows:  # a list never written: it gets its timestamp now, and has nothing
-            return await self.list_timestamp(txn, resource_name, parent_id), []
+        if not rows:
+            # No timestamp in this snapshot: the list was never written, or
+            # its first writer committed since. Settle the timestamp (a list
+            # never written gets "now"), then read again: answering here with
+            # the newer timestamp and the empty page would hide that first
+            # write from a client syncing with _since.
+            timestamp = await self.list_timestamp(txn, resource_name, parent_id)
+            if _again:
+                return await self.list_snapshot(txn, resource_name, parent_id, query, encoded, _again=False)
+            return timestamp, []
         if encoded:
             return rows[0][0], [Encoded(row[1]) for row in rows if row[1] is not None]
         return rows[0][0], [row[1] for row in rows if row[1] is not None]
