@@ -269,6 +269,19 @@ class RequestRoundTripTests(ClientTestCase):
         self.assertEqual(listed.data, [{"id": "r", "x": 1, "y": 2, "last_modified": p.data["last_modified"]}])
         self.assertEqual(listed.header("ETag"), f'"{p.data["last_modified"]}"')
 
+    async def test_list_costs_one_statement(self):
+        for i in range(5):
+            await self.ok(self.alice.put(f"/v1/buckets/b/collections/c/records/r{i}", {"data": {"i": i, "s": "a\x1eb,\"c"}}))
+        del self.sent[:]
+        r = await self.ok(self.alice.get("/v1/buckets/b/collections/c/records?_limit=2&_sort=i"))
+        self.assertEqual(len(self.sent), 1, self.sent)
+        seen = [o["i"] for o in r.data]
+        self.assertEqual(r.data[0]["s"], "a\x1eb,\"c")
+        while r.header("Next-Page"):
+            r = await self.ok(self.alice.get(r.header("Next-Page")))
+            seen += [o["i"] for o in r.data]
+        self.assertEqual(seen, [0, 1, 2, 3, 4])
+
     async def test_racing_create_of_a_taken_id_leaves_the_owner_alone(self):
         # Bob's create of an id alice holds gets past the checks only in a
         # race; here the check is skipped by writing under the storage.

@@ -1088,7 +1088,7 @@ def _acl(entries) -> dict[str, set[str]]:
 
 def _build_select(
     what: str, resource_name: str, parent_id: str, query: Query, *, listing: bool,
-    extra_where: str | None = None, numbered: bool = False,
+    extra_where: str | None = None,
 ) -> tuple[str, list[Any]]:
     q = _SqlQuery()
     where = [
@@ -1109,10 +1109,7 @@ def _build_select(
         if query.pagination:
             rules = " OR ".join(f"({q.conjunction(rule)})" for rule in query.pagination)
             where.append(f"({rules})")
-        terms = q.order_by(tuple(query.sorting) or (Sort("last_modified", -1),))
-        order = f" ORDER BY {terms}"
-        if numbered:  # each row's rank in the page, for an aggregate to keep the order
-            what = f"{what}, row_number() OVER (ORDER BY {terms}) AS n"
+        order = f" ORDER BY {q.order_by(tuple(query.sorting) or (Sort('last_modified', -1),))}"
         if query.limit is not None:
             limit = f" LIMIT {q.param(int(query.limit))}"
     source, source_params = q.from_clause()
@@ -1420,7 +1417,7 @@ class PostgresStorage(_PostgresBase):
     async def prefetch(self, txn, keys, principals, checks, members=None, acl_uri=None, page=None):
         """L{IRequestPrefetch}: objects, grant checks, groups, one ACL (and a page) in one statement."""
         keys = list(keys)
-        page_with, page_sql, page_params = self._page_columns(page) if page is not None else ("", "", {})
+        page_sql, page_params = self._page_columns(page) if page is not None else ("", {})
         uris, perms, index = [], [], []
         for i, grants in enumerate(checks):
             for uri, perm in grants:
@@ -1429,7 +1426,7 @@ class PostgresStorage(_PostgresBase):
                 index.append(i)
         rows, _ = await self._read(
             txn,
-            page_with + "SELECT"
+            "SELECT"
             " (SELECT array_agg(k.n ORDER BY k.n) FROM unnest(%(kr)s::text[], %(kp)s::text[], %(ki)s::text[])"
             "   WITH ORDINALITY AS k(r, p, i, n)"
             "   JOIN objects o ON o.resource_name = k.r AND o.parent_id = k.p AND o.id = k.i AND NOT o.deleted),"
@@ -1471,38 +1468,43 @@ class PostgresStorage(_PostgresBase):
         result = found, allowed, groups, _acl(entries) if acl_uri is not None else None
         if page is None:
             return result
-        timestamp, count, joined, last = rows[0][5:]
+        timestamp, joined = rows[0][5:]
         if timestamp is None:
             # No timestamp yet in this snapshot: list_snapshot settles one.
             return (*result, None)
-        return (*result, (timestamp, EncodedPage(joined or "", count, last)))
+        size = page[2].limit - 1  # the query asks one more, to know whether a page follows
+        if size < 1:
+            return (*result, None)
+        texts = joined.split("\x1e") if joined else []
+        more = len(texts) > size
+        return (*result, (timestamp, EncodedPage(",".join(texts[:size]), len(texts), texts[size - 1] if more else None)))
 
     @staticmethod
-    def _page_columns(page) -> tuple[str, str, dict]:
+    def _page_columns(page) -> tuple[str, dict]:
         """
-        A page and the list timestamp it is consistent with, as more
-        columns of L{prefetch}: the timestamp, how many rows the query
-        found, the JSON texts of the page's objects joined by commas (no
-        array to escape and parse), and the page's last object.
+        A page and the list timestamp it is consistent with, as two more
+        columns of L{prefetch}: the timestamp, and the JSON texts of the
+        page's objects in one string, in order (an aggregate keeps the order
+        of a sorted sub-select), separated by the ASCII record separator,
+        which JSON text never holds unescaped. One text value: no array for
+        PostgreSQL to escape and for Python to parse.
         """
         resource_name, parent_id, query, _ = page
         inner, params = _build_select(
-            "COALESCE(o.body, o.data::text) AS data", resource_name, parent_id, query, listing=True, numbered=True,
+            "COALESCE(o.body, o.data::text) AS data", resource_name, parent_id, query, listing=True,
             extra_where="o.last_modified <= (SELECT last_modified FROM timestamps"
             " WHERE resource_name = %(page_res)s AND parent_id = %(page_parent)s)",
         )
         counter = iter(range(len(params)))
         inner = re.sub(r"(?<!%)%s", lambda _: f"%(page_{next(counter)})s", inner)
         named: dict[str, Any] = {f"page_{i}": v for i, v in enumerate(params)}
-        named.update(page_res=resource_name, page_parent=parent_id, page_size=query.limit - 1)
+        named.update(page_res=resource_name, page_parent=parent_id)
         columns = (
             ", (SELECT last_modified FROM timestamps"
             "   WHERE resource_name = %(page_res)s AND parent_id = %(page_parent)s),"
-            " (SELECT count(*) FROM page),"
-            " (SELECT string_agg(data, ',' ORDER BY n) FROM page WHERE n <= %(page_size)s),"
-            " (SELECT data FROM page WHERE n = %(page_size)s)"
+            f" (SELECT string_agg(p.data, chr(30)) FROM ({inner}) p)"
         )
-        return f"WITH page AS MATERIALIZED ({inner}) ", columns, named
+        return columns, named
 
     async def get_many(self, txn, keys):
         keys = list(keys)
