@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import itertools
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,8 +99,14 @@ def parse_filter(name: str, raw: str, strict_fields: frozenset[str] | None) -> F
     return Filter(fieldname, value, op)
 
 
+# Nonces only need to differ (DELETE tokens are single use): a random
+# prefix per process and a counter, without a system call per token.
+_NONCE_PREFIX = secrets.token_hex(8)
+_nonces = itertools.count()
+
+
 def encode_token(last: dict) -> str:
-    payload = {"last_object": last, "nonce": f"pagination-token-{secrets.token_hex(16)}", "issued": now_ms()}
+    payload = {"last_object": last, "nonce": f"pagination-token-{_NONCE_PREFIX}-{next(_nonces)}", "issued": now_ms()}
     return base64.urlsafe_b64encode(jsonutil.dumps(payload)).decode("ascii")
 
 

@@ -1475,9 +1475,14 @@ class PostgresStorage(_PostgresBase):
         size = page[2].limit - 1  # the query asks one more, to know whether a page follows
         if size < 1:
             return (*result, None)
-        texts = joined.split("\x1e") if joined else []
-        more = len(texts) > size
-        return (*result, (timestamp, EncodedPage(",".join(texts[:size]), len(texts), texts[size - 1] if more else None)))
+        # The query asked one object more than the page: when it came, it
+        # is the last text, and the page's own last object precedes it.
+        found = joined.count("\x1e") + 1 if joined else 0
+        head, last = joined or "", None
+        if found > size:
+            head = head.rpartition("\x1e")[0]
+            last = head.rpartition("\x1e")[2]
+        return (*result, (timestamp, EncodedPage(head.replace("\x1e", ","), found, last)))
 
     @staticmethod
     def _page_columns(page) -> tuple[str, dict]:
