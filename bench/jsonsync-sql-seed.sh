@@ -32,14 +32,18 @@ INSERT INTO access_control_entries (object_id, permission, principal) VALUES
 -- records
 DELETE FROM objects WHERE resource_name = 'record' AND parent_id = '$P';
 DELETE FROM access_control_entries WHERE object_id LIKE '$P/records/%';
-INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data)
-SELECT 'record', '$P', format('r%s', lpad(i::text, 6, '0')), t0 + i, false,
-       jsonb_build_object('id', format('r%s', lpad(i::text, 6, '0')), 'last_modified', t0 + i,
-                          'title', format('Benchmark record number %s', lpad(i::text, 6, '0')),
-                          'status', (ARRAY['a','b','c','d'])[i % 4 + 1], 'n', i,
-                          'tags', jsonb_build_array('alpha','beta','gamma'),
-                          'owner', 'bench-user', 'payload', repeat('x', 160))
-FROM generate_series(0, $N - 1) AS i, t0;
+-- Schema version 2 keeps each object's JSON text beside its JSONB (the server
+-- writes both; lists read the text).
+INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data, body)
+SELECT 'record', '$P', d->>'id', (d->>'last_modified')::bigint, false, d, d::text
+FROM (
+  SELECT jsonb_build_object('id', format('r%s', lpad(i::text, 6, '0')), 'last_modified', t0 + i,
+                            'title', format('Benchmark record number %s', lpad(i::text, 6, '0')),
+                            'status', (ARRAY['a','b','c','d'])[i % 4 + 1], 'n', i,
+                            'tags', jsonb_build_array('alpha','beta','gamma'),
+                            'owner', 'bench-user', 'payload', repeat('x', 160)) AS d
+  FROM generate_series(0, $N - 1) AS i, t0
+) AS seeded;
 INSERT INTO access_control_entries (object_id, permission, principal)
 SELECT format('$P/records/r%s', lpad(i::text, 6, '0')), 'write', '$USERID'
 FROM generate_series(0, $N - 1) AS i;
