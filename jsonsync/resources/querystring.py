@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 import itertools
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any

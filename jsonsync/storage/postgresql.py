@@ -1348,6 +1348,9 @@ class _ListWriter:
                                 outcomes.extend(await self._send([item]))
                             except JsonSyncError as one:
                                 outcomes.append(Failure(one))
+                            except Exception:
+                                _log.failure("write failed")
+                                outcomes.append(Failure(UnexpectedError()))
                 except Exception:
                     _log.failure("group write failed")
                     outcomes = [Failure(UnexpectedError())] * len(group)
