@@ -315,10 +315,13 @@ class IRequestPrefetch(Interface):
         groups of C{members}) hold one; and C{groups} and C{acl} as
         L{IPermissionStore.authorize} gives them.
 
-        With C{page=(resource_name, parent_id, query, encoded)}, a fifth
-        item: what L{IStorage.list_snapshot} would return for it, read in
-        the same snapshot (a list request asks before it knows whether the
-        user may see the whole list, and drops the page when not).
+        With C{page=(resource_name, parent_id, query)}, a fifth item: the
+        C{(timestamp, objects)} that L{IStorage.list_snapshot} with
+        C{encoded} would return, read in the same snapshot (C{objects} may
+        be a L{jsonsync.jsonutil.EncodedPage}), or C{None} when the backend
+        could not read it so (the caller then calls C{list_snapshot}). A
+        list request asks before it knows whether the user may see the whole
+        list, and drops the page when not.
         @rtype: C{Awaitable[tuple[list, list[bool], set | None, dict | None]]}
         """
 

@@ -423,17 +423,15 @@ class Engine:
         # here needs their values.
         encoded = not (loc.resource.present or events.wanted(self.registry, "read"))
         page = None
-        if req.method != "HEAD" and loc.parent_uri and IRequestPrefetch.providedBy(self.storage):
+        if encoded and req.method != "HEAD" and loc.parent_uri and IRequestPrefetch.providedBy(self.storage):
             # Where the user may read the whole list (the common case), its
             # page comes with the permission check: one round trip.
             try:
                 ahead_listing = self.list_request(req, loc)
             except JsonSyncError:
                 ahead_listing = None  # reported after the permission check
-            if ahead_listing is not None:
-                query = self.page_query(ahead_listing, None)
-                if encoded and not ahead_listing.fields:
-                    page = (loc.resource.name, loc.parent_uri, query, True)
+            if ahead_listing is not None and not ahead_listing.fields:
+                page = (loc.resource.name, loc.parent_uri, self.page_query(ahead_listing, None))
         req.page_ahead = None
         ids, missing = await self.readable_ids(req, loc, "read", page=page)
         if missing is not None:

@@ -1231,16 +1231,16 @@ class _PostgresBase:
 _GROUP_WRITE = (
     "SELECT pg_advisory_xact_lock(%(lock)s::bigint);"
     " WITH input AS ("
-    "  SELECT i.id, i.head, i.only_tomb, i.n"
-    "  FROM unnest(%(ids)s::text[], %(heads)s::text[], %(tombs)s::boolean[])"
-    "  WITH ORDINALITY AS i(id, head, only_tomb, n)),"
+    "  SELECT i.id, i.head, i.deleted, i.only_tomb, i.n"
+    "  FROM unnest(%(ids)s::text[], %(heads)s::text[], %(deleted)s::boolean[], %(tombs)s::boolean[])"
+    "  WITH ORDINALITY AS i(id, head, deleted, only_tomb, n)),"
     " base AS ("
     "  SELECT GREATEST(%(now)s::bigint, COALESCE(("
     "   SELECT last_modified FROM timestamps"
     "   WHERE resource_name = %(res)s::text AND parent_id = %(parent)s::text), 0) + 1) AS v),"
     " created AS ("
     "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data, body)"
-    "  SELECT %(res)s::text, %(parent)s::text, i.id, b.v + i.n - 1, false,"
+    "  SELECT %(res)s::text, %(parent)s::text, i.id, b.v + i.n - 1, i.deleted,"
     "   (i.head || (b.v + i.n - 1) || '}')::jsonb, i.head || (b.v + i.n - 1) || '}'"
     "  FROM input i, base b WHERE i.only_tomb"
     "  ON CONFLICT (resource_name, parent_id, id) DO UPDATE SET"
@@ -1250,20 +1250,21 @@ _GROUP_WRITE = (
     "  RETURNING id, last_modified),"
     " updated AS ("
     "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data, body)"
-    "  SELECT %(res)s::text, %(parent)s::text, i.id, b.v + i.n - 1, false,"
+    "  SELECT %(res)s::text, %(parent)s::text, i.id, b.v + i.n - 1, i.deleted,"
     "   (i.head || (b.v + i.n - 1) || '}')::jsonb, i.head || (b.v + i.n - 1) || '}'"
     "  FROM input i, base b WHERE NOT i.only_tomb"
     "  ON CONFLICT (resource_name, parent_id, id) DO UPDATE SET"
     "   last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted, data = EXCLUDED.data,"
     "   body = EXCLUDED.body"
     "  RETURNING id, last_modified),"
-    # A refused create (a live object holds the id) must fail the whole
-    # statement, or what was sent with it (the new object's ACL) would
-    # commit alone: inserting the id again is a certain unique violation.
+    # With strict, a refused create (a live object holds the id) fails the
+    # whole statement, or what was sent with it (the new object's ACL) would
+    # commit alone: inserting the id again is a certain unique violation
+    # (ObjectExists). Without, the refused create just returns no row.
     " clash AS ("
     "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data)"
     "  SELECT %(res)s::text, %(parent)s::text, i.id, 0, false, '{}'::jsonb FROM input i"
-    "  WHERE i.only_tomb AND i.id NOT IN (SELECT id FROM created)),"
+    "  WHERE %(strict)s::boolean AND i.only_tomb AND i.id NOT IN (SELECT id FROM created)),"
     " moved AS ("
     "  INSERT INTO timestamps (resource_name, parent_id, last_modified)"
     "  SELECT %(res)s::text, %(parent)s::text, max(w.last_modified)"
@@ -1278,15 +1279,29 @@ _GROUP_WRITE = (
 _GROUP_MAX = 64
 
 
-class _GroupItem:
-    __slots__ = ("unit", "prefix", "id", "head", "only_tomb", "done")
+def _group_params(resource_name: str, parent_id: str, items, strict: bool) -> dict:
+    """The parameters of L{_GROUP_WRITE} for C{(id, head, deleted, only_tomb)} items."""
+    return {
+        "lock": _list_lock_key(resource_name, parent_id),
+        "ids": [item[0] for item in items],
+        "heads": [item[1] for item in items],
+        "deleted": [item[2] for item in items],
+        "tombs": [item[3] for item in items],
+        "strict": strict,
+        "now": now_ms(),
+        "res": resource_name,
+        "parent": parent_id,
+    }
 
-    def __init__(self, unit: _Unit, object_id: str, head: str, only_tomb: bool):
+
+class _GroupItem:
+    __slots__ = ("unit", "prefix", "id", "write", "done")
+
+    def __init__(self, unit: _Unit, write: tuple[str, str, bool, bool]):
         self.unit = unit
         self.prefix = unit._take_pending()
-        self.id = object_id
-        self.head = head
-        self.only_tomb = only_tomb
+        self.id = write[0]
+        self.write = write
         self.done: Deferred = Deferred()
 
 
@@ -1367,19 +1382,10 @@ class _ListWriter:
             if sender.conn.usable() and sender.conn.detector.generation == sender.generation:
                 break
             await sender._swap()
-        resource_name, parent_id = self.key
         rows, _ = await _execute(
             sender.conn,
             _GROUP_WRITE,
-            {
-                "lock": _list_lock_key(resource_name, parent_id),
-                "ids": [item.id for item in group],
-                "heads": [item.head for item in group],
-                "tombs": [item.only_tomb for item in group],
-                "now": now_ms(),
-                "res": resource_name,
-                "parent": parent_id,
-            },
+            _group_params(*self.key, [item.write for item in group], strict=True),
             sender.generation,
             True,
             "".join(item.prefix for item in group),
@@ -1399,20 +1405,14 @@ class PostgresStorage(_PostgresBase):
         super().__init__(pool, owns_pool)
         self._writers: dict[tuple[str, str], _ListWriter] = {}
 
-    async def _store_closing(self, unit: _Unit, resource_name, parent_id, obj, only_over_tombstone):
-        """A write carrying its request's commit, sent with its list's group (L{_ListWriter})."""
-        key = (resource_name, parent_id)
+    def _writer(self, key: tuple[str, str]) -> _ListWriter:
         writer = self._writers.get(key)
         if writer is None:
             if len(self._writers) > 1000:  # forget idle lists
                 for k in [k for k, w in self._writers.items() if not w.running]:
                     del self._writers[k]
             writer = self._writers[key] = _ListWriter(self, key)
-        item = _GroupItem(unit, obj["id"], _head(obj), only_over_tombstone)
-        stamp = await writer.submit(item)
-        stored = dict(obj)
-        stored["last_modified"] = stamp
-        return stored
+        return writer
 
     async def flush(self):
         await self._pool.run("TRUNCATE objects, timestamps")
@@ -1480,12 +1480,12 @@ class PostgresStorage(_PostgresBase):
             return (*result, None)
         # The query asked one object more than the page: when it came, it
         # is the last text, and the page's own last object precedes it.
-        found = joined.count("\x1e") + 1 if joined else 0
+        count = joined.count("\x1e") + 1 if joined else 0
         head, last = joined or "", None
-        if found > size:
+        if count > size:
             head = head.rpartition("\x1e")[0]
             last = head.rpartition("\x1e")[2]
-        return (*result, (timestamp, EncodedPage(head.replace("\x1e", ","), found, last)))
+        return (*result, (timestamp, EncodedPage(head.replace("\x1e", ","), count, last)))
 
     @staticmethod
     def _page_columns(page) -> tuple[str, dict]:
@@ -1497,7 +1497,7 @@ class PostgresStorage(_PostgresBase):
         which JSON text never holds unescaped. One text value: no array for
         PostgreSQL to escape and for Python to parse.
         """
-        resource_name, parent_id, query, _ = page
+        resource_name, parent_id, query = page
         inner, params = _build_select(
             "COALESCE(o.body, o.data::text) AS data", resource_name, parent_id, query, listing=True,
             extra_where="o.last_modified <= (SELECT last_modified FROM timestamps"
@@ -1631,55 +1631,20 @@ class PostgresStorage(_PostgresBase):
         C{None} when C{only_over_tombstone} and a live object holds the id.
         """
         closing = self._closing(txn)
-        if closing and not bool(obj.get("deleted")):
-            unit = await self._unit(txn)
-            if not unit.begun:
-                return await self._store_closing(unit, resource_name, parent_id, obj, only_over_tombstone)
-        rows, _ = await self._last(
-            txn,
-            "SELECT pg_advisory_xact_lock(%(lock)s::bigint);"
-            " WITH stamp AS ("
-            "  SELECT GREATEST(%(now)s::bigint, COALESCE(("
-            "   SELECT last_modified FROM timestamps"
-            "   WHERE resource_name = %(res)s AND parent_id = %(parent)s), 0) + 1) AS v),"
-            " written AS ("
-            "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data, body)"
-            "  SELECT %(res)s::text, %(parent)s::text, %(id)s::text, v, %(deleted)s::boolean,"
-            "   (%(head)s::text || v || '}')::jsonb, %(head)s::text || v || '}' FROM stamp"
-            "  ON CONFLICT (resource_name, parent_id, id) DO UPDATE SET"
-            "   last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted, data = EXCLUDED.data,"
-            "   body = EXCLUDED.body"
-            "   WHERE NOT %(only_tomb)s::boolean OR objects.deleted"
-            "  RETURNING last_modified),"
-            " moved AS ("
-            "  INSERT INTO timestamps (resource_name, parent_id, last_modified)"
-            "  SELECT %(res)s, %(parent)s, last_modified FROM written"
-            "  ON CONFLICT (resource_name, parent_id) DO UPDATE SET last_modified = EXCLUDED.last_modified"
-            "  RETURNING last_modified),"
-            # A refused create that carries the commit must fail the whole
-            # statement, or the writes sent with it (the new object's ACL)
-            # would commit alone: insert the id again, for certain a unique
-            # violation (ObjectExists). Elsewhere the caller sees the NULL.
-            " clash AS ("
-            "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data)"
-            "  SELECT %(res)s::text, %(parent)s::text, %(id)s::text, 0, false, '{}'::jsonb"
-            "  WHERE %(strict)s::boolean AND NOT EXISTS (SELECT 1 FROM written))"
-            " SELECT (SELECT last_modified FROM written), (SELECT count(*) FROM moved)",
-            {
-                "lock": _list_lock_key(resource_name, parent_id),
-                "now": now_ms(),
-                "res": resource_name,
-                "parent": parent_id,
-                "id": obj["id"],
-                "deleted": bool(obj.get("deleted")),
-                "head": _head(obj),
-                "only_tomb": only_over_tombstone,
-                "strict": only_over_tombstone and closing,
-            },
-            prepare=True,
-            closing=closing,
-        )
-        stamp = rows[0][0]
+        unit = await self._unit(txn)
+        write = (obj["id"], _head(obj), bool(obj.get("deleted")), only_over_tombstone)
+        if closing and not unit.begun:
+            # The request's whole transaction: it joins its list's group.
+            stamp = await self._writer((resource_name, parent_id)).submit(_GroupItem(unit, write))
+        else:
+            rows, _ = await self._last(
+                txn,
+                _GROUP_WRITE,
+                _group_params(resource_name, parent_id, [write], strict=closing),
+                prepare=True,
+                closing=closing,
+            )
+            stamp = rows[0][1] if rows else None
         if stamp is None:
             return None
         stored = dict(obj)
