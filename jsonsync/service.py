@@ -5,6 +5,7 @@ and closes the backends on stop.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import sys
@@ -37,6 +38,21 @@ def make_site(app, settings) -> server.Site:
     site.access_log = settings["access_log"]
     site.displayTracebacks = False
     return site
+
+
+def settle_collector() -> int:
+    """
+    Move everything the server built at start-up (modules, plugins, routes,
+    settings: tens of thousands of objects that live as long as the process)
+    out of the cyclic garbage collector's reach, so that its full collections
+    only walk what requests create. Without it each full collection walked
+    them all, a pause of about 20 ms every few hundred requests: the p99
+    latency of a list request under load was five times its median. Returns
+    how many objects were set aside.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def parse_tcp(description: str) -> tuple[int, str, int]:
@@ -117,6 +133,7 @@ class JsonSyncService(_ReactorMixin, service.Service):
             endpoint = serverFromString(self.reactor, self.listen)
             self.port = await endpoint.listen(site)
         address = self.port.getHost()
+        settle_collector()
         _log.info(
             "jsonsync listening on {host}:{port} (storage: {storage}, plugins: {plugins})",
             host=getattr(address, "host", address),

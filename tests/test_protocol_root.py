@@ -1,0 +1,130 @@
+"""
+The site's root over a real socket: Klein's routes served with every
+request freed by reference counting (no cyclic garbage left behind), and a
+client that hangs up stops its request's work, which rolls back.
+"""
+
+import gc
+
+import treq
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import TestCase
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from jsonsync import jsonutil
+from jsonsync.interfaces import IResourceListener
+from jsonsync.service import make_site, settle_collector
+from jsonsync.testing import basic, build_app, with_postgresql_variants
+
+
+class _Served(TestCase):
+    async def setUp(self):
+        self.app = await build_app({})
+        self.port = reactor.listenTCP(0, make_site(self.app, self.app.settings), interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(self.pool.closeCachedConnections)
+
+    async def call(self, method, path, body=None):
+        kwargs = {"headers": {"Authorization": basic("alice")}, "pool": self.pool}
+        if body is not None:
+            kwargs["data"] = jsonutil.dumps(body)
+            kwargs["headers"]["Content-Type"] = "application/json"
+        response = await treq.request(method, self.base + path, **kwargs)
+        return response.code, await response.content()
+
+
+class NoCyclicGarbageTests(_Served):
+    async def test_requests_are_freed_without_the_cycle_collector(self):
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        codes = [
+            (await self.call("PUT", "/v1/buckets/b"))[0],
+            (await self.call("PUT", "/v1/buckets/b/collections/c"))[0],
+            (await self.call("POST", "/v1/buckets/b/collections/c/records", {"data": {"n": 1}}))[0],
+            (await self.call("GET", "/v1/buckets/b/collections/c/records?_limit=5"))[0],
+            (await self.call("HEAD", "/v1/buckets/b/collections/c/records"))[0],
+            (await self.call("GET", "/v1/nowhere"))[0],
+            (await self.call("PATCH", "/v1/"))[0],
+            (await self.call("GET", "/v1/buckets/b/collections/c/records?_limit=abc"))[0],
+        ]
+        self.assertEqual(codes, [201, 201, 201, 200, 200, 404, 405, 400])
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            gc.collect()
+            left = [o for o in gc.garbage if isinstance(o, Request)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        self.assertEqual(left, [], "requests were left to the cyclic garbage collector")
+
+
+@implementer(IResourceListener)
+class _Stall:
+    """Holds every write before its commit until cancelled."""
+
+    actions = resource_names = None
+
+    def __init__(self):
+        self.entered = defer.Deferred()
+        self.cancelled = defer.Deferred()
+
+    async def before_commit(self, event, txn):
+        self.entered.callback(None)
+        await defer.Deferred(lambda _: self.cancelled.callback(None))
+
+    async def after_commit(self, event):
+        pass
+
+
+class HangUpTests(_Served):
+    async def test_client_hanging_up_stops_and_rolls_back_the_request(self):
+        self.assertEqual((await self.call("PUT", "/v1/buckets/b"))[0], 201)
+        stall = _Stall()
+        self.app.registry.add_listener(stall)
+        body = b'{"data": {"title": "never"}}'
+        raw = (
+            b"PUT /v1/buckets/b/collections/c HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: " + basic("alice").encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port), Protocol())
+        client.transport.write(raw)
+        await stall.entered
+        client.transport.loseConnection()
+        await _within(stall.cancelled, 5)
+        self.app.registry.listeners.remove(stall)
+        code, content = await self.call("GET", "/v1/buckets/b/collections/c")
+        self.assertEqual(code, 404, content)
+
+
+async def _within(d, seconds):
+    timer = reactor.callLater(seconds, d.cancel)
+    try:
+        return await d
+    finally:
+        if timer.active():
+            timer.cancel()
+
+
+class SettleCollectorTests(TestCase):
+    memory_only = True
+
+    def test_startup_objects_leave_the_collectors_reach(self):
+        self.addCleanup(gc.unfreeze)
+        built = [object(), {"kept": [1, 2, 3]}]
+        frozen = settle_collector()
+        self.assertGreater(frozen, 1000)
+        self.assertEqual(gc.get_freeze_count(), frozen)
+        # What is frozen is no longer tracked by any generation's collection.
+        self.assertTrue(gc.is_tracked(built[1]))
+        self.assertNotIn(built[1], gc.get_objects())
+
+
+with_postgresql_variants(globals())
