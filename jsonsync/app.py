@@ -21,7 +21,7 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 
-from jsonsync import errors, events
+from jsonsync import errors, events, jsonutil
 from jsonsync.auth import authenticate
 from jsonsync.errors import (
     InvalidParameters,
@@ -57,8 +57,8 @@ class _Root(Resource):
     instead of through C{KleinResource.render}, whose per-request closures
     include a recursive one: a reference cycle that kept every request's
     objects (request, headers, adapters) alive until the cyclic garbage
-    collector ran, about fifty objects per request. Here a request is freed
-    by reference counting the moment it is done. Errors are answered as
+    collector ran, about fifty objects per request. Here an answered request
+    is freed by reference counting the moment it is done. Errors are answered as
     Klein's handlers would: werkzeug's routing errors and crashes become our
     JSON errors; a URL that is not UTF-8 gets a JSON 400 too.
     """
@@ -70,13 +70,20 @@ class _Root(Resource):
         self._app = app
 
     def render(self, request):
-        result = self._dispatch(request)
-        if isinstance(result, bytes):
-            self._respond(result, request)
-        else:
-            # The client went away: stop the work (its transaction rolls back).
-            request.notifyFinish().addErrback(lambda _: result.cancel())
-            result.addCallbacks(self._respond, self._failed, callbackArgs=(request,), errbackArgs=(request,))
+        try:
+            result = self._dispatch(request)
+            if isinstance(result, bytes):
+                self._respond(result, request)
+                return NOT_DONE_YET
+        except Exception:
+            self._last_resort(Failure(), request)
+            return NOT_DONE_YET
+        # The client went away: stop the work. What was not yet sent to the
+        # database rolls back; a write already on its way may still commit,
+        # as when a connection drops just after a request was answered.
+        request.notifyFinish().addErrback(lambda _: result.cancel())
+        result.addCallbacks(self._respond, self._failed, callbackArgs=(request,), errbackArgs=(request,))
+        result.addErrback(self._last_resort, request)
         return NOT_DONE_YET
 
     def _dispatch(self, request):
@@ -109,6 +116,21 @@ class _Root(Resource):
             _log.failure("error after the response on {uri}", failure, uri=request.uri)
             return None
         self._respond(self._app.crash(request, failure), request)
+
+    @staticmethod
+    def _last_resort(failure, request):
+        """Answering failed too (even the error answer): a plain JSON 500, always."""
+        _log.failure("could not answer {uri}", failure, uri=request.uri)
+        if request.finished or request._disconnected:
+            return
+        request.setResponseCode(500)
+        request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(_LAST_RESORT)])
+        request.write(_LAST_RESORT)
+        request.finish()
+
+
+_LAST_RESORT = jsonutil.dumps(errors.error_body(UnexpectedError())[1])
 
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -319,8 +341,6 @@ class JsonSyncApp:
         if eos:
             past = datetime.date.fromisoformat(eos) <= datetime.date.today()
             alert = {"code": "hard-eol" if past else "soft-eol", "message": self.settings.get("eos_message") or "", "url": self.settings.get("eos_url") or ""}
-            from jsonsync import jsonutil
-
             h.append(("Alert", jsonutil.dumps(alert).decode()))
         if (
             route is not None

@@ -127,4 +127,21 @@ class SettleCollectorTests(TestCase):
         self.assertNotIn(built[1], gc.get_objects())
 
 
+
+
+
+class LastResortTests(_Served):
+    async def test_failing_error_answer_still_gets_a_json_500(self):
+        def broken(*args, **kwargs):
+            raise RuntimeError("the error answer itself fails")
+
+        for path in ("/v1/", "/v1/nowhere"):
+            # The endpoint's own answer, and the routing error's, both fail.
+            self.patch(self.app, "_write", broken)
+            self.patch(self.app, "crash", broken)
+            code, content = await self.call("GET", path)
+            self.assertEqual(code, 500, path)
+            body = jsonutil.loads(content)
+            self.assertEqual((body["code"], body["errno"], body["error"]), (500, 999, "Internal Server Error"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
 with_postgresql_variants(globals())
