@@ -302,6 +302,20 @@ class LimitedRequest(Request):
     def _limit(self) -> int:
         return getattr(self.channel.site, "max_body", 1 << 20)
 
+    def requestReceived(self, command, path, version):
+        # The absolute form of the target (GET http://host/v1/ HTTP/1.1, what
+        # a client talking through a proxy sends) must be accepted (RFC 9112,
+        # 3.2.2): route on its path, and its authority wins over Host.
+        if path[:8].lower().startswith((b"http://", b"https://")):
+            rest = path.split(b"//", 1)[1]
+            cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+            authority, path = rest[:cut], rest[cut:]
+            if not path.startswith(b"/"):
+                path = b"/" + path
+            if authority:
+                self.requestHeaders.setRawHeaders(b"host", [authority])
+        super().requestReceived(command, path, version)
+
     def gotLength(self, length):
         if length is not None and length > self._limit():
             self.too_large = True

@@ -144,4 +144,30 @@ class LastResortTests(_Served):
             body = jsonutil.loads(content)
             self.assertEqual((body["code"], body["errno"], body["error"]), (500, 999, "Internal Server Error"))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+
+class AbsoluteFormTests(_Served):
+    async def raw(self, target: bytes) -> bytes:
+        received = []
+        done = defer.Deferred()
+
+        class Collect(Protocol):
+            def dataReceived(self, data):
+                received.append(data)
+
+            def connectionLost(self, reason):
+                done.callback(b"".join(received))
+
+        client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port), Collect())
+        client.transport.write(b"GET " + target + b" HTTP/1.1\r\nHost: elsewhere\r\nConnection: close\r\n\r\n")
+        return await _within(done, 5)
+
+    async def test_absolute_form_target_is_routed_on_its_path(self):
+        answer = await self.raw(b"http://jsonsync.example:8888/v1/?x=1")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+        self.assertEqual(jsonutil.loads(body)["url"], "http://jsonsync.example:8888/v1/")
+        answer = await self.raw(b"HTTPS://jsonsync.example")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 307 "), answer[:200])
+        self.assertIn(b"Location: http://jsonsync.example/v1/", answer)
 with_postgresql_variants(globals())
