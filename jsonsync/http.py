@@ -289,6 +289,11 @@ class LimitedRequest(Request):
     _received = 0
 
     def __init__(self, channel, *args, **kwargs):
+        # No form parsing: the API takes JSON only, and twisted.web parsed a
+        # POST's Content-Type through email.headerregistry, which builds two
+        # classes per call (a quarter of a memory-backend create's garbage),
+        # and answered a malformed multipart body with a plain-text 400.
+        kwargs.setdefault("parsePOSTFormSubmission", False)
         if channel is not None and not getattr(channel, "_jsonsync_memo", False):
             # A connection's local address and TLS state never change: ask
             # the socket once per connection instead of on every request

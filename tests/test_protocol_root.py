@@ -170,4 +170,20 @@ class AbsoluteFormTests(_Served):
         answer = await self.raw(b"HTTPS://jsonsync.example")
         self.assertTrue(answer.startswith(b"HTTP/1.1 307 "), answer[:200])
         self.assertIn(b"Location: http://jsonsync.example/v1/", answer)
+
+
+class FormBodyTests(_Served):
+    async def test_form_or_multipart_post_gets_the_json_415(self):
+        for ctype, body in (
+            (b"multipart/form-data; boundary=zz", b"this is not multipart at all"),
+            (b"application/x-www-form-urlencoded", b"data=1&x=2"),
+        ):
+            response = await treq.request(
+                "POST", self.base + "/v1/buckets", data=body, pool=self.pool,
+                headers={"Authorization": basic("alice"), "Content-Type": ctype},
+            )
+            content = await response.content()
+            self.assertEqual(response.code, 415, content)
+            self.assertEqual(response.headers.getRawHeaders("Content-Type"), ["application/json"])
+            self.assertEqual(jsonutil.loads(content)["code"], 415)
 with_postgresql_variants(globals())
