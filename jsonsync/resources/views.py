@@ -432,12 +432,16 @@ class ServiceViews:
 
 
 def _deep_merge(defaults: dict, values: dict) -> dict:
-    merged = copy.deepcopy(defaults)
+    """
+    C{values} over C{defaults}, objects merged key by key. Neither input is
+    changed, and values are shared rather than copied: a sub-request's body
+    is encoded again before its view reads it, so nothing can alter what
+    the next sub-request shares (copying cost a tenth of a batch).
+    """
+    merged = dict(defaults)
     for key, value in values.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
+        base = merged.get(key)
+        merged[key] = _deep_merge(base, value) if isinstance(value, dict) and isinstance(base, dict) else value
     return merged
 
 
