@@ -366,6 +366,10 @@ class JsonSyncApp:
     def not_found(self, req: ApiRequest) -> ApiResponse:
         path = req.path
         qs = ("?" + req.raw_query) if req.raw_query else ""
+        if not path.startswith("/"):
+            # Neither a path nor an absolute URL (LimitedRequest takes those):
+            # nothing to redirect to.
+            return self.error_response(InvalidParameters("path", None, "the request target must be a path"))
         if not _VERSIONED.match(path):
             if self.settings["version_prefix_redirect_enabled"]:
                 if req.method == "OPTIONS":

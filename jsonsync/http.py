@@ -312,9 +312,9 @@ class LimitedRequest(Request):
         # a client talking through a proxy sends) must be accepted (RFC 9112,
         # 3.2.2): route on its path, and its authority wins over Host.
         if path[:8].lower().startswith((b"http://", b"https://")):
-            rest = path.split(b"//", 1)[1]
+            rest = path.split(b"//", 1)[1].partition(b"#")[0]
             cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
-            authority, path = rest[:cut], rest[cut:]
+            authority, path = rest[:cut].rpartition(b"@")[2], rest[cut:]  # no user:password@
             if not path.startswith(b"/"):
                 path = b"/" + path
             if authority:

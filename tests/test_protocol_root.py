@@ -170,6 +170,16 @@ class AbsoluteFormTests(_Served):
         answer = await self.raw(b"HTTPS://jsonsync.example")
         self.assertTrue(answer.startswith(b"HTTP/1.1 307 "), answer[:200])
         self.assertIn(b"Location: http://jsonsync.example/v1/", answer)
+        # user:password@ never becomes part of the host the answers name
+        answer = await self.raw(b"http://user:secret@jsonsync.example/v1/")
+        self.assertEqual(jsonutil.loads(answer.partition(b"\r\n\r\n")[2])["url"], "http://jsonsync.example/v1/")
+
+    async def test_target_neither_path_nor_url_gets_a_json_400(self):
+        for target in (b"jsonsync.example:443", b"ftp://h/v1/"):
+            answer = await self.raw(target)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 400 "), head)
+            self.assertEqual(jsonutil.loads(body)["errno"], 107)
 
 
 class FormBodyTests(_Served):
