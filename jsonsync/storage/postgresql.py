@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
+import orjson
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
@@ -83,7 +84,10 @@ _SCHEMA_TABLE = "jsonsync_migrations"
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        return orjson.dumps(value).decode("utf-8")
+    except TypeError:  # integers beyond 64 bits, lone surrogates: the standard library says it
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _head(obj: dict) -> str:
