@@ -38,7 +38,12 @@ def loads(data: bytes | str) -> Any:
     try:
         if _LONG_RUN not in data.translate(_DIGIT_MAP):
             return orjson.loads(data)
-        return json.loads(data, parse_constant=_no_constants)
+        value = json.loads(data, parse_constant=_no_constants)
+        # orjson refuses an unpaired surrogate escape ("\ud800"); the
+        # standard library keeps it, and no UTF-8 writer could store it.
+        if b"\\u" in data and _has_lone_surrogate(value):
+            raise JSONError("unpaired surrogate in a string")
+        return value
     except JSONError:
         raise
     except (ValueError, RecursionError, UnicodeDecodeError) as e:
@@ -129,13 +134,22 @@ def depth(value: Any, limit: int) -> bool:
     return True
 
 
+def _has_lone_surrogate(value: Any) -> bool:
+    return _any_string(value, lambda s: not s.isascii() and any("\ud800" <= c <= "\udfff" for c in s))
+
+
 def has_nul(value: Any) -> bool:
     """Whether a NUL character hides in any string (key or value) of C{value}."""
+    return _any_string(value, lambda s: "\x00" in s)
+
+
+def _any_string(value: Any, test) -> bool:
+    """Whether C{test} holds for any string (key or value) of C{value}."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if "\x00" in item:
+            if test(item):
                 return True
         elif isinstance(item, dict):
             stack.extend(item.keys())

@@ -61,6 +61,18 @@ class HostileInputTests(TestCase):
             r = await self.alice.request("PUT", RECS + "/keep", raw=raw, headers={"Content-Type": "application/json"})
             await self.assert_rejected(r)
 
+    async def test_unpaired_surrogate_beside_a_big_integer(self):
+        # Big integers take the standard library's parser, which would keep "\ud800".
+        for raw in (b'{"data": {"v": 123456789012345678901234567890, "s": "\\ud800"}}',
+                    b'{"data": {"v": 123456789012345678901234567890, "\\udfff": 1}}'):
+            r = await self.alice.request("PUT", RECS + "/keep", raw=raw, headers={"Content-Type": "application/json"})
+            await self.assert_rejected(r)
+        # a proper pair beside a big integer is kept
+        raw = b'{"data": {"v": 123456789012345678901234567890, "s": "\\ud83d\\ude00"}}'
+        r = await self.alice.request("PUT", RECS + "/pair", raw=raw, headers={"Content-Type": "application/json"})
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual((await self.alice.get(RECS + "/pair")).data["s"], "\U0001f600")
+
     async def test_big_integers_kept_exactly(self):
         big = 123456789012345678901234567890
         r = await self.alice.put(RECS + "/big", {"data": {"n": big, "neg": -big}})

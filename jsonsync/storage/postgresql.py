@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import re
 import sys
@@ -36,7 +35,6 @@ from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
-import orjson
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
@@ -84,10 +82,7 @@ _SCHEMA_TABLE = "jsonsync_migrations"
 
 
 def _dumps(value: Any) -> str:
-    try:
-        return orjson.dumps(value).decode("utf-8")
-    except TypeError:  # integers beyond 64 bits, lone surrogates: the standard library says it
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return jsonutil.dumps(value).decode("utf-8")
 
 
 def _head(obj: dict) -> str:
