@@ -10,12 +10,14 @@ import treq
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SkipTest as unittest_skip
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from jsonsync import jsonutil
+from jsonsync import jsonutil, testing
 from jsonsync.interfaces import IResourceListener
 from jsonsync.service import make_site, settle_collector
 from jsonsync.testing import basic, build_app, with_postgresql_variants
@@ -88,20 +90,25 @@ class HangUpTests(_Served):
         self.assertEqual((await self.call("PUT", "/v1/buckets/b"))[0], 201)
         stall = _Stall()
         self.app.registry.add_listener(stall)
-        body = b'{"data": {"title": "never"}}'
-        raw = (
-            b"PUT /v1/buckets/b/collections/c HTTP/1.1\r\nHost: x\r\n"
-            b"Authorization: " + basic("alice").encode() + b"\r\n"
-            b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-        )
-        client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port), Protocol())
-        client.transport.write(raw)
+        client = await _send_put(self.port, b"/v1/buckets/b/collections/c")
         await stall.entered
         client.transport.loseConnection()
         await _within(stall.cancelled, 5)
         self.app.registry.listeners.remove(stall)
         code, content = await self.call("GET", "/v1/buckets/b/collections/c")
         self.assertEqual(code, 404, content)
+
+
+async def _send_put(port, path: bytes):
+    """Send alice's PUT of C{path} over a raw connection, and return the client (to hang up)."""
+    body = b'{"data": {"title": "never"}}'
+    raw = (
+        b"PUT " + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: " + basic("alice").encode() + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Protocol())
+    client.transport.write(raw)
+    return client
 
 
 async def _within(d, seconds):
@@ -196,4 +203,82 @@ class FormBodyTests(_Served):
             self.assertEqual(response.code, 415, content)
             self.assertEqual(response.headers.getRawHeaders("Content-Type"), ["application/json"])
             self.assertEqual(jsonutil.loads(content)["code"], 415)
+
+
+@implementer(IResourceListener)
+class _Quiet:
+    """A listener that does nothing: the request then keeps its own transaction to the end."""
+
+    actions = resource_names = None
+
+    async def before_commit(self, event, txn):
+        pass
+
+    async def after_commit(self, event):
+        pass
+
+
+class HangUpInQueryTests(TestCase):
+    """A client hanging up while its statement waits inside PostgreSQL."""
+
+    memory_only = True  # PostgreSQL itself, below
+
+    async def setUp(self):
+        from jsonsync.testing import TEST_POSTGRESQL_URL, postgresql_unavailable
+
+        reason = postgresql_unavailable()
+        if reason:
+            raise unittest_skip(reason)
+        self.url = TEST_POSTGRESQL_URL
+        self.app = await build_app({"storage_backend": "postgresql", "permission_backend": "postgresql",
+                                    "storage_url": self.url, "storage_pool_size": "2"})
+        # Like the OnPostgreSQL variants: flushed and closed after the test.
+        self.addCleanup(testing._close_apps)
+        self.port = reactor.listenTCP(0, make_site(self.app, self.app.settings), interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(self.pool.closeCachedConnections)
+
+    call = _Served.call
+
+    async def test_query_cancelled_and_rolled_back_quietly(self):
+        import psycopg2
+
+        self.assertEqual((await self.call("PUT", "/v1/buckets/b"))[0], 201)
+        self.assertEqual((await self.call("PUT", "/v1/buckets/b/collections/c"))[0], 201)
+        self.app.registry.add_listener(_Quiet())
+        blocker = psycopg2.connect(self.url)
+        self.addCleanup(blocker.close)
+        blocker.cursor().execute("LOCK TABLE objects IN EXCLUSIVE MODE")  # writes now wait
+        client = await _send_put(self.port, b"/v1/buckets/b/collections/c/records/r")
+        watcher = psycopg2.connect(self.url)
+        self.addCleanup(watcher.close)
+        watcher.autocommit = True
+
+        def waiting():
+            cur = watcher.cursor()
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND datname = current_database() AND pid <> pg_backend_pid()")
+            return cur.fetchone()[0]
+
+        for _ in range(500):
+            if waiting():
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(waiting(), 1, "the write never reached the lock")
+        client.transport.loseConnection()
+        for _ in range(500):  # PostgreSQL cancels the waiting statement
+            if not waiting():
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(waiting(), 0, "the statement was not cancelled")
+        blocker.rollback()
+        code, content = await self.call("GET", "/v1/buckets/b/collections/c/records/r")
+        self.assertEqual(code, 404, content)
+        # The server still answers writes on every connection of its pool.
+        for i in range(4):
+            self.assertEqual((await self.call("PUT", f"/v1/buckets/b/collections/c/records/ok{i}", {"data": {}}))[0], 201)
+
+
 with_postgresql_variants(globals())

@@ -608,6 +608,30 @@ def _pieces(sql: str) -> list[str]:
 _split_cache: dict[str, list[str]] = {}
 
 
+def _cancellable(conn: _Connection, running: Deferred) -> Deferred:
+    """
+    C{running} (a statement on C{conn}), cancellable the way txpostgres
+    allows. Cancelling asks PostgreSQL to stop the statement; txpostgres'
+    own canceller then raises while the statement winds down, which Twisted
+    would pass to whoever cancelled (a request whose client hung up) instead
+    of a CancelledError. The caller gets its CancelledError at once; the
+    connection stays locked until the statement has ended, so the rollback
+    that follows runs after it.
+    """
+    mine = Deferred(lambda _: conn.cancel(running))
+
+    def settle(result):
+        if not mine.called:
+            if isinstance(result, Failure):
+                mine.errback(result)
+            else:
+                mine.callback(result)
+        # else: cancelled already; the statement's own end concerns nobody.
+
+    running.addBoth(settle)
+    return mine
+
+
 async def _execute(conn: _Connection, sql: str, params=None, generation=None, prepare=False, prefix=""):
     """
     Run C{sql} on C{conn} and return C{(rows or None, rowcount)}. When
@@ -617,7 +641,7 @@ async def _execute(conn: _Connection, sql: str, params=None, generation=None, pr
     C{prefix}: rendered statements to run first, in the same round trip.
     """
     try:
-        return await conn.lock.run(_run_statement, conn, sql, params, generation, prepare, prefix)
+        return await _cancellable(conn, conn.lock.run(_run_statement, conn, sql, params, generation, prepare, prefix))
     except Exception as exc:
         translated = _translate(exc)
         if translated is exc:
