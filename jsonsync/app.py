@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -31,6 +32,7 @@ from jsonsync.errors import (
     ServiceDeprecated,
     UnexpectedError,
     VersionNotAvailable,
+    WriteConflict,
 )
 from jsonsync.http import (
     API_PREFIX,
@@ -47,6 +49,9 @@ from jsonsync.http import (
 from jsonsync.registry import Registry, Route
 
 _log = Logger()
+
+# How many times a request runs before a write conflict reaches the client.
+_ATTEMPTS = 8
 
 
 class _Root(Resource):
@@ -227,11 +232,35 @@ class JsonSyncApp:
         sub-request) and return its response, errors included. In a batch,
         server errors propagate so that the whole batch rolls back.
         """
-        own = ctx is None
-        if own:
-            ctx = RequestContext(self.registry.storage.transaction())
-        else:
+        if ctx is not None:
             ctx.shared = True
+            return await self._attempt(req, route, ctx, own=False)
+        # A write that finds its object (or list) changed since the reads it
+        # decided on fails with WriteConflict, and nothing of the attempt
+        # commits: the request then runs again from the start, on the new
+        # state, the lists it writes locked before it reads (after the first
+        # retry, so that a hot record cannot starve it). A batch runs again
+        # whole.
+        path, params = req.path, req.params
+        locks: frozenset = frozenset()
+        for attempt in range(_ATTEMPTS):
+            if attempt:
+                req.reset_attempt()
+                req.path, req.params = path, params
+            ctx = RequestContext(self.registry.storage.transaction())
+            if attempt:
+                ctx.txn.lock_lists = tuple(locks)
+            try:
+                return await self._attempt(req, route, ctx, own=True)
+            except WriteConflict as conflict:
+                locks |= conflict.lists
+                if attempt >= 2:
+                    # Let the writers ahead finish (a few ms, jittered).
+                    await deferLater(self.registry.reactor, random.uniform(0.001, 0.005) * attempt, lambda: None)
+        _log.warn("{method} {path}: write conflict after {n} attempts", method=req.method, path=path, n=_ATTEMPTS)
+        return self.finish(req, self.error_response(WriteConflict()), route)
+
+    async def _attempt(self, req: ApiRequest, route: Route, ctx: RequestContext, own: bool) -> ApiResponse:
         req.ctx = ctx
         req.registry = self.registry
         try:
@@ -239,6 +268,10 @@ class JsonSyncApp:
             if own:
                 await events.before_commit(self.registry, ctx)
                 await ctx.txn.commit()
+        except WriteConflict:
+            if own:
+                await ctx.txn.rollback()
+            raise
         except NotModified as nm:
             if own:
                 await ctx.txn.rollback()

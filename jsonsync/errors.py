@@ -121,6 +121,27 @@ class ObjectExists(JsonSyncError):
     message = "Integrity constraint violated, please retry."
 
 
+class WriteConflict(JsonSyncError):
+    """
+    A write found its object (or its list) changed since the reads it
+    decided on: the request is run again from the start (see
+    L{jsonsync.app.JsonSyncApp.process}); a client only sees this error
+    when every attempt met a concurrent writer.
+
+    C{lists}: the C{(resource_name, parent_id)} lists the next attempt
+    should lock before it reads, so that it cannot meet the same conflict.
+    """
+
+    message = "The object was modified meanwhile by another request, please retry."
+
+    def __init__(self, lists=(), message: str | None = None, deadlock: bool = False):
+        super().__init__(message)
+        self.lists = frozenset(lists)
+        # The backend found (and broke) a deadlock: a cost its lock order
+        # is meant to avoid, worth seeing in tests.
+        self.deadlock = deadlock
+
+
 class RequestTooLarge(JsonSyncError):
     message = "Request body too large."
 
@@ -157,6 +178,7 @@ ERRORS: dict[type, tuple[int, int]] = {
     MethodNotAllowed: (405, 115),
     PreconditionFailed: (412, 114),
     ObjectExists: (409, 122),
+    WriteConflict: (409, 122),
     RequestTooLarge: (413, 113),
     BackendUnavailable: (503, 201),
     ServiceDeprecated: (410, 202),
@@ -201,7 +223,7 @@ def error_headers(exc: JsonSyncError, retry_after: int) -> list[tuple[str, str]]
         headers.extend(("WWW-Authenticate", c) for c in exc.challenges)
     elif isinstance(exc, MethodNotAllowed) and exc.allowed:
         headers.append(("Allow", ", ".join(exc.allowed)))
-    elif isinstance(exc, (BackendUnavailable, ObjectExists)):
+    elif isinstance(exc, (BackendUnavailable, ObjectExists, WriteConflict)):
         headers.append(("Retry-After", str(retry_after)))
     elif isinstance(exc, PreconditionFailed) and exc.timestamp is not None:
         from jsonsync.http import validators

@@ -86,6 +86,21 @@ class ApiRequest:
         self.in_batch = False
         self._json: Any = _UNPARSED
         self.params: dict[str, str] = {}
+        # The DELETE pagination token this request spent (Engine.spend_token).
+        self.spent_token: str | None = None
+        # Attempts made (a request runs again after a write conflict).
+        self.attempt = 0
+
+    def reset_attempt(self) -> None:
+        """Forget what one attempt learnt, before the request runs again."""
+        self.ctx = None
+        self.page_ahead = None
+        self.user_id = None
+        self.principals = ["system.Everyone"]
+        self.groups_loaded = True
+        self.authenticated = False
+        self.acl_cache = {}
+        self.attempt += 1
 
     @property
     def txn(self):

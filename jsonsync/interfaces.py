@@ -48,6 +48,15 @@ class ITransaction(Interface):
         " when it does). Backends may ignore it."
     )
 
+    lock_lists = Attribute(
+        "C{(resource_name, parent_id)} lists the transaction is going to"
+        " write, known before it starts (a request run again after a"
+        " L{jsonsync.errors.WriteConflict}): a backend that serialises a"
+        " list's writers takes these locks before its first read, in one"
+        " canonical order, so that the reads see the state the writes"
+        " commit over. Empty for a first attempt. Backends may ignore it."
+    )
+
     def only(key):
         """
         Whether nothing but the resource under C{key} (if anything) is
@@ -117,23 +126,35 @@ class IStorage(Interface):
         Store C{obj} (which carries its C{id}) as a new object and return it
         with its C{last_modified}. A C{last_modified} integer in C{obj} is
         honoured (replication); otherwise the list's next timestamp is used.
-        A tombstone with the same id is replaced.
+        A tombstone with the same id is replaced. The check that no live
+        object holds the id is made in the write itself, so that of two
+        concurrent creates of one id exactly one succeeds.
         @raise jsonsync.errors.ObjectExists: a live object has that id.
         @rtype: C{Awaitable[dict]}
         """
 
-    def update(txn, resource_name, parent_id, object_id, obj):
+    def update(txn, resource_name, parent_id, object_id, obj, expected=None):
         """
         Replace (or create) the object and return it with its new
         C{last_modified} (the given one when it is an integer greater than
         the stored one, the list's next timestamp otherwise).
+
+        C{expected} (compare-and-swap): the C{last_modified} of the live
+        object the caller decided on. When given, the write happens only if
+        that very version is still the stored one when the write runs
+        (checked under the list's write serialisation, in the write itself);
+        otherwise nothing is written.
+        @raise jsonsync.errors.WriteConflict: C{expected} no longer holds.
         @rtype: C{Awaitable[dict]}
         """
 
-    def delete(txn, resource_name, parent_id, object_id, last_modified=None):
+    def delete(txn, resource_name, parent_id, object_id, last_modified=None, expected=None):
         """
         Replace the live object by a tombstone and return the tombstone.
-        @raise jsonsync.errors.ObjectNotFound: no live object has that id.
+        C{expected}: as for L{update}.
+        @raise jsonsync.errors.ObjectNotFound: no live object has that id
+            (and no C{expected} was given).
+        @raise jsonsync.errors.WriteConflict: C{expected} no longer holds.
         @rtype: C{Awaitable[dict]}
         """
 

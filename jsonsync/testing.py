@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from zope.interface.verify import verifyObject
 
-from jsonsync.errors import ObjectExists, ObjectNotFound
+from jsonsync.errors import ObjectExists, ObjectNotFound, WriteConflict
 from jsonsync.interfaces import IPermissionStore, IStorage, ITransaction
 from jsonsync.query import MISSING, Filter, Op, Query, Sort, keyset_rules
 
@@ -564,6 +564,198 @@ class PermissionContract(_BackendFixture):
         self.assertEqual(got, {"read": {"x"}})
 
 
+class ConcurrencyContract(_BackendFixture):
+    """
+    Writers racing on one object or one list, each in its own transaction
+    (on a database backend, each on its own connection). What every backend
+    guarantees: a compare-and-swap write (C{expected}) never commits over a
+    version it did not decide on, of two creates of one id exactly one
+    wins, a transaction that names its lists up front (C{lock_lists}) reads
+    what its writes commit over, and list locks never deadlock.
+    """
+
+    async def together(self, *coroutines):
+        """Run the coroutines concurrently; C{[(ok, result or exception)]}."""
+        from twisted.internet.defer import Deferred, DeferredList
+
+        found = await DeferredList([Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True)
+        return [(ok, value if ok else value.value) for ok, value in found]
+
+    async def attempt(self, func, locks=(), last_write=False):
+        """One transaction running C{func(txn)}, committed; rolled back on any error."""
+        txn = self.storage.transaction()
+        txn.lock_lists = tuple(locks)
+        try:
+            txn.last_write = last_write
+            result = await func(txn)
+        except BaseException:
+            await txn.rollback()
+            raise
+        await txn.commit()
+        return result
+
+    async def retrying(self, func, attempts=20):
+        """What the server does with a request: run again after a write conflict, its lists locked first."""
+        locks: frozenset = frozenset()
+        for _ in range(attempts):
+            try:
+                return await self.attempt(func, locks)
+            except WriteConflict as conflict:
+                self.assertFalse(conflict.deadlock, "the backend had to break a deadlock")
+                locks |= conflict.lists
+        self.fail(f"no progress after {attempts} attempts")
+
+    async def stored(self, object_id, parent=P):
+        txn = self.storage.transaction()
+        try:
+            return await self.storage.get(txn, R, parent, object_id)
+        finally:
+            await txn.rollback()
+
+    async def test_conditional_updates_exactly_one_wins(self):
+        base = await self.create({"id": "a", "v": 0})
+
+        def write(n, last_write):
+            return self.attempt(
+                lambda txn: self.storage.update(txn, R, P, "a", {"v": n}, expected=base["last_modified"]),
+                last_write=last_write,
+            )
+
+        for last_write in (False, True):  # in an open transaction, and carrying the commit
+            base = await self.stored("a")
+            outcomes = await self.together(*(write(n, last_write) for n in range(1, 6)))
+            winners = [value for ok, value in outcomes if ok]
+            self.assertEqual(len(winners), 1, outcomes)
+            for ok, value in outcomes:
+                if not ok:
+                    self.assertIsInstance(value, WriteConflict)
+            now = await self.stored("a")
+            self.assertEqual(now["v"], winners[0]["v"])
+            self.assertEqual(now["last_modified"], winners[0]["last_modified"])
+
+    async def test_refused_write_commits_nothing_sent_with_it(self):
+        base = await self.create({"id": "a", "v": 0})
+        await self.run_in_txn(lambda txn: self.storage.update(txn, R, P, "a", {"v": 1}))
+
+        async def stale(txn):
+            await self.permissions.replace_object_permissions(txn, P + "/records/a", {"read": ["mallory"]})
+            return await self.storage.update(txn, R, P, "a", {"v": 2}, expected=base["last_modified"])
+
+        for last_write in (False, True):
+            with self.assertRaises(WriteConflict):
+                await self.attempt(stale, last_write=last_write)
+        self.assertEqual((await self.stored("a"))["v"], 1)
+        txn = self.storage.transaction()
+        self.assertEqual(await self.permissions.get_object_permissions(txn, P + "/records/a"), {})
+        await txn.rollback()
+
+    async def test_concurrent_merges_lose_no_field(self):
+        await self.create({"id": "a"})
+
+        def merge(n):
+            async def once(txn):
+                current = await self.storage.get(txn, R, P, "a")
+                data = {k: v for k, v in current.items() if k != "last_modified"}
+                data[f"f{n}"] = n
+                return await self.storage.update(txn, R, P, "a", data, expected=current["last_modified"])
+
+            return self.retrying(once)
+
+        outcomes = await self.together(*(merge(n) for n in range(8)))
+        self.assertTrue(all(ok for ok, _ in outcomes), outcomes)
+        final = await self.stored("a")
+        self.assertEqual({k: v for k, v in final.items() if k.startswith("f")}, {f"f{n}": n for n in range(8)})
+
+    async def test_concurrent_creates_of_one_id_one_wins(self):
+        def make(n, last_write):
+            return self.attempt(
+                lambda txn: self.storage.create(txn, R, P, {"id": f"x{int(last_write)}", "n": n}),
+                last_write=last_write,
+            )
+
+        for last_write in (False, True):
+            outcomes = await self.together(*(make(n, last_write) for n in range(6)))
+            winners = [value for ok, value in outcomes if ok]
+            self.assertEqual(len(winners), 1, outcomes)
+            self.assertTrue(all(isinstance(v, ObjectExists) for ok, v in outcomes if not ok), outcomes)
+            self.assertEqual((await self.stored(f"x{int(last_write)}"))["n"], winners[0]["n"])
+
+    async def test_delete_racing_update_no_resurrection(self):
+        base = await self.create({"id": "a", "v": 0})
+        seen = base["last_modified"]
+        outcomes = await self.together(
+            self.attempt(lambda txn: self.storage.delete(txn, R, P, "a", expected=seen)),
+            self.attempt(lambda txn: self.storage.update(txn, R, P, "a", {"v": 1}, expected=seen)),
+        )
+        self.assertEqual(sum(ok for ok, _ in outcomes), 1, outcomes)
+        deleted_won = outcomes[0][0]
+        if deleted_won:
+            self.assertIsNone(await self.stored("a"))  # the update did not bring it back
+        else:
+            self.assertEqual((await self.stored("a"))["v"], 1)  # the delete did not remove the new version
+        # A write that decided on a version since deleted never lands.
+        fresh = await self.create({"id": "b"})
+        await self.run_in_txn(lambda txn: self.storage.delete(txn, R, P, "b"))
+        with self.assertRaises(WriteConflict):
+            await self.attempt(
+                lambda txn: self.storage.update(txn, R, P, "b", {"v": 2}, expected=fresh["last_modified"]),
+                last_write=True,
+            )
+        with self.assertRaises(WriteConflict):
+            await self.attempt(lambda txn: self.storage.delete(txn, R, P, "b", expected=fresh["last_modified"]))
+        self.assertIsNone(await self.stored("b"))
+
+    async def test_concurrent_writes_get_unique_timestamps(self):
+        outcomes = await self.together(
+            *(self.attempt(lambda txn, n=n: self.storage.create(txn, R, P, {"id": f"o{n}"}), last_write=n % 2 == 0)
+              for n in range(24))
+        )
+        self.assertTrue(all(ok for ok, _ in outcomes), outcomes)
+        stamps = [value["last_modified"] for _, value in outcomes]
+        self.assertEqual(len(set(stamps)), len(stamps))
+        txn = self.storage.transaction()
+        listed = await self.storage.list_timestamp(txn, R, P)
+        await txn.rollback()
+        self.assertEqual(listed, max(stamps))
+
+    async def test_named_lists_are_read_under_their_lock(self):
+        """A transaction naming its lists reads after a concurrent writer's commit, never before."""
+        from twisted.internet import reactor
+        from twisted.internet.defer import Deferred
+        from twisted.internet.task import deferLater
+
+        await self.create({"id": "a", "v": 0})
+        writer = self.storage.transaction()
+        await self.storage.update(writer, R, P, "a", {"v": 1})  # holds the list's write lock, uncommitted
+        reader = self.storage.transaction()
+        reader.lock_lists = ((R, P),)
+        read = Deferred.fromCoroutine(self.storage.get(reader, R, P, "a"))
+        await deferLater(reactor, 0.1, lambda: None)  # the read reaches the backend and waits
+        await writer.commit()
+        self.assertEqual((await read)["v"], 1)
+        await reader.rollback()
+
+    async def test_lists_written_in_opposite_orders_do_not_deadlock(self):
+        x, y = "/buckets/b/collections/x", "/buckets/b/collections/y"
+        await self.create({"id": "a"}, parent=x)
+        await self.create({"id": "a"}, parent=y)
+
+        def both(first, second, tag):
+            async def run(txn):
+                await self.storage.update(txn, R, first, "a", {"by": tag})
+                await self.storage.update(txn, R, second, "a", {"by": tag})
+                return tag
+
+            return self.retrying(run)
+
+        for _ in range(5):
+            outcomes = await self.together(both(x, y, "xy"), both(y, x, "yx"), both(x, y, "xy2"), both(y, x, "yx2"))
+            # Every transaction commits (none broken by a deadlock, none a 503).
+            self.assertTrue(all(ok for ok, _ in outcomes), outcomes)
+            # Each commits whole: both lists show the same, last, writer.
+            self.assertEqual((await self.stored("a", x))["by"], (await self.stored("a", y))["by"])
+
+
 class StorageContract(
     StorageInterfaceContract,
     CreateReadContract,
@@ -572,6 +764,7 @@ class StorageContract(
     TransactionContract,
     ListingContract,
     PermissionContract,
+    ConcurrencyContract,
 ):
     """Every capability group at once."""
 

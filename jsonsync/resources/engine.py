@@ -21,9 +21,11 @@ from jsonsync.errors import (
     Forbidden,
     InvalidParameters,
     JsonSyncError,
+    ObjectExists,
     ObjectNotFound,
     ParentNotFound,
     Unauthenticated,
+    WriteConflict,
 )
 from jsonsync.http import (
     JSON,
@@ -503,18 +505,24 @@ class Engine:
         # to commit, so it comes last to keep other writers waiting least.
         acl = await self.save_permissions(req, loc.uri, rt, perms, replace=True, existed=False)
         with self.closing(req, rt.on_write):
-            obj = await self.storage.create(req.txn, rt.name, loc.parent_uri, data)
+            try:
+                obj = await self.storage.create(req.txn, rt.name, loc.parent_uri, data)
+            except ObjectExists:
+                # The request found no object with this id; another request
+                # created one since. Run again, it then sees that object.
+                raise WriteConflict([(rt.name, loc.parent_uri)]) from None
         if rt.on_write is not None:
             await rt.on_write(req, loc, None, obj)
             acl = await self.permissions.get_object_permissions(req.txn, loc.uri)
         events.notify(req, "create", loc, [{"new": obj}], obj["last_modified"])
         return self.object_response(req, loc, obj, acl, 201)
 
-    def spend_token(self, listing):
+    def spend_token(self, req, listing):
         """
         DELETE pagination tokens are single use and expire: a reused one
         would delete objects that were never on the page the client saw.
-        Used nonces are remembered per process for the token validity.
+        Used nonces are remembered per process for the token validity (a
+        request run again after a write conflict may use its own again).
         """
         if not listing.token_given:
             return
@@ -525,17 +533,24 @@ class Engine:
             if expiry < now:
                 del used[nonce]
         expired = listing.token_issued is not None and listing.token_issued + validity < now
-        if expired or not listing.token_nonce or listing.token_nonce in used:
+        reused = listing.token_nonce in used and listing.token_nonce != req.spent_token
+        if expired or not listing.token_nonce or reused:
             raise InvalidParameters("querystring", "_token", "_token was already used or has expired.")
         used[listing.token_nonce] = now + validity
+        req.spent_token = listing.token_nonce
 
     async def delete_plural(self, req: ApiRequest, loc: Location) -> ApiResponse:
         rt = loc.resource
+        # The selection, and the list timestamp an If-Match compares, must
+        # still hold when the deletes commit: a create committed in between
+        # would survive a delete that was asked to remove everything that
+        # matches. The list is locked before anything of it is read.
+        req.txn.lock_lists = tuple({*req.txn.lock_lists, (rt.name, loc.parent_uri)})
         ids, missing = await self.readable_ids(req, loc, "write")
         if missing is not None:
             raise missing
         listing = self.list_request(req, loc)
-        self.spend_token(listing)
+        self.spend_token(req, listing)
         timestamp = await self.storage.list_timestamp(req.txn, rt.name, loc.parent_uri)
         check_preconditions(req, timestamp)
         listing.query.include_deleted = False
@@ -627,7 +642,12 @@ class Engine:
         self.forget_checks(req, rt)
         acl = await self.save_permissions(req, loc.uri, rt, perms, replace=replace_acl, existed=True)
         with self.closing(req, rt.on_write):
-            obj = await self.storage.update(req.txn, rt.name, loc.parent_uri, loc.object_id, new)
+            # Compare-and-swap on the version this request decided on (its
+            # preconditions, merge base, permissions): a write made since
+            # fails this one, and the request runs again on the new state.
+            obj = await self.storage.update(
+                req.txn, rt.name, loc.parent_uri, loc.object_id, new, expected=existing["last_modified"]
+            )
         if rt.on_write is not None:
             await rt.on_write(req, loc, existing, obj)  # may change the ACL (accounts)
             acl = await self.permissions.get_object_permissions(req.txn, loc.uri)
@@ -732,7 +752,10 @@ class Engine:
         await self.permissions.delete_object_permissions(req.txn, uri)
         children = self.has_children(rt)
         with self.closing(req, rt.on_delete if last and not children else True):
-            tomb = await self.storage.delete(req.txn, rt.name, loc.parent_uri, loc.object_id, last_modified)
+            tomb = await self.storage.delete(
+                req.txn, rt.name, loc.parent_uri, loc.object_id, last_modified,
+                expected=existing["last_modified"],
+            )
         if children:
             await self.storage.purge(req.txn, uri)
         if rt.on_delete is not None:

@@ -57,6 +57,7 @@ class Transaction:
         self._after: list[Callable[[], Any]] = []
         self.done = False
         self.last_write = False
+        self.lock_lists: tuple = ()
 
     def only(self, key) -> bool:
         return all(k == key for k in self._resources)

@@ -24,7 +24,7 @@ from typing import Any
 from twisted.internet.defer import DeferredLock
 from zope.interface import implementer
 
-from jsonsync.errors import ObjectExists, ObjectNotFound
+from jsonsync.errors import ObjectExists, ObjectNotFound, WriteConflict
 from jsonsync.interfaces import IPermissionStore, IStorage
 from jsonsync.query import (
     Filter,
@@ -70,6 +70,16 @@ class _MemoryBase:
             return _Journal(self._lock)
 
         return await txn.enlist(("memory", id(self._lock)), open_journal)
+
+    async def _locked_read(self, txn) -> None:
+        """
+        A transaction that said which lists it writes (C{lock_lists}, a
+        request run again after a write conflict, or a plural delete) takes
+        the writers' lock before it reads, so that what it reads holds to
+        its commit.
+        """
+        if getattr(txn, "lock_lists", ()):
+            await self._journal(txn)
 
 
 class _List:
@@ -118,6 +128,7 @@ class MemoryStorage(_MemoryBase):
         self._lists.clear()
 
     async def get(self, txn, resource_name, parent_id, object_id):
+        await self._locked_read(txn)
         lst = self._list(resource_name, parent_id)
         if lst is None:
             return None
@@ -130,16 +141,25 @@ class MemoryStorage(_MemoryBase):
         return [await self.get(txn, *key) for key in keys]
 
     async def list_timestamp(self, txn, resource_name, parent_id):
+        await self._locked_read(txn)
         lst = self._list(resource_name, parent_id, create=True)
         if lst.timestamp is None:
             lst.timestamp = now_ms()
         return lst.timestamp
 
-    async def _write(self, txn, resource_name, parent_id, obj, wanted):
+    async def _write(self, txn, resource_name, parent_id, obj, decide):
+        """
+        Store C{obj} once this transaction holds the writers' lock:
+        C{decide(old)} sees the stored object of that id (or C{None}) as it
+        is then, and returns the client-wanted timestamp (or C{None}),
+        raising to refuse the write. Deciding after the lock is what keeps a
+        concurrent write from slipping in between the check and the write.
+        """
         journal = await self._journal(txn)
         key = (resource_name, parent_id)
         lst = self._list(resource_name, parent_id, create=True)
         old = lst.objects.get(obj["id"])
+        wanted = decide(old)
         old_ts = lst.timestamp
         current = max(
             (lst.order[-1][0] if lst.order else 0), old_ts if old_ts is not None else 0
@@ -162,37 +182,45 @@ class MemoryStorage(_MemoryBase):
         return dict(stored)
 
     async def create(self, txn, resource_name, parent_id, obj):
-        lst = self._list(resource_name, parent_id)
-        if lst is not None:
-            existing = lst.objects.get(obj["id"])
-            if existing is not None and not existing.get("deleted"):
-                raise ObjectExists()
         obj = copy.deepcopy(obj)
         wanted = obj.pop("last_modified", None)
-        return await self._write(txn, resource_name, parent_id, obj, wanted)
 
-    async def update(self, txn, resource_name, parent_id, object_id, obj):
+        def decide(old):
+            if old is not None and not old.get("deleted"):
+                raise ObjectExists()
+            return wanted
+
+        return await self._write(txn, resource_name, parent_id, obj, decide)
+
+    async def update(self, txn, resource_name, parent_id, object_id, obj, expected=None):
         obj = copy.deepcopy(obj)
         obj["id"] = object_id
         obj.pop("deleted", None)
         wanted = obj.pop("last_modified", None)
-        lst = self._list(resource_name, parent_id)
-        old = lst.objects.get(object_id) if lst else None
-        if old is not None and not old.get("deleted") and isinstance(wanted, int):
-            if wanted <= old["last_modified"]:
-                wanted = None
-        return await self._write(txn, resource_name, parent_id, obj, wanted)
 
-    async def delete(self, txn, resource_name, parent_id, object_id, last_modified=None):
-        lst = self._list(resource_name, parent_id)
-        old = lst.objects.get(object_id) if lst else None
-        if old is None or old.get("deleted"):
-            raise ObjectNotFound(resource_name, object_id)
-        wanted = last_modified
-        if not isinstance(wanted, int) or wanted <= old["last_modified"]:
-            wanted = None
+        def decide(old):
+            live = old is not None and not old.get("deleted")
+            if expected is not None and not (live and old["last_modified"] == expected):
+                raise WriteConflict([(resource_name, parent_id)])
+            if live and isinstance(wanted, int) and wanted <= old["last_modified"]:
+                return None
+            return wanted
+
+        return await self._write(txn, resource_name, parent_id, obj, decide)
+
+    async def delete(self, txn, resource_name, parent_id, object_id, last_modified=None, expected=None):
+        def decide(old):
+            live = old is not None and not old.get("deleted")
+            if expected is not None and not (live and old["last_modified"] == expected):
+                raise WriteConflict([(resource_name, parent_id)])
+            if not live:
+                raise ObjectNotFound(resource_name, object_id)
+            if not isinstance(last_modified, int) or last_modified <= old["last_modified"]:
+                return None
+            return last_modified
+
         tombstone = {"id": object_id, "deleted": True}
-        return await self._write(txn, resource_name, parent_id, tombstone, wanted)
+        return await self._write(txn, resource_name, parent_id, tombstone, decide)
 
     async def purge(self, txn, parent_prefix):
         journal = await self._journal(txn)
@@ -253,16 +281,19 @@ class MemoryStorage(_MemoryBase):
         return result
 
     async def list(self, txn, resource_name, parent_id, query):
+        await self._locked_read(txn)
         lst = self._list(resource_name, parent_id)
         if lst is None:
             return []
         return self._select(lst, query, query.limit)
 
     async def list_snapshot(self, txn, resource_name, parent_id, query, encoded=False):
+        await self._locked_read(txn)
         timestamp = await self.list_timestamp(txn, resource_name, parent_id)
         return timestamp, await self.list(txn, resource_name, parent_id, query)
 
     async def count(self, txn, resource_name, parent_id, query):
+        await self._locked_read(txn)
         lst = self._list(resource_name, parent_id)
         if lst is None:
             return 0

@@ -63,6 +63,7 @@ from jsonsync.errors import (
     ObjectExists,
     ObjectNotFound,
     UnexpectedError,
+    WriteConflict,
 )
 from jsonsync.interfaces import IPermissionStore, IRequestPrefetch, IStorage
 from jsonsync.jsonutil import Encoded, EncodedPage
@@ -75,6 +76,8 @@ _log = Logger()
 # key space never overlaps the bigint one used by the per-list locks.
 _SCHEMA_LOCK = (0x6A73, 0x7363)
 _SCHEMA_TABLE = "jsonsync_migrations"
+# The SQLSTATE that jsonsync_write_conflict() raises (schema 0003).
+_CONFLICT_SQLSTATE = "JS409"
 
 
 # ---------------------------------------------------------------------------
@@ -108,6 +111,16 @@ def _translate(exc: BaseException) -> BaseException:
         return exc
     if isinstance(exc, (ConnectionDead, RollbackFailed, ConnectionClosed)):
         return BackendUnavailable()
+    if getattr(exc, "pgcode", None) == _CONFLICT_SQLSTATE:
+        # jsonsync_write_conflict(): a compare-and-swap write found its
+        # object changed since the request read it.
+        return WriteConflict()
+    if isinstance(exc, psycopg2.extensions.TransactionRollbackError):
+        # A deadlock PostgreSQL broke, or a serialization failure: nothing of
+        # the transaction is left, and running the request again is safe.
+        # List locks are taken in one order (_Unit.lock_statement), so this
+        # only comes from row locks taken outside it (a cascading delete).
+        return WriteConflict(deadlock=isinstance(exc, psycopg2.errors.DeadlockDetected))
     if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
         # Lost connections, shutdowns, deadlocks, cancelled statements: all
         # worth a retry by the client.
@@ -670,10 +683,40 @@ class _Unit:
         self._begun = False
         self._done = False
         self._pending: list[str] = []
+        # The lists whose lock this transaction holds (until it ends), and
+        # the statements taking those asked for up front, not yet sent.
+        self.lists: set[tuple[str, str]] = set()
+        self._ahead = ""
 
     @property
     def begun(self) -> bool:
         return self._begun
+
+    async def lock_statement(self, key: tuple[str, str]) -> str:
+        """
+        The statement that takes list C{key}'s lock, to send ahead of the
+        write that needs it (C{""} when this transaction holds it already).
+
+        One canonical order makes deadlocks between list locks impossible:
+        a transaction only ever I{waits} for a lock whose key is greater
+        than every key it holds. A lock out of that order (a batch writing
+        list B after list A, where B's key is smaller) is only tried: when
+        another transaction holds it, waiting could close a cycle, so this
+        raises L{WriteConflict} naming every list involved, and the request
+        runs again with all of them locked up front, in order.
+        """
+        if key in self.lists:
+            return ""
+        lock = _list_lock_key(*key)
+        held = [_list_lock_key(*k) for k in self.lists]
+        if held and lock < max(held):
+            rows, _ = await self.execute("SELECT pg_try_advisory_xact_lock(%s)", (lock,))
+            if not rows[0][0]:
+                raise WriteConflict(self.lists | {key})
+            self.lists.add(key)
+            return ""
+        self.lists.add(key)
+        return f"SELECT pg_advisory_xact_lock({lock}::bigint); "
 
     def defer(self, sql: str, params=None) -> None:
         """Queue a write to run, in this transaction, before the next statement."""
@@ -683,15 +726,35 @@ class _Unit:
         rendered = cursor.mogrify(sql, params) if params is not None else sql.encode("utf-8")
         self._pending.append(rendered.decode("utf-8") + "; ")
 
-    def _take_pending(self) -> str:
-        prefix = "".join(self._pending)
+    def lock_ahead(self, keys) -> None:
+        """Take the locks of lists C{keys} first thing, in the canonical order."""
+        for key in sorted(keys, key=lambda k: _list_lock_key(*k)):
+            if key not in self.lists:
+                self.lists.add(key)
+                self._ahead += f"SELECT pg_advisory_xact_lock({_list_lock_key(*key)}::bigint); "
+
+    async def require(self, keys) -> None:
+        """Lock lists C{keys} too, ahead of the next statement (in order, see L{lock_statement})."""
+        for key in sorted(keys, key=lambda k: _list_lock_key(*k)):
+            self._ahead += await self.lock_statement(key)
+
+    def _take_pending(self, lock: str = "") -> str:
+        """What goes ahead of the next statement: locks, then deferred writes."""
+        prefix = self._ahead + lock + "".join(self._pending)
         self._pending = []
+        self._ahead = ""
         return prefix
 
-    async def execute(self, sql: str, params=None, prepare=False):
+    async def execute(self, sql: str, params=None, prepare=False, lock: str = ""):
+        """
+        Run C{sql} in the transaction (opening it on the first call).
+        C{lock}: a rendered lock statement (L{lock_statement}) to run first,
+        ahead of the deferred writes, so that those (an object's ACL) are
+        written under its list's lock too.
+        """
         if self._done:
             raise RuntimeError("transaction already finished")
-        prefix = self._take_pending()
+        prefix = self._take_pending(lock)
         if self._begun:
             return await _execute(self.conn, sql, params, self.generation, prepare, prefix)
         self._begun = True
@@ -715,7 +778,7 @@ class _Unit:
         self.conn = await self.pool.checkout()
         self.generation = self.conn.detector.generation
 
-    async def finish(self, sql: str, params=None, rows: bool = True, prepare: bool = False):
+    async def finish(self, sql: str, params=None, rows: bool = True, prepare: bool = False, lock: str = ""):
         """
         Run C{sql} as the transaction's last statement and commit with it;
         return its C{(rows, rowcount)}. One round trip when nothing began
@@ -725,7 +788,7 @@ class _Unit:
         if self._done:
             raise RuntimeError("transaction already finished")
         if self._begun and rows:
-            result = await self.execute(sql, params, prepare)
+            result = await self.execute(sql, params, prepare, lock)
             await self.commit()
             return result
         if not self._begun:
@@ -736,7 +799,7 @@ class _Unit:
                     break
                 await self._swap()
         explicit = self._begun
-        prefix = self._take_pending()
+        prefix = self._take_pending(lock)
         self._begun = True
         if explicit:
             sql += "; COMMIT"  # (not a statement one can prepare)
@@ -769,6 +832,7 @@ class _Unit:
         if self._done:
             return
         self._pending = []
+        self._ahead = ""
         try:
             if self._begun and self.conn.detector.generation == self.generation:
                 await _execute(self.conn, "ROLLBACK", None, self.generation)
@@ -1172,9 +1236,19 @@ class _PostgresBase:
         pool = self._pool
 
         async def open_unit():
-            return _Unit(pool, await pool.checkout())
+            unit = _Unit(pool, await pool.checkout())
+            # A request run again after a write conflict locks the lists it
+            # writes before its first read, in the canonical order (see
+            # _Unit.lock_statement): what it reads then stays true to its
+            # commit, so this attempt cannot conflict on them again.
+            unit.lock_ahead(getattr(txn, "lock_lists", ()))
+            return unit
 
         return await txn.enlist(pool.key, open_unit)
+
+    def _enlisted(self, txn) -> _Unit | None:
+        enlisted = getattr(txn, "enlisted", None)
+        return enlisted(self._pool.key) if enlisted is not None else None
 
     async def _write(self, txn, sql: str, params=None):
         unit = await self._unit(txn)
@@ -1197,14 +1271,14 @@ class _PostgresBase:
         return False
 
     async def _last(self, txn, sql: str, params=None, rows: bool = True, prepare: bool = False,
-                    closing: bool | None = None):
+                    closing: bool | None = None, lock: str = ""):
         """A write that commits with it when L{_closing} (L{_Unit.finish}), runs as usual otherwise."""
         unit = await self._unit(txn)
         if closing is None:
             closing = self._closing(txn)
         if closing:
-            return await unit.finish(sql, params, rows, prepare)
-        return await unit.execute(sql, params, prepare)
+            return await unit.finish(sql, params, rows, prepare, lock)
+        return await unit.execute(sql, params, prepare, lock)
 
     async def _read(self, txn, sql: str, params=None):
         """
@@ -1214,8 +1288,11 @@ class _PostgresBase:
         """
         enlisted = getattr(txn, "enlisted", None)
         unit = enlisted(self._pool.key) if enlisted is not None else None
-        if unit is None and enlisted is None:
+        locks = getattr(txn, "lock_lists", ())
+        if unit is None and (enlisted is None or locks):
             unit = await self._unit(txn)
+        elif locks and unit is not None and not unit.lists.issuperset(locks):
+            await unit.require(locks)  # asked for after the transaction began
         prepare = ";" not in sql
         if unit is not None:
             return await unit.execute(sql, params, prepare)
@@ -1251,12 +1328,15 @@ class _PostgresBase:
         return answer
 
 
+# The list's lock is taken by a statement sent ahead of this one (see
+# _Unit.lock_statement): this statement's snapshot then follows the lock, so
+# it sees what the previous holder committed.
 _GROUP_WRITE = (
-    "SELECT pg_advisory_xact_lock(%(lock)s::bigint);"
-    " WITH input AS ("
-    "  SELECT i.id, i.head, i.deleted, i.only_tomb, i.n"
-    "  FROM unnest(%(ids)s::text[], %(heads)s::text[], %(deleted)s::boolean[], %(tombs)s::boolean[])"
-    "  WITH ORDINALITY AS i(id, head, deleted, only_tomb, n)),"
+    "WITH input AS ("
+    "  SELECT i.id, i.head, i.deleted, i.only_tomb, i.expect, i.n"
+    "  FROM unnest(%(ids)s::text[], %(heads)s::text[], %(deleted)s::boolean[], %(tombs)s::boolean[],"
+    "   %(expect)s::bigint[])"
+    "  WITH ORDINALITY AS i(id, head, deleted, only_tomb, expect, n)),"
     " base AS ("
     "  SELECT GREATEST(%(now)s::bigint, COALESCE(("
     "   SELECT last_modified FROM timestamps"
@@ -1271,11 +1351,15 @@ _GROUP_WRITE = (
     "   body = EXCLUDED.body"
     "   WHERE objects.deleted"
     "  RETURNING id, last_modified),"
+    # Compare-and-swap: a write that names the version it decided on
+    # (expect) happens only while that live version is the stored one.
     " updated AS ("
     "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data, body)"
     "  SELECT %(res)s::text, %(parent)s::text, i.id, b.v + i.n - 1, i.deleted,"
     "   (i.head || (b.v + i.n - 1) || '}')::jsonb, i.head || (b.v + i.n - 1) || '}'"
-    "  FROM input i, base b WHERE NOT i.only_tomb"
+    "  FROM input i, base b WHERE NOT i.only_tomb AND (i.expect IS NULL OR EXISTS ("
+    "   SELECT 1 FROM objects x WHERE x.resource_name = %(res)s::text AND x.parent_id = %(parent)s::text"
+    "   AND x.id = i.id AND NOT x.deleted AND x.last_modified = i.expect))"
     "  ON CONFLICT (resource_name, parent_id, id) DO UPDATE SET"
     "   last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted, data = EXCLUDED.data,"
     "   body = EXCLUDED.body"
@@ -1296,6 +1380,10 @@ _GROUP_WRITE = (
     "  ON CONFLICT (resource_name, parent_id) DO UPDATE SET last_modified = EXCLUDED.last_modified"
     "  RETURNING 1)"
     " SELECT id, last_modified FROM created UNION ALL SELECT id, last_modified FROM updated"
+    # Likewise a refused compare-and-swap, with strict, fails the statement
+    # (SQLSTATE JS409, a WriteConflict); without, it returns no row.
+    " UNION ALL SELECT i.id, jsonsync_write_conflict(i.id) FROM input i"
+    "  WHERE %(strict)s::boolean AND NOT i.only_tomb AND i.id NOT IN (SELECT id FROM updated)"
 )
 
 # At most this many writes share one statement (and one commit).
@@ -1303,13 +1391,13 @@ _GROUP_MAX = 64
 
 
 def _group_params(resource_name: str, parent_id: str, items, strict: bool) -> dict:
-    """The parameters of L{_GROUP_WRITE} for C{(id, head, deleted, only_tomb)} items."""
+    """The parameters of L{_GROUP_WRITE} for C{(id, head, deleted, only_tomb, expect)} items."""
     return {
-        "lock": _list_lock_key(resource_name, parent_id),
         "ids": [item[0] for item in items],
         "heads": [item[1] for item in items],
         "deleted": [item[2] for item in items],
         "tombs": [item[3] for item in items],
+        "expect": [item[4] for item in items],
         "strict": strict,
         "now": now_ms(),
         "res": resource_name,
@@ -1320,7 +1408,7 @@ def _group_params(resource_name: str, parent_id: str, items, strict: bool) -> di
 class _GroupItem:
     __slots__ = ("unit", "prefix", "id", "write", "done")
 
-    def __init__(self, unit: _Unit, write: tuple[str, str, bool, bool]):
+    def __init__(self, unit: _Unit, write: tuple[str, str, bool, bool, int | None]):
         self.unit = unit
         self.prefix = unit._take_pending()
         self.id = write[0]
@@ -1405,13 +1493,16 @@ class _ListWriter:
             if sender.conn.usable() and sender.conn.detector.generation == sender.generation:
                 break
             await sender._swap()
+        # The lock first, then each request's deferred writes (its objects'
+        # ACLs), then the objects: everything of the list under its lock.
+        lock = f"SELECT pg_advisory_xact_lock({_list_lock_key(*self.key)}::bigint); "
         rows, _ = await _execute(
             sender.conn,
             _GROUP_WRITE,
             _group_params(*self.key, [item.write for item in group], strict=True),
             sender.generation,
             True,
-            "".join(item.prefix for item in group),
+            lock + "".join(item.prefix for item in group),
         )
         stamps = dict(rows)
         return [stamps[item.id] for item in group]
@@ -1576,14 +1667,20 @@ class PostgresStorage(_PostgresBase):
         # list's lock so that the value cannot land between a writer's read
         # of the timestamp and its commit; the statements sent together run
         # in one transaction and the last SELECT sees whichever row won.
-        rows, _ = await self._read(
-            txn,
-            "SELECT pg_advisory_xact_lock(%s);"
-            " INSERT INTO timestamps (resource_name, parent_id, last_modified)"
+        settle = (
+            "INSERT INTO timestamps (resource_name, parent_id, last_modified)"
             " VALUES (%s, %s, %s) ON CONFLICT DO NOTHING;"
-            " SELECT last_modified FROM timestamps WHERE resource_name = %s AND parent_id = %s",
-            (_list_lock_key(*key), *key, now_ms(), *key),
+            " SELECT last_modified FROM timestamps WHERE resource_name = %s AND parent_id = %s"
         )
+        params = (*key, now_ms(), *key)
+        unit = self._enlisted(txn)
+        if unit is not None:
+            # Inside a transaction, the lock is held to its end: in order.
+            rows, _ = await unit.execute(settle, params, lock=await unit.lock_statement(key))
+        else:
+            rows, _ = await self._pool.run(
+                f"SELECT pg_advisory_xact_lock({_list_lock_key(*key)}::bigint); " + settle, params
+            )
         return rows[0][0]
 
     async def _store(self, txn, resource_name, parent_id, obj, decide):
@@ -1594,22 +1691,15 @@ class PostgresStorage(_PostgresBase):
         """
         unit = await self._unit(txn)
         object_id = obj["id"]
+        lock = await unit.lock_statement((resource_name, parent_id))
         rows, _ = await unit.execute(
-            # Two statements: the second must take its snapshot after the
-            # lock is granted, to see the timestamp the previous holder
-            # committed.
-            "SELECT pg_advisory_xact_lock(%s);"
-            " SELECT t.last_modified, x.deleted, x.last_modified FROM (SELECT 1) AS one"
+            # After the lock: this statement's snapshot then sees the
+            # timestamp the previous holder committed.
+            "SELECT t.last_modified, x.deleted, x.last_modified FROM (SELECT 1) AS one"
             " LEFT JOIN timestamps t ON t.resource_name = %s AND t.parent_id = %s"
             " LEFT JOIN objects x ON x.resource_name = %s AND x.parent_id = %s AND x.id = %s",
-            (
-                _list_lock_key(resource_name, parent_id),
-                resource_name,
-                parent_id,
-                resource_name,
-                parent_id,
-                object_id,
-            ),
+            (resource_name, parent_id, resource_name, parent_id, object_id),
+            lock=lock,
         )
         list_ts, old_deleted, old_ts = rows[0]
         existing = None if old_ts is None else (old_deleted, old_ts)
@@ -1645,29 +1735,39 @@ class PostgresStorage(_PostgresBase):
         )
         return stored
 
-    async def _store_now(self, txn, resource_name, parent_id, obj, only_over_tombstone: bool):
+    async def _store_now(self, txn, resource_name, parent_id, obj, only_over_tombstone: bool,
+                         expected: int | None = None):
         """
         The common write (no client-supplied timestamp) in one round trip:
         take the list's lock, then, in a statement whose snapshot follows
         the lock, stamp the object with C{max(now, list timestamp + 1)},
         store it and move the list timestamp. Returns the stored object, or
-        C{None} when C{only_over_tombstone} and a live object holds the id.
+        C{None} when the write was refused: C{only_over_tombstone} and a
+        live object holds the id, or C{expected} is not the stored live
+        version (when the write carries the commit, a refusal raises
+        instead, failing everything sent with it).
         """
         closing = self._closing(txn)
         unit = await self._unit(txn)
-        write = (obj["id"], _head(obj), bool(obj.get("deleted")), only_over_tombstone)
-        if closing and not unit.begun:
-            # The request's whole transaction: it joins its list's group.
-            stamp = await self._writer((resource_name, parent_id)).submit(_GroupItem(unit, write))
-        else:
-            rows, _ = await self._last(
-                txn,
-                _GROUP_WRITE,
-                _group_params(resource_name, parent_id, [write], strict=closing),
-                prepare=True,
-                closing=closing,
-            )
-            stamp = rows[0][1] if rows else None
+        key = (resource_name, parent_id)
+        write = (obj["id"], _head(obj), bool(obj.get("deleted")), only_over_tombstone, expected)
+        try:
+            if closing and not unit.begun and not unit.lists:
+                # The request's whole transaction: it joins its list's group.
+                stamp = await self._writer(key).submit(_GroupItem(unit, write))
+            else:
+                rows, _ = await self._last(
+                    txn,
+                    _GROUP_WRITE,
+                    _group_params(resource_name, parent_id, [write], strict=closing),
+                    prepare=True,
+                    closing=closing,
+                    lock=await unit.lock_statement(key),
+                )
+                stamp = rows[0][1] if rows else None
+        except WriteConflict as conflict:
+            # Name the list, so that the request's next attempt locks it first.
+            raise WriteConflict(conflict.lists | {key}, deadlock=conflict.deadlock) from None
         if stamp is None:
             return None
         stored = dict(obj)
@@ -1690,26 +1790,36 @@ class PostgresStorage(_PostgresBase):
 
         return await self._store(txn, resource_name, parent_id, obj, decide)
 
-    async def update(self, txn, resource_name, parent_id, object_id, obj):
+    async def update(self, txn, resource_name, parent_id, object_id, obj, expected=None):
         obj = dict(obj)
         obj["id"] = object_id
         obj.pop("deleted", None)
         wanted = obj.pop("last_modified", None)
         if wanted is None:
-            return await self._store_now(txn, resource_name, parent_id, obj, only_over_tombstone=False)
+            stored = await self._store_now(
+                txn, resource_name, parent_id, obj, only_over_tombstone=False, expected=expected
+            )
+            if stored is None:
+                raise WriteConflict([(resource_name, parent_id)])
+            return stored
 
         def decide(existing):
+            live = existing is not None and not existing[0]
+            if expected is not None and not (live and existing[1] == expected):
+                raise WriteConflict([(resource_name, parent_id)])
             # An older client timestamp cannot move a live object back.
-            if existing is not None and not existing[0] and isinstance(wanted, int):
-                if wanted <= existing[1]:
-                    return None
+            if live and isinstance(wanted, int) and wanted <= existing[1]:
+                return None
             return wanted
 
         return await self._store(txn, resource_name, parent_id, obj, decide)
 
-    async def delete(self, txn, resource_name, parent_id, object_id, last_modified=None):
+    async def delete(self, txn, resource_name, parent_id, object_id, last_modified=None, expected=None):
         def decide(existing):
-            if existing is None or existing[0]:
+            live = existing is not None and not existing[0]
+            if expected is not None and not (live and existing[1] == expected):
+                raise WriteConflict([(resource_name, parent_id)])
+            if not live:
                 raise ObjectNotFound(resource_name, object_id)
             if not isinstance(last_modified, int) or last_modified <= existing[1]:
                 return None
