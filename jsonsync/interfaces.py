@@ -148,6 +148,17 @@ class IStorage(Interface):
         @rtype: C{Awaitable[dict]}
         """
 
+    def guard(txn, resource_name, parent_id, object_id, expected):
+        """
+        Make C{txn} depend on an object it does not write (a record written
+        after validation against its collection's schema): the transaction
+        commits only while that object is still the live version
+        C{expected}, and writes to that object wait for the transaction or
+        conflict with it meanwhile.
+        @raise jsonsync.errors.WriteConflict: it is no longer that version.
+        @rtype: C{Awaitable[None]}
+        """
+
     def delete(txn, resource_name, parent_id, object_id, last_modified=None, expected=None):
         """
         Replace the live object by a tombstone and return the tombstone.

@@ -735,6 +735,31 @@ class ConcurrencyContract(_BackendFixture):
         self.assertEqual((await read)["v"], 1)
         await reader.rollback()
 
+    async def test_guard_refuses_a_changed_object_and_holds_off_its_writers(self):
+        from twisted.internet import reactor
+        from twisted.internet.defer import Deferred
+        from twisted.internet.task import deferLater
+
+        coll = ("collection", "/buckets/b")
+        first = await self.create({"id": "c", "schema": 1}, *coll)
+        await self.run_in_txn(lambda txn: self.storage.update(txn, *coll, "c", {"schema": 2}))
+        with self.assertRaises(WriteConflict):
+            await self.attempt(lambda txn: self.storage.guard(txn, *coll, "c", first["last_modified"]))
+        current = await self.run_in_txn(lambda txn: self.storage.get(txn, *coll, "c"))
+        guarded = self.storage.transaction()
+        await self.storage.guard(guarded, *coll, "c", current["last_modified"])
+        order = []
+        writer = Deferred.fromCoroutine(
+            self.attempt(lambda txn: self.storage.update(txn, *coll, "c", {"schema": 3}))
+        )
+        writer.addCallback(lambda _: order.append("schema changed"))
+        await deferLater(reactor, 0.1, lambda: None)  # the writer reaches the backend and waits
+        await self.storage.create(guarded, R, "/buckets/b/collections/c", {"id": "r", "schema": 2})
+        order.append("record committed")
+        await guarded.commit()
+        await writer
+        self.assertEqual(order, ["record committed", "schema changed"])
+
     async def test_lists_written_in_opposite_orders_do_not_deadlock(self):
         x, y = "/buckets/b/collections/x", "/buckets/b/collections/y"
         await self.create({"id": "a"}, parent=x)

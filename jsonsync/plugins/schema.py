@@ -77,10 +77,14 @@ class SchemaPlugin:
         cache = _Validators()
         storage = registry.storage
 
+        # A write validated against a schema commits only while that schema
+        # is still the stored one (storage.guard): a schema changed
+        # meanwhile makes the request run again, against the new schema.
         async def bucket_schema(req, bucket_id, field):
             bucket = await storage.get(req.txn, "bucket", "", bucket_id)
             schema = bucket.get(field) if bucket else None
             if isinstance(schema, dict) and schema:
+                await storage.guard(req.txn, "bucket", "", bucket_id, bucket["last_modified"])
                 return cache.get((f"/buckets/{bucket_id}", field, bucket["last_modified"]), schema), schema
             return None, None
 
@@ -90,6 +94,7 @@ class SchemaPlugin:
             collection = await storage.get(req.txn, "collection", f"/buckets/{bid}", cid)
             schema = collection.get("schema") if collection else None
             if isinstance(schema, dict) and schema:
+                await storage.guard(req.txn, "collection", f"/buckets/{bid}", cid, collection["last_modified"])
                 key = (f"/buckets/{bid}/collections/{cid}", "schema", collection["last_modified"])
                 await _validate(cache.get(key, schema), _instance(data, schema))
                 data["schema"] = collection["last_modified"]

@@ -181,6 +181,15 @@ class MemoryStorage(_MemoryBase):
         journal.undo.append(undo)
         return dict(stored)
 
+    async def guard(self, txn, resource_name, parent_id, object_id, expected):
+        # Holding the writers' lock to the end of the transaction is what
+        # keeps the object as it is now.
+        await self._journal(txn)
+        lst = self._list(resource_name, parent_id)
+        found = lst.objects.get(object_id) if lst else None
+        if found is None or found.get("deleted") or found["last_modified"] != expected:
+            raise WriteConflict([(resource_name, parent_id)])
+
     async def create(self, txn, resource_name, parent_id, obj):
         obj = copy.deepcopy(obj)
         wanted = obj.pop("last_modified", None)

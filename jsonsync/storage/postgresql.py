@@ -683,40 +683,44 @@ class _Unit:
         self._begun = False
         self._done = False
         self._pending: list[str] = []
-        # The lists whose lock this transaction holds (until it ends), and
-        # the statements taking those asked for up front, not yet sent.
+        # The lists whose lock this transaction holds (until it ends), those
+        # it holds in shared mode (L{PostgresStorage.guard}), and the
+        # statements taking those asked for up front, not yet sent.
         self.lists: set[tuple[str, str]] = set()
+        self.shared: set[tuple[str, str]] = set()
         self._ahead = ""
 
     @property
     def begun(self) -> bool:
         return self._begun
 
-    async def lock_statement(self, key: tuple[str, str]) -> str:
+    async def lock_statement(self, key: tuple[str, str], shared: bool = False) -> str:
         """
-        The statement that takes list C{key}'s lock, to send ahead of the
-        write that needs it (C{""} when this transaction holds it already).
+        The statement that takes list C{key}'s lock (C{shared}: in shared
+        mode), to send ahead of the statement that needs it (C{""} when this
+        transaction holds it already, or has just taken it).
 
         One canonical order makes deadlocks between list locks impossible:
         a transaction only ever I{waits} for a lock whose key is greater
         than every key it holds. A lock out of that order (a batch writing
-        list B after list A, where B's key is smaller) is only tried: when
-        another transaction holds it, waiting could close a cycle, so this
-        raises L{WriteConflict} naming every list involved, and the request
-        runs again with all of them locked up front, in order.
+        list B after list A, where B's key is smaller), or the upgrade of a
+        shared lock it holds, is only tried: when another transaction holds
+        it, waiting could close a cycle, so this raises L{WriteConflict}
+        naming every list involved, and the request runs again with all of
+        them locked up front, in order.
         """
-        if key in self.lists:
+        if key in self.lists or (shared and key in self.shared):
             return ""
+        mode = "_shared" if shared else ""
         lock = _list_lock_key(*key)
-        held = [_list_lock_key(*k) for k in self.lists]
-        if held and lock < max(held):
-            rows, _ = await self.execute("SELECT pg_try_advisory_xact_lock(%s)", (lock,))
+        held = [_list_lock_key(*k) for k in self.lists | self.shared]
+        out_of_order = bool(held) and (lock < max(held) or key in self.shared)
+        if out_of_order:
+            rows, _ = await self.execute(f"SELECT pg_try_advisory_xact_lock{mode}(%s)", (lock,))
             if not rows[0][0]:
-                raise WriteConflict(self.lists | {key})
-            self.lists.add(key)
-            return ""
-        self.lists.add(key)
-        return f"SELECT pg_advisory_xact_lock({lock}::bigint); "
+                raise WriteConflict(self.lists | self.shared | {key})
+        (self.shared if shared else self.lists).add(key)
+        return "" if out_of_order else f"SELECT pg_advisory_xact_lock{mode}({lock}::bigint); "
 
     def defer(self, sql: str, params=None) -> None:
         """Queue a write to run, in this transaction, before the next statement."""
@@ -1752,7 +1756,7 @@ class PostgresStorage(_PostgresBase):
         key = (resource_name, parent_id)
         write = (obj["id"], _head(obj), bool(obj.get("deleted")), only_over_tombstone, expected)
         try:
-            if closing and not unit.begun and not unit.lists:
+            if closing and not unit.begun and not unit.lists and not unit.shared:
                 # The request's whole transaction: it joins its list's group.
                 stamp = await self._writer(key).submit(_GroupItem(unit, write))
             else:
@@ -1773,6 +1777,24 @@ class PostgresStorage(_PostgresBase):
         stored = dict(obj)
         stored["last_modified"] = stamp
         return stored
+
+    async def guard(self, txn, resource_name, parent_id, object_id, expected):
+        """
+        L{IStorage.guard}: the object's list lock in shared mode, held to the
+        end of the transaction (its writers take it exclusively, so they
+        wait), then the version checked in a statement that follows the lock.
+        Costs one round trip; only transactions that need it pay.
+        """
+        unit = await self._unit(txn)
+        key = (resource_name, parent_id)
+        rows, _ = await unit.execute(
+            "SELECT EXISTS (SELECT 1 FROM objects WHERE resource_name = %s AND parent_id = %s"
+            " AND id = %s AND NOT deleted AND last_modified = %s)",
+            (resource_name, parent_id, object_id, expected),
+            lock=await unit.lock_statement(key, shared=True),
+        )
+        if not rows[0][0]:
+            raise WriteConflict([key])
 
     async def create(self, txn, resource_name, parent_id, obj):
         obj = dict(obj)
