@@ -2,6 +2,8 @@
 # jsonsync vs Kinto, side by side, on this machine (issue 5, benchmark part).
 #
 #   bench/compare.sh              # PostgreSQL: jsonsync vs Kinto (uwsgi, 2 processes), same server
+#   bench/compare.sh fresh        # PostgreSQL as a user's first import leaves it: both servers seeded
+#                                 #   through /batch, measured at once, no ANALYZE (issue #18)
 #   bench/compare.sh memory       # memory backends: jsonsync (1 process) vs Kinto (`kinto start`,
 #                                 #   waitress, 1 process), then RSS after seeding 100,000 records
 #   DURATION=5s ROUNDS=1 ONLY=w2,w3 bench/compare.sh      # a quick run
@@ -24,12 +26,18 @@
 #   N_RECORDS (10000) SEED_CONCURRENCY (2) ACCESS_LOG (0 = neither server logs each request)
 #   RSS_RECORDS (100000, memory mode) RSS_SEED_TIMEOUT (600 s per server) JSONSYNC_PORT (18891) KINTO_PORT (18892)
 #   KINTO_SPEC (kinto[postgresql]) PGADMIN (postgresql://postgres@127.0.0.1:5432/postgres)
+#   JS_DB (bench_jsonsync) KINTO_DB (bench_kinto): the databases it drops and recreates
 set -euo pipefail
 MODE=${1:-postgresql}
-case "$MODE" in postgresql|pg) MODE=postgresql ;; memory) ;; *) echo "usage: $0 [postgresql|memory]" >&2; exit 2 ;; esac
+# fresh: the postgresql run without the ANALYZE after seeding (what a server
+# meets right after an import through its API, before autovacuum's first pass).
+FRESH=0
+case "$MODE" in postgresql|pg) MODE=postgresql ;; fresh) MODE=postgresql; FRESH=1 ;; memory) ;;
+  *) echo "usage: $0 [postgresql|fresh|memory]" >&2; exit 2 ;; esac
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
+JS_DB=${JS_DB:-bench_jsonsync}; KINTO_DB=${KINTO_DB:-bench_kinto}
 N_RECORDS=${N_RECORDS:-10000}; RSS_RECORDS=${RSS_RECORDS:-100000}; RSS_SEED_TIMEOUT=${RSS_SEED_TIMEOUT:-600}
-OUT_DIR=${OUT_DIR:-$STATE/results/$MODE-$(date +%Y%m%d-%H%M%S)}
+OUT_DIR=${OUT_DIR:-$STATE/results/$MODE$([ "$FRESH" = 1 ] && echo -fresh)-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT_DIR"; RESULTS=$OUT_DIR/results.jsonl; : > "$RESULTS"; : > "$OUT_DIR/cpu.log"
 trap 'stop_all' EXIT
 trap 'exit 130' INT TERM
@@ -40,8 +48,8 @@ ensure_kinto_venv
 
 if [ "$MODE" = postgresql ]; then
   JS_WORKERS=$JSONSYNC_WORKERS; KMODE=uwsgi; KPROCS=$KINTO_PROCESSES
-  recreate_db bench_kinto; recreate_db bench_jsonsync
-  kinto_config postgresql "$OUT_DIR/kinto.ini" bench_kinto
+  recreate_db $KINTO_DB; recreate_db $JS_DB
+  kinto_config postgresql "$OUT_DIR/kinto.ini" $KINTO_DB
   log "kinto migrate"
   "$KVENV/bin/kinto" migrate --ini "$OUT_DIR/kinto.ini" > "$OUT_DIR/kinto-migrate.log" 2>&1
 else
@@ -50,7 +58,7 @@ else
 fi
 
 start_servers() {
-  start_jsonsync "$MODE" bench_jsonsync "$JS_WORKERS" "$OUT_DIR/jsonsync.log"
+  start_jsonsync "$MODE" $JS_DB "$JS_WORKERS" "$OUT_DIR/jsonsync.log"
   start_kinto "$KMODE" "$OUT_DIR/kinto.ini" "$OUT_DIR/kinto.log"
   wait_http "$JS" "$JSONSYNC_PID" jsonsync "$OUT_DIR/jsonsync.log"
   wait_http "$KI" "$KINTO_PID" Kinto "$OUT_DIR/kinto.log"
@@ -59,10 +67,10 @@ start_servers
 log "jsonsync pid $JSONSYNC_PID ($MODE, workers=$JS_WORKERS)  Kinto pid $KINTO_PID ($KMODE, processes=$KPROCS)"
 
 {
-  echo "mode=$MODE"
+  echo "mode=$MODE$([ "$FRESH" = 1 ] && echo ' (fresh: seeded through /batch, no ANALYZE)')"
   echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "command=$(for v in DURATION ROUNDS ONLY CONNS WARMUP JSONSYNC_WORKERS POOL_SIZE N_RECORDS; do
-      [ -n "${!v:-}" ] && printf '%s=%s ' "$v" "${!v}"; done)bench/compare.sh $MODE"
+      [ -n "${!v:-}" ] && printf '%s=%s ' "$v" "${!v}"; done)bench/compare.sh $([ "$FRESH" = 1 ] && echo fresh || echo "$MODE")"
   echo "kinto=$KINTO_VERSION ($KMODE, $KPROCS process(es))"
   echo "jsonsync=$(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- jsonsync 2>/dev/null || echo '+uncommitted changes in jsonsync/') (workers=$JS_WORKERS)"
   echo "python_jsonsync=$("$REPO/.venv/bin/python" -V 2>&1)  python_kinto=$("$KVENV/bin/python" -V 2>&1)"
@@ -77,11 +85,16 @@ for base in "$JS" "$KI"; do
   python3 "$BENCH/seed.py" "$base" --auth "$AUTH" --records "$N_RECORDS" \
     --concurrency "${SEED_CONCURRENCY:-2}" --reset 2>&1 | tee -a "$OUT_DIR/seed.log" >&2
 done
-if [ "$MODE" = postgresql ]; then
+if [ "$MODE" = postgresql ] && [ "$FRESH" = 1 ]; then
+  for db in $KINTO_DB $JS_DB; do
+    log "$db: no ANALYZE by the benchmark (fresh mode); latest ANALYZE of any table: $(psql -At "${PGADMIN%/*}/$db" -c \
+      "SELECT coalesce(max(greatest(last_analyze, last_autoanalyze))::text, 'none') FROM pg_stat_user_tables")"
+  done
+elif [ "$MODE" = postgresql ]; then
   # Fresh tables have no statistics until autovacuum gets to them, and the
   # planner then picks poor plans for both servers alike: analyze both, as a
   # production database long since would have been.
-  for db in bench_kinto bench_jsonsync; do
+  for db in $KINTO_DB $JS_DB; do
     psql "${PGADMIN%/*}/$db" -qc "ANALYZE" >&2
   done
 fi

@@ -69,6 +69,7 @@ from jsonsync.interfaces import IPermissionStore, IRequestPrefetch, IStorage
 from jsonsync.jsonutil import Encoded, EncodedPage
 from jsonsync.query import MISSING, Filter, Op, Query, Sort, rank
 from jsonsync.storage import Transaction, next_timestamp, now_ms
+from jsonsync.storage._statistics import StatisticsKeeper
 
 _log = Logger()
 
@@ -317,6 +318,9 @@ class _Pool:
         self._schema_lock = DeferredLock()
         self._reachable: bool | None = None
         self._users = 0
+        # Servers' pools keep the planner statistics of their tables fresh
+        # (see _statistics); a migration's pool does not.
+        self.statistics: StatisticsKeeper | None = None
 
     def start(self) -> None:
         kwargs = {}
@@ -328,6 +332,10 @@ class _Pool:
             # One plan per prepared statement: every statement we prepare
             # leads with equality on an index prefix, so a generic plan is as
             # good as a custom one, and re-planning each call is the cost.
+            # A generic plan lasts until the statistics of its tables change:
+            # one made while a table was nearly empty would outlive the
+            # table's growth, hence the statistics keeper (_statistics.py),
+            # whose ANALYZE of a grown table re-plans them everywhere.
             kwargs["options"] = (options + " -c plan_cache_mode=force_generic_plan").strip()
         for conn in self.connections:
             d = conn.connect(self.url, **kwargs)
@@ -340,6 +348,8 @@ class _Pool:
         if self.closed:
             return
         self.closed = True
+        if self.statistics is not None:
+            self.statistics.close()
         waiters, self._waiters = self._waiters, deque()
         for d, timer in waiters:
             if timer.active():
@@ -429,13 +439,28 @@ class _Pool:
             return
         self._idle.append(conn)
 
-    def release(self, conn: _Connection) -> None:
+    def try_checkout(self) -> _Connection | None:
+        """An idle connection now, or C{None} (never waits; for background work)."""
+        if self.closed or not self.schema_ready:
+            return None
+        while self._idle:
+            conn = self._idle.popleft()
+            if conn.usable():
+                conn.checked_out = True
+                return conn
+        return None
+
+    def release(self, conn: _Connection, poke: bool = True) -> None:
         conn.checked_out = False
         if self.closed:
             return
         # A dead connection comes back through _recovered once reconnected.
         if conn.usable():
             self._hand_out(conn)
+        if poke and self.statistics is not None:
+            # After each request (or statement outside one): tables that
+            # grew get their statistics, in the background.
+            self.statistics.poke()
 
     async def checkout(self) -> _Connection:
         if not self.schema_ready:
@@ -2105,6 +2130,7 @@ class PostgresBackend:
             float(self._setting(settings, "storage_pool_timeout")),
         )
         pool.start()
+        pool.statistics = StatisticsKeeper(pool)
         try:
             await pool.ensure_schema()
         except BackendUnavailable:

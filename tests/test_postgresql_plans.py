@@ -1,0 +1,216 @@
+"""
+Plans of the hot statements on fresh data (issue #18): a database filled
+through the API must not be served by plans made while it was empty.
+
+The server prepares its hot statements once per connection, with generic
+plans (C{plan_cache_mode=force_generic_plan}); made on empty tables, such a
+plan scans the whole C{objects} table for each look-up, and lasts until the
+tables' statistics change. These tests run the application on a real
+PostgreSQL (a scratch schema: fresh tables that were never analysed), let it
+prepare its statements on a young list, put 10,000 records and their ACEs
+under it without any ANALYZE, send the hot requests again, and EXPLAIN the
+statements exactly as the server sent them, as the prepared statements of
+the server's own connection (a pool of one).
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import TestCase
+
+from jsonsync import testing
+from jsonsync.storage import _statistics, postgresql
+from jsonsync.storage.postgresql import _array_literal, _pieces, _prepared_form
+from tests.test_storage_postgresql import SKIP, scratch_url
+
+P = "/buckets/b/collections/c"
+RECORDS = "/v1/buckets/b/collections/c/records"
+N = 10_000
+
+_FILL = (
+    "INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data, body)"
+    " SELECT 'record', %(parent)s, 'r' || lpad(i::text, 6, '0'), %(base)s + i, false, d, d::text"
+    " FROM generate_series(1, %(n)s) AS i,"
+    " LATERAL (SELECT jsonb_build_object('id', 'r' || lpad(i::text, 6, '0'), 'last_modified',"
+    "  %(base)s + i, 'n', i, 'status', 'abcd'::text, 'payload', repeat('x', 160))) AS j(d);"
+    " INSERT INTO access_control_entries (object_id, permission, principal)"
+    " SELECT %(parent)s || '/records/r' || lpad(i::text, 6, '0'), 'write', %(owner)s"
+    " FROM generate_series(1, %(n)s) AS i;"
+    " UPDATE timestamps SET last_modified = %(base)s + %(n)s"
+    " WHERE resource_name = 'record' AND parent_id = %(parent)s"
+)
+
+
+class _Capture:
+    """The statements the storage sends (at L{postgresql._execute}) while installed."""
+
+    def __init__(self, test: TestCase):
+        self.sent: list[tuple[str, object, bool]] = []
+        real = postgresql._execute
+
+        async def capturing(conn, sql, params=None, generation=None, prepare=False, prefix=""):
+            if "objects" in sql and "pg_class" not in sql:
+                self.sent.append((sql, params, prepare))
+            return await real(conn, sql, params, generation, prepare, prefix)
+
+        test.patch(postgresql, "_execute", capturing)
+
+
+class FreshDataPlanTests(TestCase):
+    skip = SKIP
+    timeout = 180
+
+    async def setUp(self):
+        # Every request may check the table sizes (the server checks at most
+        # once a second): the test then needs no clock.
+        self.patch(_statistics, "CHECK_INTERVAL", 0)
+        url = await scratch_url(self)
+        self.app = await testing.build_app(
+            {
+                "storage_backend": "postgresql",
+                "permission_backend": "postgresql",
+                "storage_url": url,
+                # One connection: the one that prepared the statements is the
+                # one whose plans are explained.
+                "storage_pool_size": "1",
+            }
+        )
+        self.addCleanup(testing._close_apps)
+        self.storage = self.app.registry.storage
+        self.pool = self.storage._pool
+        self.alice = testing.StubClient(self.app).as_user("alice")
+
+    async def ok(self, response, status=(200, 201)):
+        r = await response
+        self.assertIn(r.status, status if isinstance(status, tuple) else (status,), r)
+        return r
+
+    async def hot_requests(self, since: int, record: str) -> None:
+        """One of each: get one, a list page, a _since page, a write."""
+        await self.ok(self.alice.get(f"{RECORDS}/{record}"))
+        await self.ok(self.alice.get(f"{RECORDS}?_limit=100"))
+        await self.ok(self.alice.get(f"{RECORDS}?_since={since}&_limit=100"))
+        await self.ok(self.alice.put(f"{RECORDS}/{record}", {"data": {"n": 1}}))
+
+    async def explain(self, sql: str, params, prepare: bool) -> list[str]:
+        """
+        The plans of C{sql} as the server ran it: C{EXPLAIN EXECUTE} of the
+        prepared statements of the pool's connection, or a plain C{EXPLAIN}.
+        """
+        plans = []
+        positional = None if isinstance(params, dict) else list(params or ())
+        conn = await self.pool.checkout()
+        try:
+            for piece in _pieces(sql):
+                if prepare:
+                    name, _, order = _prepared_form(piece)
+                    if positional is None:
+                        mine = [params[k] for k in order]
+                    else:
+                        mine, positional[: len(order)] = positional[: len(order)], []
+                    values = [_array_literal(v) if isinstance(v, (list, tuple)) else v for v in mine]
+                    args = f" ({', '.join(['%s'] * len(values))})" if values else ""
+                    rows, _ = await postgresql._execute(conn, f"EXPLAIN EXECUTE {name}{args}", values)
+                else:
+                    count = len(postgresql._PLACEHOLDER.findall(piece))
+                    if positional is None:
+                        mine = params
+                    else:
+                        mine, positional[:count] = positional[:count], []
+                    rows, _ = await postgresql._execute(conn, "EXPLAIN " + piece, mine)
+                plans.append("\n".join(r[0] for r in rows))
+        finally:
+            self.pool.release(conn, poke=False)
+        return plans
+
+    async def test_hot_statements_use_the_indexes_on_fresh_data(self):
+        await self.ok(self.alice.put("/v1/buckets/b"))
+        await self.ok(self.alice.put("/v1/buckets/b/collections/c"))
+        first = await self.ok(self.alice.put(f"{RECORDS}/first", {"data": {"n": 0}}))
+        # The young list: the server prepares (and plans) its statements now.
+        await self.hot_requests(first.data["last_modified"] - 1, "first")
+        base = first.data["last_modified"] + 10
+        await self.pool.run(
+            _FILL, {"parent": P, "base": base, "n": N, "owner": f"account:{'alice'}"}
+        )
+        rows, _ = await self.pool.run("SELECT count(*) FROM objects")
+        self.assertGreaterEqual(rows[0][0], N)
+        # 10,000 rows, never analysed by anyone but jsonsync itself.
+        capture = _Capture(self)
+        await self.hot_requests(base + N - 50, "r000123")
+        await self.pool.statistics.idle()  # an ANALYZE under way, if any
+        kinds = {
+            "get one": lambda s: "array_agg(o.data" in s and "string_agg" not in s,
+            "list page": lambda s: "string_agg" in s and "last_modified >" not in s,
+            "_since page": lambda s: "string_agg" in s and "last_modified >" in s,
+            "write": lambda s: s == postgresql._GROUP_WRITE,
+        }
+        seen = set()
+        for sql, params, prepare in capture.sent:
+            for plan in await self.explain(sql, params, prepare):
+                for table in ("objects", "access_control_entries"):
+                    self.assertNotIn(f"Seq Scan on {table}", plan, f"{sql}\n\n{plan}")
+            seen.update(k for k, test in kinds.items() if test(sql))
+        self.assertEqual(seen, set(kinds), [s for s, _, _ in capture.sent])
+
+
+class StatisticsKeeperTests(TestCase):
+    """The keeper analyses grown tables only, one process at a time."""
+
+    skip = SKIP
+
+    async def setUp(self):
+        url = await scratch_url(self)
+        self.app = await testing.build_app(
+            {"storage_backend": "postgresql", "permission_backend": "postgresql", "storage_url": url}
+        )
+        self.addCleanup(testing._close_apps)
+        self.pool = self.app.registry.storage._pool
+        self.keeper = self.pool.statistics
+        await self.keeper.idle()
+        # Checks run when the test says, not after each statement.
+        self.patch(self.keeper, "poke", lambda: None)
+
+    async def analysed(self) -> dict[str, int]:
+        rows, _ = await self.pool.run(
+            "SELECT relname, analyze_count FROM pg_stat_user_tables"
+            " WHERE relid = ANY(ARRAY[to_regclass('objects'), to_regclass('access_control_entries')]::oid[])"
+        )
+        return dict(rows)
+
+    async def fill(self, n: int) -> None:
+        await self.pool.run(_FILL, {"parent": P, "base": 1, "n": n, "owner": "x"})
+
+    def test_growth_rule(self):
+        rows = [("small", 0, 15), ("new", 0, 16), ("same", 100, 150), ("doubled", 100, 201), ("never", -1, 40)]
+        self.assertEqual(_statistics.grown(rows), ["doubled", "never", "new"])
+
+    async def test_small_tables_are_left_alone(self):
+        await self.fill(20)
+        await self.keeper.check()
+        self.assertEqual(self.keeper.analysed, 0)
+
+    async def test_grown_table_is_analysed_once(self):
+        await self.fill(N)
+        await self.keeper.check()
+        self.assertEqual(self.keeper.analysed, 1)
+        rows, _ = await self.pool.run("SELECT reltuples FROM pg_class WHERE oid = to_regclass('objects')")
+        self.assertEqual(rows[0][0], N)
+        await self.keeper.check()  # statistics are current: nothing to do
+        self.assertEqual(self.keeper.analysed, 1)
+
+    async def test_another_process_analysing_is_not_waited_for(self):
+        await self.fill(N)
+        # Another process holds the lock (session-level, on a connection of
+        # our own, as a second server's keeper would).
+        from twisted.internet import reactor
+        from txpostgres.txpostgres import Connection
+
+        other = Connection(reactor)
+        await other.connect(self.pool.url)
+        self.addCleanup(other.close)
+        await other.runQuery("SELECT pg_advisory_lock(%s, %s)", _statistics._LOCK)
+        await self.keeper.check()
+        self.assertEqual(self.keeper.analysed, 0)
+        await other.runQuery("SELECT pg_advisory_unlock(%s, %s)", _statistics._LOCK)
+        await self.keeper.check()
+        self.assertEqual(self.keeper.analysed, 1)
