@@ -757,3 +757,22 @@ for _case in (
     _name = _case.__name__ + "OnPostgreSQL"
     globals()[_name] = type(_name, (_case,), {"backend": _PG, "skip": _PG_SKIP})
 del _case, _name
+
+
+class CrossProcessTests(AccountsTestCase):
+    """Two servers on one database: a remembered check never outlives a password change."""
+
+    backend = _PG
+    skip = _PG_SKIP
+
+    async def test_password_changed_by_another_server(self):
+        other = await build_app({**self.settings, **self.backend})
+        self.addCleanup(lambda: other.registry.close())
+        await self.signup("alice", "old")
+        self.assertEqual(await self.user_id("alice", "old"), "account:alice")
+        r = await StubClient(other).as_user("alice", "old").patch(
+            "/v1/accounts/alice", {"data": {"password": "new"}}
+        )
+        self.assertEqual(r.status, 200, r)
+        self.assertNotEqual(await self.user_id("alice", "old"), "account:alice")
+        self.assertEqual(await self.user_id("alice", "new"), "account:alice")
