@@ -406,6 +406,24 @@ class AdminTests(AccountsTestCase):
         self.assertEqual([a["id"] for a in r.data], ["alice"])
 
 
+class ReadAdminTests(AccountsTestCase):
+    settings = {**SETTINGS, "account_read_principals": "account:auditor"}
+
+    async def test_readers_read_and_list_but_do_not_write(self):
+        await self.signup("auditor", "x")
+        await self.signup("alice", "a")
+        auditor = self.client.as_user("auditor", "x")
+        self.assertEqual((await auditor.get("/v1/accounts/alice")).status, 200)
+        r = await auditor.get("/v1/accounts")
+        self.assertEqual(sorted(a["id"] for a in r.data), ["alice", "auditor"])
+        r = await auditor.patch("/v1/accounts/alice", {"data": {"password": "x"}})
+        self.assertEqual(r.status, 403)
+        self.assertEqual((await auditor.delete("/v1/accounts/alice")).status, 403)
+        r = await auditor.delete("/v1/accounts")
+        self.assertEqual([a["id"] for a in r.data], ["auditor"])
+        self.assertEqual(await self.user_id("alice", "a"), "account:alice")
+
+
 class DeletionTests(AccountsTestCase):
     async def test_delete_own_account(self):
         await self.signup("alice", "a")

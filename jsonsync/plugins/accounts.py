@@ -158,7 +158,8 @@ class AccountPolicy:
         response times nor the limits below tell which accounts exist.
       - Concurrent checks of the same credentials share one bcrypt.
       - For C{ttl} more seconds, an outcome is still served while one
-        background check renews it: no burst of checks when it expires.
+        background check renews it: no burst of checks when it expires,
+        and no wait in the queue for credentials in use.
       - At most L{limiter}C{.limit} bcrypt computations run at once, which
         leaves a core to the reactor; a flood of distinct credentials
         queues behind it, and is refused with a 503 once the queue would
@@ -255,9 +256,15 @@ class AccountPolicy:
         return await waiter
 
     def _renew(self, key: bytes, password: str, hashed: str | None) -> None:
-        """Check stale credentials again in the background, unless that would wait."""
+        """
+        Check expired credentials again in the background. Never refused,
+        even by a full queue: the request is answered meanwhile, and each
+        remembered outcome asks for one renewal per C{ttl} at most (as
+        much as its first check cost), so a flood of new credentials
+        cannot make users who logged in before fall out of the cache.
+        """
         job = (key, hashed)
-        if job not in self._running and not self._overloaded():
+        if job not in self._running:
             self._join(job, password, None)
 
     def _join(self, job, password: str, waiter: Deferred | None) -> None:
