@@ -103,7 +103,10 @@ class BcryptCostTests(_Served):
         calls = [Deferred.fromCoroutine(self.user_id("alice", "pw")) for _ in range(8)]
         self.assertEqual(await gatherResults(calls), ["account:alice"] * 8)
         # Served from the expired outcome while one check renews it.
-        self.assertLessEqual(len(checks), 1)
+        for job in list(getattr(self.policy, "_running", {}).values()):
+            job.append(Deferred())
+            await job[-1]
+        self.assertEqual(len(checks), 1)
 
     async def wait_until(self, condition):
         while not condition():

@@ -10,7 +10,8 @@ import threading
 from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
-from twisted.internet.task import Clock
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -632,6 +633,10 @@ class CacheTests(AccountsTestCase):
         policy.max_wait = 2.5
         first = Deferred.fromCoroutine(self.client.as_user("u1", "pw").get("/v1/"))
         second = Deferred.fromCoroutine(self.client.as_user("u2", "pw").get("/v1/"))
+        # (Their account look-ups take a round trip on PostgreSQL.)
+        while len(policy.limiter.waiting) < 2 and not (first.called and second.called):
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(len(policy.limiter.waiting), 2)
         r = await self.client.as_user("u3", "pw").get("/v1/")
         self.assertEqual(r.status, 503, r)
         self.assertEqual(r.json["errno"], 201)
