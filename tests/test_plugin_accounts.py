@@ -9,7 +9,9 @@ import os
 import threading
 from urllib.parse import urlsplit, urlunsplit
 
-from twisted.internet.task import Clock
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -256,19 +258,23 @@ class PasswordChangeTests(AccountsTestCase):
     async def test_stored_password_is_a_bcrypt_hash(self):
         await self.signup("alice", "pw")
         stored = await self.stored("alice")
-        self.assertTrue(stored["password"].startswith("$2b$04$"), stored)
+        self.assertTrue(stored["password"].startswith("hmac-sha256:$2b$04$"), stored)
         self.assertTrue(accounts.check_password("pw", stored["password"]))
+        self.assertFalse(accounts.check_password("pw2", stored["password"]))
 
     async def test_cached_login_refused_after_password_change(self):
         await self.signup("alice", "old")
         self.assertEqual(await self.user_id("alice", "old"), "account:alice")
-        self.assertIn("alice", self.policy()._cache)
+        checks = self.count_checks()
+        self.assertEqual(await self.user_id("alice", "old"), "account:alice")
+        self.assertEqual(checks, [])  # remembered
         r = await self.client.as_user("alice", "old").patch(
             "/v1/accounts/alice", {"data": {"password": "new"}}
         )
         self.assertEqual(r.status, 200)
-        self.assertNotIn("alice", self.policy()._cache)
+        # The remembered check was made against the old hash: it no longer counts.
         self.assertNotEqual(await self.user_id("alice", "old"), "account:alice")
+        self.assertEqual(len(checks), 1)
 
     async def test_password_change_inside_batch(self):
         await self.signup("alice", "old")
@@ -401,6 +407,24 @@ class AdminTests(AccountsTestCase):
         self.assertEqual([a["id"] for a in r.data], ["alice"])
 
 
+class ReadAdminTests(AccountsTestCase):
+    settings = {**SETTINGS, "account_read_principals": "account:auditor"}
+
+    async def test_readers_read_and_list_but_do_not_write(self):
+        await self.signup("auditor", "x")
+        await self.signup("alice", "a")
+        auditor = self.client.as_user("auditor", "x")
+        self.assertEqual((await auditor.get("/v1/accounts/alice")).status, 200)
+        r = await auditor.get("/v1/accounts")
+        self.assertEqual(sorted(a["id"] for a in r.data), ["alice", "auditor"])
+        r = await auditor.patch("/v1/accounts/alice", {"data": {"password": "x"}})
+        self.assertEqual(r.status, 403)
+        self.assertEqual((await auditor.delete("/v1/accounts/alice")).status, 403)
+        r = await auditor.delete("/v1/accounts")
+        self.assertEqual([a["id"] for a in r.data], ["auditor"])
+        self.assertEqual(await self.user_id("alice", "a"), "account:alice")
+
+
 class DeletionTests(AccountsTestCase):
     async def test_delete_own_account(self):
         await self.signup("alice", "a")
@@ -411,7 +435,6 @@ class DeletionTests(AccountsTestCase):
         self.assertEqual(r.data["id"], "alice")
         self.assertIs(r.data["deleted"], True)
         self.assertNotIn("password", r.data)
-        self.assertNotIn("alice", self.policy()._cache)
         self.assertNotEqual(await self.user_id("alice", "a"), "account:alice")
         registry = self.app.registry
         txn = registry.storage.transaction()
@@ -503,7 +526,7 @@ class TimingTests(AccountsTestCase):
         dummy, on_main = checks[0]
         self.assertFalse(on_main)
         # A real hash of the accounts' cost, so the check takes as long.
-        self.assertTrue(dummy.startswith("$2b$04$"), dummy)
+        self.assertTrue(dummy.startswith("hmac-sha256:$2b$04$"), dummy)
 
     async def test_dummy_hash_made_at_start(self):
         self.assertIsNotNone(self.policy()._dummy)
@@ -514,7 +537,7 @@ class TimingTests(AccountsTestCase):
         await self.user_id("alice", "wrong")
         await self.user_id("nobody", "wrong")
         self.assertEqual(len(checks), 2)
-        self.assertEqual(checks[0][0][:7], checks[1][0][:7])
+        self.assertEqual(checks[0][0][:19], checks[1][0][:19])  # scheme and cost
 
     async def test_invalid_account_id_is_not_looked_up(self):
         checks = self.count_checks()
@@ -523,6 +546,15 @@ class TimingTests(AccountsTestCase):
 
 
 class CacheTests(AccountsTestCase):
+    async def settle(self):
+        """Wait for the policy's background checks."""
+        waiters = []
+        for job in self.policy()._running.values():
+            waiters.append(Deferred())
+            job.append(waiters[-1])
+        for waiter in waiters:
+            await waiter
+
     async def test_successful_check_is_cached_for_ttl(self):
         await self.signup("alice", "pw")
         clock = Clock()
@@ -534,9 +566,86 @@ class CacheTests(AccountsTestCase):
         clock.advance(29)
         self.assertEqual(await self.user_id("alice", "pw"), "account:alice")
         self.assertEqual(len(checks), 1)
+        # Expired: still served, while one check renews it in the background.
         clock.advance(2)
         self.assertEqual(await self.user_id("alice", "pw"), "account:alice")
+        self.assertEqual(await self.user_id("alice", "pw"), "account:alice")
+        await self.settle()
         self.assertEqual(len(checks), 2)
+        self.assertEqual(await self.user_id("alice", "pw"), "account:alice")
+        self.assertEqual(len(checks), 2)
+        # Unused for another ttl beyond its expiry: forgotten.
+        clock.advance(61)
+        self.assertEqual(await self.user_id("alice", "pw"), "account:alice")
+        self.assertEqual(len(checks), 3)
+
+    async def test_failed_checks_are_cached_too(self):
+        await self.signup("alice", "pw")
+        checks = self.count_checks()
+        for _ in range(3):
+            self.assertNotEqual(await self.user_id("alice", "bad"), "account:alice")
+            self.assertNotEqual(await self.user_id("ghost", "bad"), "account:ghost")
+        self.assertEqual(len(checks), 2)
+        # A failure says nothing of another password.
+        self.assertEqual(await self.user_id("alice", "pw"), "account:alice")
+        self.assertEqual(len(checks), 3)
+
+    async def test_concurrent_checks_share_one_bcrypt(self):
+        await self.signup("alice", "pw")
+        checks = self.count_checks()
+        alice = self.client.as_user("alice", "pw")
+        ghost = self.client.as_user("ghost", "pw")
+        results = await gatherResults(
+            [Deferred.fromCoroutine(c.get("/v1/")) for c in [alice] * 5 + [ghost] * 5]
+        )
+        users = [r.json.get("user", {}).get("id") for r in results]
+        self.assertEqual(users[:5], ["account:alice"] * 5)
+        self.assertNotIn("account:ghost", users[5:])
+        self.assertEqual(len(checks), 2, checks)
+
+    async def test_limiter_bounds_concurrent_bcrypt(self):
+        policy = self.policy()
+        policy.limiter = DeferredSemaphore(1)
+        running = []
+        most = []
+        real = accounts.check_password
+
+        def spy(password, hashed):
+            running.append(1)
+            most.append(len(running))
+            try:
+                return real(password, hashed)
+            finally:
+                running.pop()
+
+        self.patch(accounts, "check_password", spy)
+        clients = [self.client.as_user(f"user{i}", "pw") for i in range(6)]
+        results = await gatherResults([Deferred.fromCoroutine(c.get("/v1/")) for c in clients])
+        self.assertEqual([r.status for r in results], [200] * 6)
+        self.assertEqual(len(most), 6)
+        self.assertEqual(max(most), 1)
+
+    async def test_overloaded_checks_answer_503(self):
+        policy = self.policy()
+        policy.limiter = DeferredSemaphore(1)
+        await policy.limiter.acquire()  # the one slot is taken
+        policy._slot_seconds = 1.0
+        policy.max_wait = 2.5
+        first = Deferred.fromCoroutine(self.client.as_user("u1", "pw").get("/v1/"))
+        second = Deferred.fromCoroutine(self.client.as_user("u2", "pw").get("/v1/"))
+        # (Their account look-ups take a round trip on PostgreSQL.)
+        while len(policy.limiter.waiting) < 2 and not (first.called and second.called):
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(len(policy.limiter.waiting), 2)
+        r = await self.client.as_user("u3", "pw").get("/v1/")
+        self.assertEqual(r.status, 503, r)
+        self.assertEqual(r.json["errno"], 201)
+        self.assertIsNotNone(r.header("Retry-After"))
+        # Credentials already being checked just wait for that check.
+        third = Deferred.fromCoroutine(self.client.as_user("u1", "pw").get("/v1/"))
+        policy.limiter.release()
+        for d in (first, second, third):
+            self.assertEqual((await d).status, 200)
 
     async def test_cache_never_accepts_another_password(self):
         await self.signup("alice", "pw")
@@ -548,15 +657,24 @@ class CacheTests(AccountsTestCase):
     async def test_cache_holds_no_clear_password(self):
         await self.signup("alice", "pw-in-clear")
         await self.user_id("alice", "pw-in-clear")
+        self.assertEqual(len(self.policy()._cache), 1)
         self.assertNotIn("pw-in-clear", repr(self.policy()._cache))
-        self.assertIn("alice", self.policy()._cache)
+        self.assertNotIn(b"pw-in-clear", b"".join(self.policy()._cache))
 
-    async def test_any_update_invalidates(self):
+    async def test_update_without_new_password_keeps_the_check(self):
         await self.signup("alice", "pw")
         await self.user_id("alice", "pw")
-        self.assertIn("alice", self.policy()._cache)
+        checks = self.count_checks()
         await self.client.as_user("alice", "pw").patch("/v1/accounts/alice", {"data": {"age": 3}})
-        self.assertNotIn("alice", self.policy()._cache)
+        self.assertEqual(await self.user_id("alice", "pw"), "account:alice")
+        self.assertEqual(checks, [])
+
+    async def test_deleted_account_misses_the_cache(self):
+        await self.signup("alice", "pw")
+        await self.user_id("alice", "pw")
+        r = await self.client.as_user("alice", "pw").delete("/v1/accounts/alice")
+        self.assertEqual(r.status, 200)
+        self.assertNotEqual(await self.user_id("alice", "pw"), "account:alice")
 
 
 class CacheDisabledTests(AccountsTestCase):
@@ -662,3 +780,22 @@ for _case in (
     _name = _case.__name__ + "OnPostgreSQL"
     globals()[_name] = type(_name, (_case,), {"backend": _PG, "skip": _PG_SKIP})
 del _case, _name
+
+
+class CrossProcessTests(AccountsTestCase):
+    """Two servers on one database: a remembered check never outlives a password change."""
+
+    backend = _PG
+    skip = _PG_SKIP
+
+    async def test_password_changed_by_another_server(self):
+        other = await build_app({**self.settings, **self.backend})
+        self.addCleanup(lambda: other.registry.close())
+        await self.signup("alice", "old")
+        self.assertEqual(await self.user_id("alice", "old"), "account:alice")
+        r = await StubClient(other).as_user("alice", "old").patch(
+            "/v1/accounts/alice", {"data": {"password": "new"}}
+        )
+        self.assertEqual(r.status, 200, r)
+        self.assertNotEqual(await self.user_id("alice", "old"), "account:alice")
+        self.assertEqual(await self.user_id("alice", "new"), "account:alice")
