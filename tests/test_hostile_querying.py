@@ -7,6 +7,8 @@ never a "retry later", never the database's own words).
 
 import base64
 import json
+import random
+import string
 import uuid
 from urllib.parse import quote
 
@@ -45,8 +47,8 @@ class _Served(TestCase):
             status, _ = await self.call("PUT", f"{RECS}/{rid}", {"data": data})
             self.assertEqual(status, 201)
 
-    async def call(self, method, path, body=None):
-        kwargs = {"headers": {"Authorization": basic("alice")}, "pool": self.pool}
+    async def call(self, method, path, body=None, user="alice", password="secret"):
+        kwargs = {"headers": {"Authorization": basic(user, password)} if user else {}, "pool": self.pool}
         if body is not None:
             kwargs["data"] = jsonutil.dumps(body)
             kwargs["headers"]["Content-Type"] = "application/json"
@@ -158,22 +160,46 @@ class SmallerLimitsTests(_Served):
         self.assertEqual(await self.ids(f"{RECS}?x=[[[1]]]"), [])
 
 
+def random_id(length):
+    # Random characters: a repeated one would compress in the database's
+    # index and hide a key that is too long.
+    rng = random.Random(length)
+    return rng.choice(string.ascii_letters) + "".join(
+        rng.choice(string.ascii_letters + string.digits + "_-") for _ in range(length - 1)
+    )
+
+
 class IdLengthTests(_Served):
+    settings = {
+        "includes": "accounts",
+        "multiauth.policies": "account basicauth",
+        "account_create_principals": "system.Everyone",
+        "account_bcrypt_rounds": "4",
+    }
+
     async def test_longest_ids_at_every_level(self):
-        # The longest parent path below the longest ids still fits the
-        # database's key.
-        bid, cid, rid = "b" * MAX_ID_LENGTH, "c" * MAX_ID_LENGTH, "r" * MAX_ID_LENGTH
+        # The longest keys the database holds: ids of the longest length at
+        # every level, created by an account of the longest id (its
+        # principal is part of the ACL's key).
+        user = random_id(MAX_ID_LENGTH)
+        status, body = await self.call("PUT", f"/v1/accounts/{user}", {"data": {"password": "pw"}}, user=None)
+        self.assertEqual(status, 201, body)
+        bid, cid = random_id(MAX_ID_LENGTH - 1), random_id(MAX_ID_LENGTH - 2)
+        rid, gid = random_id(MAX_ID_LENGTH - 3), random_id(MAX_ID_LENGTH - 4)
         for path in (f"/v1/buckets/{bid}", f"/v1/buckets/{bid}/collections/{cid}",
-                     f"/v1/buckets/{bid}/groups/{'g' * MAX_ID_LENGTH}",
+                     f"/v1/buckets/{bid}/groups/{gid}",
                      f"/v1/buckets/{bid}/collections/{cid}/records/{rid}"):
-            status, body = await self.call("PUT", path, {"data": {}})
+            status, body = await self.call("PUT", path, {"data": {"members": [f"account:{user}"]}},
+                                           user=user, password="pw")
             self.assertEqual(status, 201, body)
-        self.assertEqual(await self.ids(f"/v1/buckets/{bid}/collections/{cid}/records"), [rid])
+        status, body = await self.call("GET", f"/v1/buckets/{bid}/collections/{cid}/records", user=user,
+                                       password="pw")
+        self.assertEqual([o["id"] for o in body["data"]], [rid])
 
     async def test_longer_ids_are_invalid(self):
         long = "a" * (MAX_ID_LENGTH + 1)
         for path in (f"/v1/buckets/{long}", f"{B}/collections/{long}", f"{B}/groups/{long}",
-                     f"{RECS}/{long}", f"{RECS}/{'x' * 2800}"):
+                     f"{RECS}/{long}", f"{RECS}/{random_id(2800)}", f"/v1/accounts/{long}"):
             self.assertInvalid(await self.call("PUT", path, {"data": {}}), "path", contains="Invalid object id")
         for plural in (f"{RECS}", f"{B}/collections", "/v1/buckets"):
             self.assertInvalid(await self.call("POST", plural, {"data": {"id": long}}), "body", "data.id")

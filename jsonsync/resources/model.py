@@ -16,10 +16,12 @@ from typing import Any
 
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$")
 # The longest id of any resource type. PostgreSQL refuses an index entry
-# beyond about 2,700 bytes, and the objects key holds the id beside its parent
-# path (a record's holds its bucket's and collection's ids too): three ids of
-# this length stay far below it, and no client needs longer names.
-MAX_ID_LENGTH = 256
+# beyond 2,704 bytes: a record's key holds its id beside its parent path (its
+# bucket's and collection's ids), and its ACL key its URI beside a principal
+# such as "account:<id>", four ids in all. At 512 characters (ASCII, as every
+# id pattern is) the longest such key is about 2,100 bytes, while ids of a few
+# hundred characters (extension storage keys made ids) keep working.
+MAX_ID_LENGTH = 512
 _ALNUM = string.ascii_letters + string.digits
 _NAME_CHARS = _ALNUM + "_-"
 _rng = random.SystemRandom()
