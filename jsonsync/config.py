@@ -73,7 +73,11 @@ CORE_SETTINGS: list[Setting] = [
     _s("heartbeat_timeout_seconds", "int", 10),
     _s("pagination_token_validity_seconds", "int", 600),
     _s("max_request_body_bytes", "int", 1048576, "larger bodies get 413"),
-    _s("json_max_depth", "int", 64, "deeper JSON bodies get 400"),
+    _s("json_max_depth", "int", 64, "deeper JSON bodies (and filter values) get 400"),
+    _s("querystring_max_sort_fields", "int", 10, "more _sort fields get 400"),
+    _s("querystring_max_filters", "int", 20, "more filters in one query string get 400"),
+    _s("querystring_max_fields", "int", 100, "more _fields get 400"),
+    _s("querystring_max_values", "int", 10000, "more values in one in_/exclude_/contains_ filter get 400"),
     _s("access_log", "bool", True, "write an access log line per request"),
     _s("bucket_create_principals", "list", ["system.Authenticated"]),
     _s("permissions_read_principals", "list", ["system.Everyone"]),
@@ -284,7 +288,11 @@ def load(
 
 
 def _check_values(values: dict[str, Any], problems: list[str]):
-    for name in ("batch_max_requests", "storage_max_fetch_size", "max_request_body_bytes"):
+    for name in (
+        "batch_max_requests", "storage_max_fetch_size", "max_request_body_bytes",
+        "querystring_max_sort_fields", "querystring_max_filters", "querystring_max_fields",
+        "querystring_max_values",
+    ):
         if isinstance(values.get(name), int) and values[name] < 1:
             problems.append(f"bad value for {name}: must be at least 1")
     if values.get("paginate_by") is not None and values["paginate_by"] < 1:

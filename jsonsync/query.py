@@ -83,6 +83,11 @@ class Query:
     include_deleted: bool = False
 
 
+# Past this many dot-separated parts, a field path is read only as one key or
+# as one key per part (the PostgreSQL backend's _MAX_SPLIT_PARTS agrees).
+MAX_SPLIT_PARTS = 5
+
+
 def resolve(obj: dict, path: str) -> Any:
     """
     The value at a dotted C{path}, trying the longest key that exists at
@@ -93,6 +98,16 @@ def resolve(obj: dict, path: str) -> Any:
     if "." not in path:
         return MISSING
     parts = path.split(".")
+    if len(parts) > MAX_SPLIT_PARTS:
+        # Trying every split of a long path costs exponential time on an
+        # object whose keys are crafted for it; the PostgreSQL backend
+        # tries the same two readings.
+        sub: Any = obj
+        for part in parts:
+            if not isinstance(sub, dict) or part not in sub:
+                return MISSING
+            sub = sub[part]
+        return sub
     for cut in range(len(parts) - 1, 0, -1):
         head = ".".join(parts[:cut])
         if head in obj:
@@ -156,6 +171,19 @@ def like_pattern(value: str) -> re.Pattern:
     return pattern
 
 
+def _key_set(flt: Filter) -> frozenset:
+    """
+    The sort keys of an C{in_}/C{exclude_} filter's values, worked out once
+    per filter: checking each object against a list (an C{in_id} of a
+    whole page of ids) would cost objects times values.
+    """
+    keys = flt.__dict__.get("_keys")
+    if keys is None:
+        keys = frozenset(sort_key(v) for v in flt.value)
+        object.__setattr__(flt, "_keys", keys)  # frozen: a cache, not a change
+    return keys
+
+
 def matches(obj: dict, flt: Filter) -> bool:
     """Whether C{obj} passes one filter."""
     value = resolve(obj, flt.field)
@@ -165,11 +193,9 @@ def matches(obj: dict, flt: Filter) -> bool:
     if op is Op.NOT:
         return not json_equal(value, flt.value)
     if op is Op.IN:
-        key = sort_key(value)
-        return any(key == sort_key(v) for v in flt.value)
+        return sort_key(value) in _key_set(flt)
     if op is Op.EXCLUDE:
-        key = sort_key(value)
-        return all(key != sort_key(v) for v in flt.value)
+        return sort_key(value) not in _key_set(flt)
     if op is Op.HAS:
         return (value is not MISSING) == bool(flt.value)
     if op is Op.LIKE:

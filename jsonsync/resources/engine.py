@@ -338,6 +338,7 @@ class Engine:
             paginate_by=self.settings("paginate_by"),
             max_fetch=self.settings("storage_max_fetch_size", 10000),
             strict_fields=loc.resource.strict_fields,
+            limits=querystring.QueryLimits.of(self.registry.settings),
         )
 
     @staticmethod
@@ -606,7 +607,8 @@ class Engine:
             raise ObjectNotFound(rt.name, loc.object_id)
         check_preconditions(req, obj["last_modified"], obj)
         acl = await self.object_acl(req, loc.uri)
-        fields = querystring.parse_fields(req.query, rt.strict_fields)
+        limits = querystring.QueryLimits.of(self.registry.settings)
+        fields = querystring.parse_fields(req.query, rt.strict_fields, limits)
         events.notify(req, "read", loc, [{"new": obj}], obj["last_modified"])
         if fields:
             obj = querystring.project(obj, fields)

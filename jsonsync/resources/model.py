@@ -15,6 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$")
+# The longest id of any resource type. PostgreSQL refuses an index entry
+# beyond 2,704 bytes: a record's key holds its id beside its parent path (its
+# bucket's and collection's ids), and its ACL key its URI beside a principal
+# such as "account:<id>", four ids in all. At 512 characters (ASCII, as every
+# id pattern is) the longest such key is about 2,100 bytes, while ids of a few
+# hundred characters (extension storage keys made ids) keep working.
+MAX_ID_LENGTH = 512
 _ALNUM = string.ascii_letters + string.digits
 _NAME_CHARS = _ALNUM + "_-"
 _rng = random.SystemRandom()
@@ -27,6 +34,34 @@ def name_id() -> str:
 
 def uuid_id() -> str:
     return str(uuid.uuid4())
+
+
+class IdPattern:
+    """
+    A resource type's id pattern, bounded: C{match} refuses ids longer than
+    L{MAX_ID_LENGTH} and wants the whole id to match (a C{$} anchor alone
+    lets a trailing newline through).
+    """
+
+    __slots__ = ("regex", "max_length")
+
+    def __init__(self, regex: re.Pattern, max_length: int = MAX_ID_LENGTH):
+        self.regex = regex
+        self.max_length = max_length
+
+    @property
+    def pattern(self) -> str:
+        return self.regex.pattern
+
+    def match(self, text: str) -> re.Match | None:
+        if len(text) > self.max_length:
+            return None
+        return self.regex.fullmatch(text)
+
+    fullmatch = match
+
+    def __repr__(self):
+        return f"IdPattern({self.regex.pattern!r}, max_length={self.max_length})"
 
 
 @dataclass
@@ -51,7 +86,7 @@ class ResourceType:
     plural: str
     parent: str | None
     permissions: tuple[str, ...] = ("read", "write")
-    id_pattern: re.Pattern = NAME_PATTERN
+    id_pattern: re.Pattern | IdPattern = NAME_PATTERN
     id_generator: Callable[[], str] = name_id
     validate: Callable | None = None
     strict_fields: frozenset[str] | None = None
@@ -60,6 +95,12 @@ class ResourceType:
     validators: list[Callable] = field(default_factory=list)
     present: Callable[[dict], dict] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        # Every type, plugins' included, gets the length bound: the id is
+        # part of the database key whatever its pattern.
+        if not isinstance(self.id_pattern, IdPattern):
+            self.id_pattern = IdPattern(self.id_pattern)
 
     @property
     def create_permission(self) -> str:

@@ -27,6 +27,59 @@ _TIMESTAMP = re.compile(r'^"?(\d+)"?$')
 _DAY_MS = 24 * 3600 * 1000
 
 
+@dataclass(frozen=True)
+class QueryLimits:
+    """
+    How much one query string may ask for: each bound keeps a request's
+    cost in proportion to what a client reasonably needs, and is checked
+    here, before any backend sees the query, so both backends refuse the
+    same requests with the same 400.
+
+    @ivar max_depth: nesting of a JSON filter value (and of a C{_token}'s
+        values); deeper ones would make the backends recurse
+        (C{json_max_depth}).
+    @ivar max_sort_fields: fields in C{_sort}; PostgreSQL orders by five
+        terms per field and refuses a few hundred
+        (C{querystring_max_sort_fields}).
+    @ivar max_filters: filters in one query string, each one more condition
+        on every row (C{querystring_max_filters}).
+    @ivar max_fields: fields in C{_fields}, each looked up in every object
+        of a page (C{querystring_max_fields}).
+    @ivar max_values: values in one C{in_}/C{exclude_} list or one
+        C{contains_}/C{contains_any_} array (C{querystring_max_values});
+        sync clients send C{in_id} with a whole page of ids.
+    """
+
+    max_depth: int = 64
+    max_sort_fields: int = 10
+    max_filters: int = 20
+    max_fields: int = 100
+    max_values: int = 10000
+
+    @classmethod
+    def of(cls, settings) -> QueryLimits:
+        """The limits of a server's settings (worked out once per settings object)."""
+        cached = getattr(settings, "_query_limits", None)
+        if isinstance(cached, cls):
+            return cached
+        default = cls()
+        limits = cls(
+            max_depth=settings.get("json_max_depth", default.max_depth),
+            max_sort_fields=settings.get("querystring_max_sort_fields", default.max_sort_fields),
+            max_filters=settings.get("querystring_max_filters", default.max_filters),
+            max_fields=settings.get("querystring_max_fields", default.max_fields),
+            max_values=settings.get("querystring_max_values", default.max_values),
+        )
+        try:
+            settings._query_limits = limits
+        except AttributeError:
+            pass  # a plain mapping: worked out again next time
+        return limits
+
+
+DEFAULT_LIMITS = QueryLimits()
+
+
 @dataclass
 class ListRequest:
     query: Query
@@ -61,7 +114,20 @@ def _timestamp(name: str, raw: str) -> int:
     return value
 
 
-def parse_filter(name: str, raw: str, strict_fields: frozenset[str] | None) -> Filter:
+def _check_value(name: str, raw: str, value: Any, limits: QueryLimits) -> None:
+    """Refuse a typed filter value no backend could handle alike."""
+    if isinstance(value, (list, dict)) and not jsonutil.depth(value, limits.max_depth):
+        raise _bad(name, f"Invalid value for {name}: JSON nested deeper than {limits.max_depth} levels")
+    # PostgreSQL's JSONB and text cannot hold U+0000, so no stored object
+    # can contain it: refuse it as the body of a write is refused, rather
+    # than let one backend answer and the other fail.
+    if "\\u0000" in raw and jsonutil.has_nul(value):
+        raise _bad(name, f"Invalid value for {name}: filter values cannot contain the NUL character")
+
+
+def parse_filter(
+    name: str, raw: str, strict_fields: frozenset[str] | None, limits: QueryLimits = DEFAULT_LIMITS
+) -> Filter:
     match = _OPERATOR.match(name)
     if match:
         op, fieldname = Op(match.group(1)), match.group(2)
@@ -70,15 +136,24 @@ def parse_filter(name: str, raw: str, strict_fields: frozenset[str] | None) -> F
     if strict_fields is not None and fieldname.split(".")[0] not in strict_fields:
         raise _bad(name, f"Unknown filter field '{fieldname}'")
     if op in (Op.IN, Op.EXCLUDE):
-        value: Any = [typed(part) for part in raw.split(",")]
+        parts = raw.split(",")
+        if len(parts) > limits.max_values:
+            raise _bad(name, f"Invalid value for {name}: more than {limits.max_values} values")
+        value: Any = [typed(part) for part in parts]
+        for part, typed_part in zip(parts, value, strict=True):
+            _check_value(name, part, typed_part, limits)
     elif op in (Op.CONTAINS, Op.CONTAINS_ANY):
         if fieldname in ("id", "last_modified"):
             raise _bad(name, f"Field '{fieldname}' is not an array")
         value = typed(raw)
+        _check_value(name, raw, value, limits)
         if not isinstance(value, list):
             value = [value]
+        elif len(value) > limits.max_values:
+            raise _bad(name, f"Invalid value for {name}: more than {limits.max_values} values")
     else:
         value = typed(raw)
+        _check_value(name, raw, value, limits)
 
     if fieldname == "last_modified":
         if op in (Op.IN, Op.EXCLUDE):
@@ -110,7 +185,7 @@ def encode_token(last: dict) -> str:
     return base64.urlsafe_b64encode(jsonutil.dumps(payload)).decode("ascii")
 
 
-def decode_token(raw: str, sorting: tuple[Sort, ...]) -> dict:
+def decode_token(raw: str, sorting: tuple[Sort, ...], limits: QueryLimits = DEFAULT_LIMITS) -> dict:
     """The token's payload: C{last_object} (checked against C{sorting}), C{nonce}, C{issued}."""
     try:
         padded = raw + "=" * (-len(raw) % 4)
@@ -124,6 +199,9 @@ def decode_token(raw: str, sorting: tuple[Sort, ...]) -> dict:
     wanted = {s.field for s in sorting}
     if not set(last) <= wanted:
         raise _bad("_token", "_token has invalid content")
+    # A forged token's values become filters too: the same bounds apply.
+    if not jsonutil.depth(last, limits.max_depth + 1) or (b"\\u0000" in decoded and jsonutil.has_nul(last)):
+        raise _bad("_token", "_token has invalid content")
     return payload
 
 
@@ -135,6 +213,7 @@ def parse_list_request(
     strict_fields: frozenset[str] | None = None,
     default_sort: tuple[Sort, ...] = (Sort("last_modified", -1),),
     tiebreak: str = "last_modified",
+    limits: QueryLimits = DEFAULT_LIMITS,
 ) -> ListRequest:
     filters: list[Filter] = []
     sorting: tuple[Sort, ...] | None = None
@@ -158,6 +237,8 @@ def parse_list_request(
             token = raw
         elif name == "_sort":
             parts = [p.strip() for p in raw.split(",") if _SORT_TOKEN.match(p.strip())]
+            if len(parts) > limits.max_sort_fields:
+                raise _bad("_sort", f"Invalid value for _sort: more than {limits.max_sort_fields} fields")
             result = []
             for part in parts:
                 direction = -1 if part.startswith("-") else 1
@@ -167,11 +248,7 @@ def parse_list_request(
                 result.append(Sort(fieldname, direction))
             sorting = tuple(result)
         elif name == "_fields":
-            fields = [f.strip() for f in raw.split(",") if f.strip()]
-            if strict_fields is not None:
-                for f in fields:
-                    if f.split(".")[0] not in strict_fields:
-                        raise InvalidParameters("querystring", "_fields", f"Unknown field '{f}'")
+            fields = _fields_of(raw, strict_fields, limits)
         elif name in ("_since", "_before", "_to"):
             if name == "_since" and raw.strip() in ("null", ""):
                 continue
@@ -182,7 +259,9 @@ def parse_list_request(
         elif name.startswith("_"):
             continue  # reserved for clients: _expected and such are ignored
         else:
-            filters.append(parse_filter(name, raw, strict_fields))
+            if len(filter_params) >= limits.max_filters:
+                raise _bad(name, f"Too many filters: at most {limits.max_filters} in one query string")
+            filters.append(parse_filter(name, raw, strict_fields, limits))
             filter_params.append((name, raw))
 
     if not sorting:
@@ -206,7 +285,7 @@ def parse_list_request(
     query = Query(filters=filters, sorting=sorting, limit=effective, include_deleted=include_deleted)
     result = ListRequest(query, effective, fields, deprecated_to, bool(token), filter_params)
     if token:
-        payload = decode_token(token, sorting)
+        payload = decode_token(token, sorting, limits)
         last = payload["last_object"]
         full = {s.field: last.get(s.field, MISSING) for s in sorting}
         query.pagination = keyset_rules(sorting, full)
@@ -216,16 +295,27 @@ def parse_list_request(
     return result
 
 
-def parse_fields(params: list[tuple[str, str]], strict_fields=None) -> list[str] | None:
+def _fields_of(raw: str, strict_fields, limits: QueryLimits) -> list[str]:
+    fields = [f.strip() for f in raw.split(",") if f.strip()]
+    if len(fields) > limits.max_fields:
+        raise _bad("_fields", f"Invalid value for _fields: more than {limits.max_fields} fields")
+    if strict_fields is not None:
+        for f in fields:
+            if f.split(".")[0] not in strict_fields:
+                raise InvalidParameters("querystring", "_fields", f"Unknown field '{f}'")
+    return fields
+
+
+def parse_fields(
+    params: list[tuple[str, str]], strict_fields=None, limits: QueryLimits = DEFAULT_LIMITS
+) -> list[str] | None:
     """The C{_fields} of an object GET."""
     fields = None
     for name, raw in params:
         if name == "_fields":
-            fields = [f.strip() for f in raw.split(",") if f.strip()]
-    if fields and strict_fields is not None:
-        for f in fields:
-            if f.split(".")[0] not in strict_fields:
-                raise InvalidParameters("querystring", "_fields", f"Unknown field '{f}'")
+            if "\x00" in raw:
+                raise _bad("_fields", "Invalid character 0x00")
+            fields = _fields_of(raw, strict_fields, limits)
     return fields
 
 

@@ -313,6 +313,7 @@ class ServiceViews:
             strict_fields=PERMISSION_FIELDS,
             default_sort=(Sort("uri", -1),),
             tiebreak="uri",
+            limits=querystring.QueryLimits.of(self.settings),
         )
         query = listing.query
         filters = [f for f in query.filters if f.field != "last_modified"]
