@@ -73,6 +73,9 @@ CORE_SETTINGS: list[Setting] = [
     _s("heartbeat_timeout_seconds", "int", 10),
     _s("pagination_token_validity_seconds", "int", 600),
     _s("max_request_body_bytes", "int", 1048576, "larger bodies get 413"),
+    _s("max_request_line_bytes", "int", 524288, "longer request lines (method, URL, version) get 414"),
+    _s("max_header_bytes", "int", 65536, "larger header sections (all lines, CRLF excluded) get 431"),
+    _s("max_header_count", "int", 100, "requests with more header lines get 431"),
     _s("json_max_depth", "int", 64, "deeper JSON bodies get 400"),
     _s("access_log", "bool", True, "write an access log line per request"),
     _s("bucket_create_principals", "list", ["system.Authenticated"]),
@@ -284,7 +287,8 @@ def load(
 
 
 def _check_values(values: dict[str, Any], problems: list[str]):
-    for name in ("batch_max_requests", "storage_max_fetch_size", "max_request_body_bytes"):
+    for name in ("batch_max_requests", "storage_max_fetch_size", "max_request_body_bytes",
+                 "max_request_line_bytes", "max_header_bytes", "max_header_count"):
         if isinstance(values.get(name), int) and values[name] < 1:
             problems.append(f"bad value for {name}: must be at least 1")
     if values.get("paginate_by") is not None and values["paginate_by"] < 1:
