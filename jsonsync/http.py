@@ -372,6 +372,7 @@ def read_body(request, limit: int) -> bytes:
 # What twisted.web's parser was doing when it gave up, for the 400's details.
 _REQUEST_LINE, _HEADER, _BODY = "request line", "header", "body"
 _CSP = b"default-src 'none'; frame-ancestors 'none'; base-uri 'none';"
+_EXPOSED = b"Backoff, Retry-After, Alert, Content-Length, Content-Type"
 
 
 class LimitedChannel(HTTPChannel):
@@ -421,7 +422,8 @@ class LimitedChannel(HTTPChannel):
 
     def connectionMade(self):
         site = getattr(self, "site", None)
-        for name in ("max_request_line", "max_header_bytes", "max_header_count", "max_body", "cors_origins"):
+        for name in ("max_request_line", "max_header_bytes", "max_header_count", "max_body",
+                     "cors_origins"):
             value = getattr(site, name, None)
             if value is not None:
                 setattr(self, name, value)
@@ -554,7 +556,7 @@ class LimitedChannel(HTTPChannel):
         allow = self._allowed_origin()
         if allow:
             head.append(b"Access-Control-Allow-Origin: " + allow)
-            head.append(b"Access-Control-Expose-Headers: Backoff, Retry-After, Alert, Content-Length, Content-Type")
+            head.append(b"Access-Control-Expose-Headers: " + _EXPOSED)
         self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + payload)
         _log.info(
             "refused a request from {peer}: {status} {message}",
@@ -608,5 +610,6 @@ def _describe_header(line: bytes) -> tuple[str, str | None, str]:
     if low == "content-length":
         return ("header", "Content-Length", "Content-Length must be one non-negative integer")
     if low == "transfer-encoding":
-        return ("header", "Transfer-Encoding", "Transfer-Encoding must be chunked, and the body length given once")
+        return ("header", "Transfer-Encoding",
+                "Transfer-Encoding must be chunked, and the body length given once")
     return ("header", text, "invalid header name or value")
