@@ -275,6 +275,8 @@ class ParseErrorTests(_Served):
                          b"Transfer-Encoding: chunked\r\n\r\n{}", "header", "Transfer-Encoding")
         await self.check(b"PUT /v1/buckets/b HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
                          "header", "Transfer-Encoding")
+        await self.check(b"PUT /v1/buckets/b HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+                         "header", "Content-Length")
 
     async def test_bad_chunked_encoding(self):
         await self.check(b"PUT /v1/buckets/b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "body")
