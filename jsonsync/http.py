@@ -461,12 +461,25 @@ class LimitedChannel(HTTPChannel):
         return super().dataReceived(data)
 
     def lineReceived(self, line):
+        # Called for every line of every head: kept to one call, without
+        # super() (headerReceived is not overridden for the same reason).
         if self.refused is not None:
-            return
+            return None
         if self._in_head:
-            self._head_bytes += len(line)
-            if self._head_bytes > self.max_header_bytes:
-                return self._too_large_head()
+            if line:
+                self._head_bytes += len(line)
+                if self._head_bytes > self.max_header_bytes:
+                    return self._too_large_head()
+                if line[0] not in b" \t":  # not the continuation of a folded header
+                    self._head_count += 1
+                    if self._head_count > self.max_header_count:
+                        return self._too_large_head()
+                    # twisted.web reads a header when the next line comes:
+                    # while it reads this line, the header it checks is the
+                    # one before (for the 400's details).
+                    _http_line_received(self, line)
+                    self._header_line = line
+                    return None
         else:
             self._stage = _REQUEST_LINE
             if line:
@@ -475,7 +488,10 @@ class LimitedChannel(HTTPChannel):
                 self._in_head = True
                 self._head_bytes = 0
                 self._head_count = 0
-        super().lineReceived(line)
+                _http_line_received(self, line)
+                self._stage = _HEADER
+                return None
+        return _http_line_received(self, line)
 
     def lineLengthExceeded(self, line):
         # LineReceiver's limit (MAX_LENGTH): a line with no end in sight.
@@ -483,14 +499,6 @@ class LimitedChannel(HTTPChannel):
             self._too_large_head()
         else:
             self._too_long_line()
-
-    def headerReceived(self, line):
-        self._head_count += 1
-        if self._head_count > self.max_header_count:
-            self._too_large_head()
-            return False
-        self._stage, self._header_line = _HEADER, line
-        return super().headerReceived(line)
 
     def allHeadersReceived(self):
         self._in_head = False
@@ -599,6 +607,7 @@ class LimitedChannel(HTTPChannel):
 
 # LimitedChannel hands line-mode input to LineReceiver at least this often.
 _HOLD = 64 * 1024
+_http_line_received = HTTPChannel.lineReceived
 
 
 def _describe_header(line: bytes) -> tuple[str, str | None, str]:

@@ -438,9 +438,12 @@ class TwistedBehaviourTests(SynchronousTestCase):
         exceeded = []
         channel.lineLengthExceeded = exceeded.append
         channel.makeConnection(StringTransport())
+        self.assertTrue(channel.line_mode)  # LimitedChannel holds back line-mode input
         channel.dataReceived(b"G" * (HTTPChannel.MAX_LENGTH + 10))
         channel.connectionLost(Failure(ConnectionDone()))
         self.assertTrue(exceeded)
+        channel.setRawMode()
+        self.assertFalse(channel.line_mode)
 
     def test_length_known_before_all_headers_received_and_before_100_continue(self):
         channel = HTTPChannel()
