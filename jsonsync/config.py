@@ -73,6 +73,9 @@ CORE_SETTINGS: list[Setting] = [
     _s("heartbeat_timeout_seconds", "int", 10),
     _s("pagination_token_validity_seconds", "int", 600),
     _s("max_request_body_bytes", "int", 1048576, "larger bodies get 413"),
+    _s("max_request_line_bytes", "int", 524288, "longer request lines get 414"),
+    _s("max_header_bytes", "int", 65536, "larger header sections (CRLF excluded) get 431"),
+    _s("max_header_count", "int", 100, "requests with more header lines get 431"),
     _s("json_max_depth", "int", 64, "deeper JSON bodies (and filter values) get 400"),
     _s("querystring_max_sort_fields", "int", 10, "more _sort fields get 400"),
     _s("querystring_max_filters", "int", 20, "more filters in one query string get 400"),
@@ -290,6 +293,7 @@ def load(
 def _check_values(values: dict[str, Any], problems: list[str]):
     for name in (
         "batch_max_requests", "storage_max_fetch_size", "max_request_body_bytes",
+        "max_request_line_bytes", "max_header_bytes", "max_header_count",
         "querystring_max_sort_fields", "querystring_max_filters", "querystring_max_fields",
         "querystring_max_values",
     ):

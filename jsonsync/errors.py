@@ -146,6 +146,18 @@ class RequestTooLarge(JsonSyncError):
     message = "Request body too large."
 
 
+class RequestLineTooLong(JsonSyncError):
+    """The request line (method, target with its query string, version) is over the limit."""
+
+    message = "Request line too long."
+
+
+class HeaderFieldsTooLarge(JsonSyncError):
+    """The header section is over the size or count limit."""
+
+    message = "Request header fields too large."
+
+
 class BackendUnavailable(JsonSyncError):
     message = (
         "Service temporary unavailable due to overloading or maintenance, please retry later."
@@ -180,6 +192,8 @@ ERRORS: dict[type, tuple[int, int]] = {
     ObjectExists: (409, 122),
     WriteConflict: (409, 122),
     RequestTooLarge: (413, 113),
+    RequestLineTooLong: (414, 113),
+    HeaderFieldsTooLarge: (431, 113),
     BackendUnavailable: (503, 201),
     ServiceDeprecated: (410, 202),
     ListenerRejected: (400, 107),

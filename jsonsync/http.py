@@ -6,22 +6,31 @@ bodies, conditional headers and content negotiation.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from email.utils import formatdate
 from io import BytesIO
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
+from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
 from jsonsync import jsonutil
 from jsonsync.errors import (
+    HeaderFieldsTooLarge,
     InvalidParameters,
+    JsonSyncError,
     NotAcceptable,
     PreconditionFailed,
+    RequestLineTooLong,
     RequestTooLarge,
     UnsupportedMediaType,
+    error_body,
 )
+
+_log = Logger()
 
 API_PREFIX = "/v1"
 
@@ -337,6 +346,8 @@ class LimitedRequest(Request):
         super().requestReceived(command, path, version)
 
     def gotLength(self, length):
+        # A LimitedChannel has already answered 413 for a declared length over
+        # the limit; this keeps the limit on any other channel.
         if length is not None and length > self._limit():
             self.too_large = True
             length = 0
@@ -349,6 +360,11 @@ class LimitedRequest(Request):
         if self._received > self._limit():
             self.too_large = True
             self.content = BytesIO()
+            # A chunked body has no declared length: refuse it the moment it
+            # crosses the limit instead of reading the rest.
+            refuse = getattr(self.channel, "refuse", None)
+            if refuse is not None:
+                refuse(RequestTooLarge())
             return
         super().handleContentChunk(data)
 
@@ -364,3 +380,260 @@ def read_body(request, limit: int) -> bytes:
     if len(body) > limit:
         raise RequestTooLarge()
     return body
+
+
+# --- the connection -----------------------------------------------------------
+
+# What twisted.web's parser was doing when it gave up, for the 400's details.
+_REQUEST_LINE, _HEADER, _BODY = "request line", "header", "body"
+_CSP = b"default-src 'none'; frame-ancestors 'none'; base-uri 'none';"
+_EXPOSED = b"Backoff, Retry-After, Alert, Content-Length, Content-Type"
+
+
+class LimitedChannel(HTTPChannel):
+    """
+    An HTTP/1.1 connection with documented limits on the request head, that
+    answers every request it refuses with a JSON error in Kinto's format
+    and then closes.
+
+    twisted.web drops a connection without a word when a line is longer than
+    16 KiB (a records list with C{?in_id=} and a few hundred ids), and
+    answers other parse errors with an empty plain-text 400. This channel
+    takes request lines up to C{max_request_line} bytes and header sections
+    up to C{max_header_bytes} bytes in C{max_header_count} lines, answers 414
+    or 431 beyond them, 413 as soon as a body is known to be over
+    C{max_body} (a declared C{Content-Length}, before any C{100 Continue},
+    or a chunked body when it crosses the limit) and 400 for what does not
+    parse.
+
+    The limits are read from the site (C{Site.max_request_line} and the
+    others) when the connection opens; the class attributes are defaults.
+    """
+
+    max_request_line = 512 * 1024
+    max_header_bytes = 64 * 1024
+    max_header_count = 100
+    max_body = 1 << 20
+    cors_origins: tuple[str, ...] = ("*",)
+    # After a refusal the connection is half-closed and what the client still
+    # sends is read and thrown away, for at most this long and this much: a
+    # socket closed with unread input sends a reset, which can destroy the
+    # answer before the client reads it (a client still writing its body
+    # would see "connection reset" instead of the 413).
+    linger_seconds = 5
+    linger_bytes = 8 << 20
+
+    refused: JsonSyncError | None = None
+    _in_head = False
+    _head_bytes = 0
+    _head_count = 0
+    _stage = _REQUEST_LINE
+    _header_line = b""
+    _drained = 0
+    # Line-mode input held back until it can end a line (see dataReceived).
+    _held: list[bytes] | None = None
+    _held_size = 0
+    _tail = b""
+
+    def connectionMade(self):
+        site = getattr(self, "site", None)
+        for name in ("max_request_line", "max_header_bytes", "max_header_count", "max_body",
+                     "cors_origins"):
+            value = getattr(site, name, None)
+            if value is not None:
+                setattr(self, name, value)
+        # twisted.web's own limits, set so that they never fire before ours:
+        # the longest line LineReceiver keeps, the request line and header
+        # lines together, the header count.
+        self.MAX_LENGTH = max(self.max_request_line, self.max_header_bytes)
+        self.totalHeadersSize = self.max_request_line + self.max_header_bytes
+        self.maxHeaders = self.max_header_count
+        super().connectionMade()
+
+    # -- input -------------------------------------------------------------------
+    def dataReceived(self, data):
+        if self.refused is not None:
+            return self._drain(len(data))
+        if self.line_mode:
+            # LineReceiver copies and searches its whole buffer on every read:
+            # fed a long line a few bytes at a time, that grows with the square
+            # of the line. Hand it only input that can end a line, or a
+            # sizeable piece, so each byte is searched a bounded number of times.
+            ends_line = b"\r\n" in data or (data[:1] == b"\n" and self._tail == b"\r")
+            self._tail = data[-1:]
+            if not ends_line and self._held_size + len(data) < _HOLD:
+                if self._held is None:
+                    self._held = []
+                self._held.append(data)
+                self._held_size += len(data)
+                self.resetTimeout()
+                return None
+            if self._held:
+                self._held.append(data)
+                data = b"".join(self._held)
+                self._held = None
+                self._held_size = 0
+        return super().dataReceived(data)
+
+    def lineReceived(self, line):
+        # Called for every line of every head: kept to one call, without
+        # super() (headerReceived is not overridden for the same reason).
+        if self.refused is not None:
+            return None
+        if self._in_head:
+            if line:
+                self._head_bytes += len(line)
+                if self._head_bytes > self.max_header_bytes:
+                    return self._too_large_head()
+                if line[0] not in b" \t":  # not the continuation of a folded header
+                    self._head_count += 1
+                    if self._head_count > self.max_header_count:
+                        return self._too_large_head()
+                    # twisted.web reads a header when the next line comes:
+                    # while it reads this line, the header it checks is the
+                    # one before (for the 400's details).
+                    _http_line_received(self, line)
+                    self._header_line = line
+                    return None
+        else:
+            self._stage = _REQUEST_LINE
+            if line:
+                if len(line) > self.max_request_line:
+                    return self._too_long_line()
+                self._in_head = True
+                self._head_bytes = 0
+                self._head_count = 0
+                _http_line_received(self, line)
+                self._stage = _HEADER
+                return None
+        return _http_line_received(self, line)
+
+    def lineLengthExceeded(self, line):
+        # LineReceiver's limit (MAX_LENGTH): a line with no end in sight.
+        if self._in_head:
+            self._too_large_head()
+        else:
+            self._too_long_line()
+
+    def allHeadersReceived(self):
+        self._in_head = False
+        self._stage = _BODY
+        if self.length is not None and self.length > self.max_body:
+            # Before twisted.web answers "Expect: 100-continue": the client
+            # must not be invited to send a body that will be refused.
+            self.refuse(RequestTooLarge())
+            return
+        super().allHeadersReceived()
+
+    def rawDataReceived(self, data):
+        if self.refused is not None:
+            return self._drain(len(data))
+        super().rawDataReceived(data)
+
+    def allContentReceived(self):
+        # A chunked body refused in the middle of a read may still end in it.
+        if self.refused is None:
+            super().allContentReceived()
+
+    def _respondToBadRequestAndDisconnect(self):
+        # twisted.web's one exit for what it cannot parse (request line,
+        # header line, Content-Length, Transfer-Encoding, chunked body, too
+        # many headers); it wrote an empty plain-text 400.
+        if self._stage is _REQUEST_LINE:
+            where = ("path", None, "malformed request line: expected METHOD target HTTP/1.x")
+        elif self._stage is _HEADER:
+            where = _describe_header(self._header_line)
+        else:
+            where = ("body", None, "malformed chunked transfer encoding")
+        self.refuse(InvalidParameters(*where))
+
+    def _too_long_line(self):
+        self.refuse(RequestLineTooLong(
+            f"Request line too long: the limit is {self.max_request_line} bytes."))
+
+    def _too_large_head(self):
+        self.refuse(HeaderFieldsTooLarge(
+            f"Request header fields too large: the limit is {self.max_header_bytes} bytes"
+            f" in {self.max_header_count} fields."))
+
+    # -- the answer ----------------------------------------------------------------
+    def refuse(self, exc: JsonSyncError):
+        """
+        Answer the request being read with C{exc} as a JSON error, then close
+        the connection without reading the rest of the request.
+        """
+        if self.refused is not None or self.transport is None:
+            return
+        self.refused = exc
+        self._held = None
+        status, body = error_body(exc)
+        payload = jsonutil.dumps(body)
+        head = [
+            b"HTTP/1.1 %d %s" % (status, body["error"].encode("latin-1")),
+            b"Content-Type: application/json",
+            b"Content-Length: %d" % len(payload),
+            b"X-Content-Type-Options: nosniff",
+            b"Content-Security-Policy: " + _CSP,
+            b"Connection: close",
+        ]
+        allow = self._allowed_origin()
+        if allow:
+            head.append(b"Access-Control-Allow-Origin: " + allow)
+            head.append(b"Access-Control-Expose-Headers: " + _EXPOSED)
+        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + payload)
+        _log.info(
+            "refused a request from {peer}: {status} {message}",
+            peer=str(self.transport.getPeer()), status=status, message=exc.message,
+        )
+        # Stop reading into a request, stop sending, and let the client read
+        # the answer (see linger_seconds).
+        self.transport.unregisterProducer()
+        self.setTimeout(self.linger_seconds)
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is None:
+            self.transport.loseConnection()
+        else:
+            half_close()
+
+    def _allowed_origin(self) -> bytes | None:
+        """What Access-Control-Allow-Origin the app would send, so a browser shows the error."""
+        origins = self.cors_origins
+        if "*" in origins:
+            return b"*"
+        sent = self.requests[-1].requestHeaders.getRawHeaders(b"origin") if self.requests else None
+        if sent:
+            origin = sent[-1].decode("latin-1")
+            if any(fnmatch.fnmatchcase(origin, pattern) for pattern in origins):
+                return sent[-1]
+        return None
+
+    def _drain(self, size: int):
+        self._drained += size
+        if self._drained > self.linger_bytes:
+            self.transport.abortConnection()
+
+    def timeoutConnection(self):
+        if self.refused is not None:
+            # The linger is over: whatever the client still sends is refused.
+            self.transport.abortConnection()
+        else:
+            super().timeoutConnection()
+
+
+# LimitedChannel hands line-mode input to LineReceiver at least this often.
+_HOLD = 64 * 1024
+_http_line_received = HTTPChannel.lineReceived
+
+
+def _describe_header(line: bytes) -> tuple[str, str | None, str]:
+    name, colon, _ = line.partition(b":")
+    if not colon:
+        return ("header", None, "malformed header line: no colon")
+    text = name[:100].decode("latin-1")
+    low = text.lower()
+    if low == "content-length":
+        return ("header", "Content-Length", "Content-Length must be one non-negative integer")
+    if low == "transfer-encoding":
+        return ("header", "Transfer-Encoding",
+                "Transfer-Encoding must be chunked, and the body length given once")
+    return ("header", text, "invalid header name or value")

@@ -16,7 +16,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web import server
 
-from jsonsync.http import LimitedRequest
+from jsonsync.http import LimitedChannel, LimitedRequest
 
 _log = Logger()
 
@@ -34,7 +34,14 @@ class QuietSite(server.Site):
 def make_site(app, settings) -> server.Site:
     site = QuietSite(app.resource())
     site.requestFactory = LimitedRequest
+    # HTTP/1.1 only: twisted.web's default protocol also negotiates HTTP/2
+    # over TLS, which jsonsync does not offer (and whose limits differ).
+    site.protocol = LimitedChannel
     site.max_body = settings["max_request_body_bytes"]
+    site.max_request_line = settings["max_request_line_bytes"]
+    site.max_header_bytes = settings["max_header_bytes"]
+    site.max_header_count = settings["max_header_count"]
+    site.cors_origins = tuple(settings["cors_origins"])
     site.access_log = settings["access_log"]
     site.displayTracebacks = False
     return site
