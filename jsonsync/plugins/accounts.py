@@ -580,6 +580,10 @@ async def _guard_object(registry, req, account_id: str) -> None:
     PUT the 400 of Kinto's own id check.
     """
     method = req.method
+    if not registry.resource_types[POLICY_NAME].id_pattern.match(account_id):
+        # An id no account can have: said as for any resource, before the
+        # question of whose it is.
+        raise InvalidParameters("path", None, "Invalid object id")
     if req.authenticated:
         if await _owner_or_admin(registry, req, account_id):
             return
