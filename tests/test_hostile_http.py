@@ -10,12 +10,12 @@ import json
 import socket
 
 from twisted.internet import defer, reactor
-from twisted.internet.error import ConnectionDone
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
-from twisted.internet.threads import deferToThread
 from twisted.internet.testing import StringTransport
+from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http import HTTPChannel
@@ -173,11 +173,11 @@ class RequestHeadTests(_Served):
         alice = StubClient(self.app).as_user("alice")
         await alice.put("/v1/buckets/b")
         await alice.put("/v1/buckets/b/collections/c")
-        wanted = ["%036d" % i for i in (7, 4242, 9999)]
-        for rid in wanted + ["%036d" % 10000]:
+        wanted = [f"{i:036d}" for i in (7, 4242, 9999)]
+        for rid in wanted + [f"{10000:036d}"]:
             r = await alice.put(f"{RECS}/{rid}", {"data": {"n": 1}})
             self.assertEqual(r.status, 201, r)
-        ids = ",".join("%036d" % i for i in range(10000))
+        ids = ",".join(f"{i:036d}" for i in range(10000))
         client = await self.send(get(f"{RECS}?in_id={ids}", f"Authorization: {AUTH}"))
         [(status, _, body)] = await client.responses(1)
         self.assertEqual(status, 200, body[:300])

@@ -9,8 +9,8 @@ import os
 import threading
 from urllib.parse import urlsplit, urlunsplit
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase

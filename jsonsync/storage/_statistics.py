@@ -114,9 +114,14 @@ class StatisticsKeeper:
     async def idle(self) -> None:
         """Wait for the check under way, if any (tests)."""
         while self.running is not None:
-            running: Deferred = Deferred()
-            self.running.addBoth(lambda result: (running.callback(None), result)[1])
-            await running
+            finished: Deferred = Deferred()
+
+            def passed_on(result, finished=finished):
+                finished.callback(None)
+                return result
+
+            self.running.addBoth(passed_on)
+            await finished
 
     async def check(self) -> None:
         """One size check, and the ANALYZE it calls for; never raises."""
