@@ -243,6 +243,7 @@ class JsonSyncApp:
         # whole.
         path, params = req.path, req.params
         locks: frozenset = frozenset()
+        shared: frozenset = frozenset()
         for attempt in range(_ATTEMPTS):
             if attempt:
                 req.reset_attempt()
@@ -250,10 +251,12 @@ class JsonSyncApp:
             ctx = RequestContext(self.registry.storage.transaction())
             if attempt:
                 ctx.txn.lock_lists = tuple(locks)
+                ctx.txn.lock_shared = tuple(shared - locks)
             try:
                 return await self._attempt(req, route, ctx, own=True)
             except WriteConflict as conflict:
                 locks |= conflict.lists
+                shared |= conflict.shared
                 if attempt >= 2:
                     # Let the writers ahead finish (a few ms, jittered).
                     await deferLater(self.registry.reactor, random.uniform(0.001, 0.005) * attempt, lambda: None)

@@ -129,14 +129,16 @@ class WriteConflict(JsonSyncError):
     when every attempt met a concurrent writer.
 
     C{lists}: the C{(resource_name, parent_id)} lists the next attempt
-    should lock before it reads, so that it cannot meet the same conflict.
+    should lock before it reads, so that it cannot meet the same conflict;
+    C{shared}: those it should lock in shared mode (backend-defined keys).
     """
 
     message = "The object was modified meanwhile by another request, please retry."
 
-    def __init__(self, lists=(), message: str | None = None, deadlock: bool = False):
+    def __init__(self, lists=(), message: str | None = None, deadlock: bool = False, shared=()):
         super().__init__(message)
         self.lists = frozenset(lists)
+        self.shared = frozenset(shared) - self.lists
         # The backend found (and broke) a deadlock: a cost its lock order
         # is meant to avoid, worth seeing in tests.
         self.deadlock = deadlock

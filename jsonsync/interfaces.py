@@ -48,6 +48,11 @@ class ITransaction(Interface):
         " when it does). Backends may ignore it."
     )
 
+    lock_shared = Attribute(
+        "Like C{lock_lists}, for locks a backend named in the C{shared} part"
+        " of a L{jsonsync.errors.WriteConflict}: taken in shared mode."
+    )
+
     lock_lists = Attribute(
         "C{(resource_name, parent_id)} lists the transaction is going to"
         " write, known before it starts (a request run again after a"
@@ -121,7 +126,7 @@ class IStorage(Interface):
         @rtype: C{Awaitable[list[dict | None]]}
         """
 
-    def create(txn, resource_name, parent_id, obj):
+    def create(txn, resource_name, parent_id, obj, within=()):
         """
         Store C{obj} (which carries its C{id}) as a new object and return it
         with its C{last_modified}. A C{last_modified} integer in C{obj} is
@@ -129,11 +134,20 @@ class IStorage(Interface):
         A tombstone with the same id is replaced. The check that no live
         object holds the id is made in the write itself, so that of two
         concurrent creates of one id exactly one succeeds.
+
+        C{within}: the C{(resource_name, parent_id, id)} of the objects the
+        new one lives under (its bucket and collection). The write happens
+        only while they are all live, and their deletion (which removes
+        everything below them) cannot interleave with it: either the
+        deletion sees the new object and removes it, or the write sees the
+        deletion and is refused. L{update} and L{delete} take it too.
         @raise jsonsync.errors.ObjectExists: a live object has that id.
+        @raise jsonsync.errors.WriteConflict: an object of C{within} is
+            not live.
         @rtype: C{Awaitable[dict]}
         """
 
-    def update(txn, resource_name, parent_id, object_id, obj, expected=None):
+    def update(txn, resource_name, parent_id, object_id, obj, expected=None, within=()):
         """
         Replace (or create) the object and return it with its new
         C{last_modified} (the given one when it is an integer greater than
@@ -159,7 +173,7 @@ class IStorage(Interface):
         @rtype: C{Awaitable[None]}
         """
 
-    def delete(txn, resource_name, parent_id, object_id, last_modified=None, expected=None):
+    def delete(txn, resource_name, parent_id, object_id, last_modified=None, expected=None, within=()):
         """
         Replace the live object by a tombstone and return the tombstone.
         C{expected}: as for L{update}.

@@ -483,10 +483,10 @@ class OneUnitTests(_Base):
         storage = self.app.registry.storage
         original = storage.create
 
-        async def create(txn, resource_name, parent_id, obj):
+        async def create(txn, resource_name, parent_id, obj, **kwargs):
             if obj.get("id") == failing_id:
                 raise exc()
-            return await original(txn, resource_name, parent_id, obj)
+            return await original(txn, resource_name, parent_id, obj, **kwargs)
 
         storage.create = create
         self.addCleanup(setattr, storage, "create", original)

@@ -157,7 +157,9 @@ class HistoryListener:
                 "data": copy.deepcopy(target),
                 "permissions": {name: sorted(p) for name, p in acl.items() if p},
             }
-            await storage.create(txn, HISTORY.name, f"/buckets/{bucket_id}", entry)
+            await storage.create(
+                txn, HISTORY.name, f"/buckets/{bucket_id}", entry, within=(("bucket", "", bucket_id),)
+            )
             written.add((bucket_id, event.resource_name))
         if self.trim_max is not None:
             for bucket_id, resource_name in sorted(written):

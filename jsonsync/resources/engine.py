@@ -179,6 +179,16 @@ class Engine:
             cache.add(memo)
         return missing, obj, allowed
 
+    @staticmethod
+    def ancestry(loc: Location) -> tuple:
+        """The C{(resource_name, parent_id, id)} of the objects C{loc} lives under (storage's C{within})."""
+        keys = []
+        parent = ""
+        for rt, ancestor_id in loc.ancestors:
+            keys.append((rt.name, parent, ancestor_id))
+            parent = f"{parent}/{rt.plural}/{ancestor_id}"
+        return tuple(keys)
+
     def forget_checks(self, req: ApiRequest, rt: ResourceType) -> None:
         """A write to C{rt}: what L{fetch} remembers may no longer hold, unless only records changed."""
         if rt.name != "record":
@@ -507,7 +517,8 @@ class Engine:
         acl = await self.save_permissions(req, loc.uri, rt, perms, replace=True, existed=False)
         with self.closing(req, rt.on_write):
             try:
-                obj = await self.storage.create(req.txn, rt.name, loc.parent_uri, data)
+                # (within: a bucket or collection deleted meanwhile refuses it.)
+                obj = await self.storage.create(req.txn, rt.name, loc.parent_uri, data, within=self.ancestry(loc))
             except ObjectExists:
                 # The request found no object with this id; another request
                 # created one since. Run again, it then sees that object.
@@ -648,7 +659,8 @@ class Engine:
             # preconditions, merge base, permissions): a write made since
             # fails this one, and the request runs again on the new state.
             obj = await self.storage.update(
-                req.txn, rt.name, loc.parent_uri, loc.object_id, new, expected=existing["last_modified"]
+                req.txn, rt.name, loc.parent_uri, loc.object_id, new, expected=existing["last_modified"],
+                within=self.ancestry(loc),
             )
         if rt.on_write is not None:
             await rt.on_write(req, loc, existing, obj)  # may change the ACL (accounts)
@@ -756,7 +768,7 @@ class Engine:
         with self.closing(req, rt.on_delete if last and not children else True):
             tomb = await self.storage.delete(
                 req.txn, rt.name, loc.parent_uri, loc.object_id, last_modified,
-                expected=existing["last_modified"],
+                expected=existing["last_modified"], within=self.ancestry(loc),
             )
         if children:
             await self.storage.purge(req.txn, uri)

@@ -58,6 +58,7 @@ class Transaction:
         self.done = False
         self.last_write = False
         self.lock_lists: tuple = ()
+        self.lock_shared: tuple = ()
 
     def only(self, key) -> bool:
         return all(k == key for k in self._resources)

@@ -147,7 +147,12 @@ class MemoryStorage(_MemoryBase):
             lst.timestamp = now_ms()
         return lst.timestamp
 
-    async def _write(self, txn, resource_name, parent_id, obj, decide):
+    def _live(self, key) -> bool:
+        lst = self._list(key[0], key[1])
+        found = lst.objects.get(key[2]) if lst else None
+        return found is not None and not found.get("deleted")
+
+    async def _write(self, txn, resource_name, parent_id, obj, decide, within=()):
         """
         Store C{obj} once this transaction holds the writers' lock:
         C{decide(old)} sees the stored object of that id (or C{None}) as it
@@ -157,6 +162,8 @@ class MemoryStorage(_MemoryBase):
         """
         journal = await self._journal(txn)
         key = (resource_name, parent_id)
+        if not all(self._live(ancestor) for ancestor in within):
+            raise WriteConflict([key])  # deleted meanwhile: the next attempt says 404
         lst = self._list(resource_name, parent_id, create=True)
         old = lst.objects.get(obj["id"])
         wanted = decide(old)
@@ -190,7 +197,7 @@ class MemoryStorage(_MemoryBase):
         if found is None or found.get("deleted") or found["last_modified"] != expected:
             raise WriteConflict([(resource_name, parent_id)])
 
-    async def create(self, txn, resource_name, parent_id, obj):
+    async def create(self, txn, resource_name, parent_id, obj, within=()):
         obj = copy.deepcopy(obj)
         wanted = obj.pop("last_modified", None)
 
@@ -199,9 +206,9 @@ class MemoryStorage(_MemoryBase):
                 raise ObjectExists()
             return wanted
 
-        return await self._write(txn, resource_name, parent_id, obj, decide)
+        return await self._write(txn, resource_name, parent_id, obj, decide, within)
 
-    async def update(self, txn, resource_name, parent_id, object_id, obj, expected=None):
+    async def update(self, txn, resource_name, parent_id, object_id, obj, expected=None, within=()):
         obj = copy.deepcopy(obj)
         obj["id"] = object_id
         obj.pop("deleted", None)
@@ -215,9 +222,10 @@ class MemoryStorage(_MemoryBase):
                 return None
             return wanted
 
-        return await self._write(txn, resource_name, parent_id, obj, decide)
+        return await self._write(txn, resource_name, parent_id, obj, decide, within)
 
-    async def delete(self, txn, resource_name, parent_id, object_id, last_modified=None, expected=None):
+    async def delete(self, txn, resource_name, parent_id, object_id, last_modified=None, expected=None,
+                     within=()):
         def decide(old):
             live = old is not None and not old.get("deleted")
             if expected is not None and not (live and old["last_modified"] == expected):
@@ -229,7 +237,7 @@ class MemoryStorage(_MemoryBase):
             return last_modified
 
         tombstone = {"id": object_id, "deleted": True}
-        return await self._write(txn, resource_name, parent_id, tombstone, decide)
+        return await self._write(txn, resource_name, parent_id, tombstone, decide, within)
 
     async def purge(self, txn, parent_prefix):
         journal = await self._journal(txn)

@@ -743,7 +743,9 @@ class _Unit:
         if out_of_order:
             rows, _ = await self.execute(f"SELECT pg_try_advisory_xact_lock{mode}(%s)", (lock,))
             if not rows[0][0]:
-                raise WriteConflict(self.lists | self.shared | {key})
+                raise WriteConflict(
+                    self.lists | (set() if shared else {key}), shared=self.shared | ({key} if shared else set())
+                )
         (self.shared if shared else self.lists).add(key)
         return "" if out_of_order else f"SELECT pg_advisory_xact_lock{mode}({lock}::bigint); "
 
@@ -755,17 +757,24 @@ class _Unit:
         rendered = cursor.mogrify(sql, params) if params is not None else sql.encode("utf-8")
         self._pending.append(rendered.decode("utf-8") + "; ")
 
-    def lock_ahead(self, keys) -> None:
-        """Take the locks of lists C{keys} first thing, in the canonical order."""
-        for key in sorted(keys, key=lambda k: _list_lock_key(*k)):
-            if key not in self.lists:
-                self.lists.add(key)
-                self._ahead += f"SELECT pg_advisory_xact_lock({_list_lock_key(*key)}::bigint); "
+    async def locks(self, wanted) -> str:
+        """L{lock_statement} for several C{(key, shared)} locks, taken in the canonical order."""
+        out = ""
+        for key, shared in sorted(wanted, key=lambda w: _list_lock_key(*w[0])):
+            out += await self.lock_statement(key, shared)
+        return out
 
-    async def require(self, keys) -> None:
-        """Lock lists C{keys} too, ahead of the next statement (in order, see L{lock_statement})."""
-        for key in sorted(keys, key=lambda k: _list_lock_key(*k)):
-            self._ahead += await self.lock_statement(key)
+    def lock_ahead(self, keys, shared=()) -> None:
+        """Take the locks of lists C{keys} (and C{shared}, in shared mode) first thing, in the canonical order."""
+        wanted = [(k, False) for k in keys] + [(k, True) for k in shared if k not in keys]
+        wanted = [(k, m) for k, m in wanted if k not in self.lists and not (m and k in self.shared)]
+        for key, mode in wanted:
+            (self.shared if mode else self.lists).add(key)
+        self._ahead += _lock_sql(wanted)
+
+    async def require(self, keys, shared=()) -> None:
+        """Lock lists C{keys} (C{shared} in shared mode) too, ahead of the next statement (in order)."""
+        self._ahead += await self.locks([(k, False) for k in keys] + [(k, True) for k in shared])
 
     def _take_pending(self, lock: str = "") -> str:
         """What goes ahead of the next statement: locks, then deferred writes."""
@@ -1245,6 +1254,23 @@ def _list_lock_key(resource_name: str, parent_id: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def _subtree(resource_name: str, parent_id: str, object_id: str) -> tuple[str, str]:
+    """
+    The lock of everything below one object, as a pseudo list key (no
+    resource is named with a NUL): its deletion takes it exclusively, every
+    write beneath it takes it shared (L{IStorage.create}'s C{within}).
+    """
+    return ("\x00", f"{resource_name}\x00{parent_id}\x00{object_id}")
+
+
+def _lock_sql(wanted) -> str:
+    """Statements taking C{(key, shared)} locks, in the canonical order, for a transaction holding none."""
+    out = []
+    for key, shared in sorted(wanted, key=lambda w: _list_lock_key(*w[0])):
+        out.append(f"SELECT pg_advisory_xact_lock{'_shared' if shared else ''}({_list_lock_key(*key)}::bigint); ")
+    return "".join(out)
+
+
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -1270,7 +1296,7 @@ class _PostgresBase:
             # writes before its first read, in the canonical order (see
             # _Unit.lock_statement): what it reads then stays true to its
             # commit, so this attempt cannot conflict on them again.
-            unit.lock_ahead(getattr(txn, "lock_lists", ()))
+            unit.lock_ahead(getattr(txn, "lock_lists", ()), getattr(txn, "lock_shared", ()))
             return unit
 
         return await txn.enlist(pool.key, open_unit)
@@ -1318,10 +1344,13 @@ class _PostgresBase:
         enlisted = getattr(txn, "enlisted", None)
         unit = enlisted(self._pool.key) if enlisted is not None else None
         locks = getattr(txn, "lock_lists", ())
-        if unit is None and (enlisted is None or locks):
+        shared = getattr(txn, "lock_shared", ())
+        if unit is None and (enlisted is None or locks or shared):
             unit = await self._unit(txn)
-        elif locks and unit is not None and not unit.lists.issuperset(locks):
-            await unit.require(locks)  # asked for after the transaction began
+        elif (locks or shared) and unit is not None and not (
+            unit.lists.issuperset(locks) and (unit.lists | unit.shared).issuperset(shared)
+        ):
+            await unit.require(locks, shared)  # asked for after the transaction began
         prepare = ";" not in sql
         if unit is not None:
             return await unit.execute(sql, params, prepare)
@@ -1366,15 +1395,20 @@ _GROUP_WRITE = (
     "  FROM unnest(%(ids)s::text[], %(heads)s::text[], %(deleted)s::boolean[], %(tombs)s::boolean[],"
     "   %(expect)s::bigint[])"
     "  WITH ORDINALITY AS i(id, head, deleted, only_tomb, expect, n)),"
+    # ok: every object the list lives under (within) is live; their
+    # deletion waits for this statement's transaction, or it sees them gone.
     " base AS ("
     "  SELECT GREATEST(%(now)s::bigint, COALESCE(("
     "   SELECT last_modified FROM timestamps"
-    "   WHERE resource_name = %(res)s::text AND parent_id = %(parent)s::text), 0) + 1) AS v),"
+    "   WHERE resource_name = %(res)s::text AND parent_id = %(parent)s::text), 0) + 1) AS v,"
+    "  (SELECT count(*) FROM unnest(%(a_res)s::text[], %(a_parent)s::text[], %(a_id)s::text[]) AS a(r, p, i)"
+    "   JOIN objects o ON o.resource_name = a.r AND o.parent_id = a.p AND o.id = a.i AND NOT o.deleted)"
+    "   = cardinality(%(a_id)s::text[]) AS ok),"
     " created AS ("
     "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data, body)"
     "  SELECT %(res)s::text, %(parent)s::text, i.id, b.v + i.n - 1, i.deleted,"
     "   (i.head || (b.v + i.n - 1) || '}')::jsonb, i.head || (b.v + i.n - 1) || '}'"
-    "  FROM input i, base b WHERE i.only_tomb"
+    "  FROM input i, base b WHERE i.only_tomb AND b.ok"
     "  ON CONFLICT (resource_name, parent_id, id) DO UPDATE SET"
     "   last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted, data = EXCLUDED.data,"
     "   body = EXCLUDED.body"
@@ -1386,7 +1420,7 @@ _GROUP_WRITE = (
     "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data, body)"
     "  SELECT %(res)s::text, %(parent)s::text, i.id, b.v + i.n - 1, i.deleted,"
     "   (i.head || (b.v + i.n - 1) || '}')::jsonb, i.head || (b.v + i.n - 1) || '}'"
-    "  FROM input i, base b WHERE NOT i.only_tomb AND (i.expect IS NULL OR EXISTS ("
+    "  FROM input i, base b WHERE NOT i.only_tomb AND b.ok AND (i.expect IS NULL OR EXISTS ("
     "   SELECT 1 FROM objects x WHERE x.resource_name = %(res)s::text AND x.parent_id = %(parent)s::text"
     "   AND x.id = i.id AND NOT x.deleted AND x.last_modified = i.expect))"
     "  ON CONFLICT (resource_name, parent_id, id) DO UPDATE SET"
@@ -1399,8 +1433,8 @@ _GROUP_WRITE = (
     # (ObjectExists). Without, the refused create just returns no row.
     " clash AS ("
     "  INSERT INTO objects (resource_name, parent_id, id, last_modified, deleted, data)"
-    "  SELECT %(res)s::text, %(parent)s::text, i.id, 0, false, '{}'::jsonb FROM input i"
-    "  WHERE %(strict)s::boolean AND i.only_tomb AND i.id NOT IN (SELECT id FROM created)),"
+    "  SELECT %(res)s::text, %(parent)s::text, i.id, 0, false, '{}'::jsonb FROM input i, base b"
+    "  WHERE %(strict)s::boolean AND b.ok AND i.only_tomb AND i.id NOT IN (SELECT id FROM created)),"
     " moved AS ("
     "  INSERT INTO timestamps (resource_name, parent_id, last_modified)"
     "  SELECT %(res)s::text, %(parent)s::text, max(w.last_modified)"
@@ -1409,19 +1443,23 @@ _GROUP_WRITE = (
     "  ON CONFLICT (resource_name, parent_id) DO UPDATE SET last_modified = EXCLUDED.last_modified"
     "  RETURNING 1)"
     " SELECT id, last_modified FROM created UNION ALL SELECT id, last_modified FROM updated"
-    # Likewise a refused compare-and-swap, with strict, fails the statement
-    # (SQLSTATE JS409, a WriteConflict); without, it returns no row.
-    " UNION ALL SELECT i.id, jsonsync_write_conflict(i.id) FROM input i"
-    "  WHERE %(strict)s::boolean AND NOT i.only_tomb AND i.id NOT IN (SELECT id FROM updated)"
+    # Likewise a refused compare-and-swap, or a write beneath a deleted
+    # object, with strict, fails the statement (SQLSTATE JS409, a
+    # WriteConflict); without, it returns no row.
+    " UNION ALL SELECT i.id, jsonsync_write_conflict(i.id) FROM input i, base b"
+    "  WHERE %(strict)s::boolean AND (NOT b.ok OR (NOT i.only_tomb AND i.id NOT IN (SELECT id FROM updated)))"
 )
 
 # At most this many writes share one statement (and one commit).
 _GROUP_MAX = 64
 
 
-def _group_params(resource_name: str, parent_id: str, items, strict: bool) -> dict:
+def _group_params(resource_name: str, parent_id: str, items, strict: bool, within=()) -> dict:
     """The parameters of L{_GROUP_WRITE} for C{(id, head, deleted, only_tomb, expect)} items."""
     return {
+        "a_res": [a[0] for a in within],
+        "a_parent": [a[1] for a in within],
+        "a_id": [a[2] for a in within],
         "ids": [item[0] for item in items],
         "heads": [item[1] for item in items],
         "deleted": [item[2] for item in items],
@@ -1522,13 +1560,15 @@ class _ListWriter:
             if sender.conn.usable() and sender.conn.detector.generation == sender.generation:
                 break
             await sender._swap()
-        # The lock first, then each request's deferred writes (its objects'
+        # The locks first (the list's, and those of what it lives under, in
+        # shared mode), then each request's deferred writes (its objects'
         # ACLs), then the objects: everything of the list under its lock.
-        lock = f"SELECT pg_advisory_xact_lock({_list_lock_key(*self.key)}::bigint); "
+        resource_name, parent_id, within = self.key
+        lock = _lock_sql([((resource_name, parent_id), False)] + [(_subtree(*a), True) for a in within])
         rows, _ = await _execute(
             sender.conn,
             _GROUP_WRITE,
-            _group_params(*self.key, [item.write for item in group], strict=True),
+            _group_params(resource_name, parent_id, [item.write for item in group], strict=True, within=within),
             sender.generation,
             True,
             lock + "".join(item.prefix for item in group),
@@ -1548,7 +1588,7 @@ class PostgresStorage(_PostgresBase):
         super().__init__(pool, owns_pool)
         self._writers: dict[tuple[str, str], _ListWriter] = {}
 
-    def _writer(self, key: tuple[str, str]) -> _ListWriter:
+    def _writer(self, key: tuple) -> _ListWriter:
         writer = self._writers.get(key)
         if writer is None:
             if len(self._writers) > 1000:  # forget idle lists
@@ -1712,25 +1752,42 @@ class PostgresStorage(_PostgresBase):
             )
         return rows[0][0]
 
-    async def _store(self, txn, resource_name, parent_id, obj, decide):
+    async def _store(self, txn, resource_name, parent_id, obj, decide, within=()):
         """
         Write C{obj} under the list's lock: C{decide(existing)} gets the
         stored C{(deleted, last_modified)} of that id (or C{None}) and returns
         the client-wanted timestamp (or C{None}), raising to refuse the write.
+        A tombstone also takes the lock of what lies below the object
+        exclusively (writes beneath it wait, or see it deleted).
         """
         unit = await self._unit(txn)
         object_id = obj["id"]
-        lock = await unit.lock_statement((resource_name, parent_id))
+        key = (resource_name, parent_id)
+        wanted = [(key, False)] + [(_subtree(*a), True) for a in within]
+        if obj.get("deleted"):
+            wanted.append((_subtree(resource_name, parent_id, object_id), False))
+        try:
+            lock = await unit.locks(wanted)
+        except WriteConflict as conflict:
+            raise WriteConflict(conflict.lists | {key}, shared=conflict.shared) from None
         rows, _ = await unit.execute(
             # After the lock: this statement's snapshot then sees the
             # timestamp the previous holder committed.
-            "SELECT t.last_modified, x.deleted, x.last_modified FROM (SELECT 1) AS one"
+            "SELECT t.last_modified, x.deleted, x.last_modified, ("
+            "  SELECT count(*) FROM unnest(%s::text[], %s::text[], %s::text[]) AS a(r, p, i)"
+            "  JOIN objects o ON o.resource_name = a.r AND o.parent_id = a.p AND o.id = a.i AND NOT o.deleted)"
+            " FROM (SELECT 1) AS one"
             " LEFT JOIN timestamps t ON t.resource_name = %s AND t.parent_id = %s"
             " LEFT JOIN objects x ON x.resource_name = %s AND x.parent_id = %s AND x.id = %s",
-            (resource_name, parent_id, resource_name, parent_id, object_id),
+            (
+                [a[0] for a in within], [a[1] for a in within], [a[2] for a in within],
+                resource_name, parent_id, resource_name, parent_id, object_id,
+            ),
             lock=lock,
         )
-        list_ts, old_deleted, old_ts = rows[0]
+        list_ts, old_deleted, old_ts, live_above = rows[0]
+        if live_above != len(within):
+            raise WriteConflict([key], shared={_subtree(*a) for a in within})
         existing = None if old_ts is None else (old_deleted, old_ts)
         wanted = decide(existing)
         current = list_ts if list_ts is not None else 0
@@ -1765,7 +1822,7 @@ class PostgresStorage(_PostgresBase):
         return stored
 
     async def _store_now(self, txn, resource_name, parent_id, obj, only_over_tombstone: bool,
-                         expected: int | None = None):
+                         expected: int | None = None, within=()):
         """
         The common write (no client-supplied timestamp) in one round trip:
         take the list's lock, then, in a statement whose snapshot follows
@@ -1783,25 +1840,33 @@ class PostgresStorage(_PostgresBase):
         try:
             if closing and not unit.begun and not unit.lists and not unit.shared:
                 # The request's whole transaction: it joins its list's group.
-                stamp = await self._writer(key).submit(_GroupItem(unit, write))
+                stamp = await self._writer((resource_name, parent_id, within)).submit(_GroupItem(unit, write))
             else:
                 rows, _ = await self._last(
                     txn,
                     _GROUP_WRITE,
-                    _group_params(resource_name, parent_id, [write], strict=closing),
+                    _group_params(resource_name, parent_id, [write], strict=closing, within=within),
                     prepare=True,
                     closing=closing,
-                    lock=await unit.lock_statement(key),
+                    lock=await unit.locks([(key, False)] + [(_subtree(*a), True) for a in within]),
                 )
                 stamp = rows[0][1] if rows else None
         except WriteConflict as conflict:
-            # Name the list, so that the request's next attempt locks it first.
-            raise WriteConflict(conflict.lists | {key}, deadlock=conflict.deadlock) from None
+            # Name the locks, so that the request's next attempt takes them first.
+            raise WriteConflict(
+                conflict.lists | {key}, deadlock=conflict.deadlock,
+                shared=conflict.shared | {_subtree(*a) for a in within},
+            ) from None
         if stamp is None:
+            if within and not await self._all_live(txn, within):
+                raise WriteConflict([key], shared={_subtree(*a) for a in within})
             return None
         stored = dict(obj)
         stored["last_modified"] = stamp
         return stored
+
+    async def _all_live(self, txn, keys) -> bool:
+        return all(found is not None for found in await self.get_many(txn, keys))
 
     async def guard(self, txn, resource_name, parent_id, object_id, expected):
         """
@@ -1819,13 +1884,16 @@ class PostgresStorage(_PostgresBase):
             lock=await unit.lock_statement(key, shared=True),
         )
         if not rows[0][0]:
-            raise WriteConflict([key])
+            raise WriteConflict(shared=[key])
 
-    async def create(self, txn, resource_name, parent_id, obj):
+    async def create(self, txn, resource_name, parent_id, obj, within=()):
         obj = dict(obj)
         wanted = obj.pop("last_modified", None)
+        within = tuple(within)
         if wanted is None:
-            stored = await self._store_now(txn, resource_name, parent_id, obj, only_over_tombstone=True)
+            stored = await self._store_now(
+                txn, resource_name, parent_id, obj, only_over_tombstone=True, within=within
+            )
             if stored is None:
                 raise ObjectExists()
             return stored
@@ -1835,16 +1903,18 @@ class PostgresStorage(_PostgresBase):
                 raise ObjectExists()
             return wanted
 
-        return await self._store(txn, resource_name, parent_id, obj, decide)
+        return await self._store(txn, resource_name, parent_id, obj, decide, within)
 
-    async def update(self, txn, resource_name, parent_id, object_id, obj, expected=None):
+    async def update(self, txn, resource_name, parent_id, object_id, obj, expected=None, within=()):
         obj = dict(obj)
         obj["id"] = object_id
         obj.pop("deleted", None)
         wanted = obj.pop("last_modified", None)
+        within = tuple(within)
         if wanted is None:
             stored = await self._store_now(
-                txn, resource_name, parent_id, obj, only_over_tombstone=False, expected=expected
+                txn, resource_name, parent_id, obj, only_over_tombstone=False, expected=expected,
+                within=within,
             )
             if stored is None:
                 raise WriteConflict([(resource_name, parent_id)])
@@ -1859,9 +1929,10 @@ class PostgresStorage(_PostgresBase):
                 return None
             return wanted
 
-        return await self._store(txn, resource_name, parent_id, obj, decide)
+        return await self._store(txn, resource_name, parent_id, obj, decide, within)
 
-    async def delete(self, txn, resource_name, parent_id, object_id, last_modified=None, expected=None):
+    async def delete(self, txn, resource_name, parent_id, object_id, last_modified=None, expected=None,
+                     within=()):
         def decide(existing):
             live = existing is not None and not existing[0]
             if expected is not None and not (live and existing[1] == expected):
@@ -1873,7 +1944,7 @@ class PostgresStorage(_PostgresBase):
             return last_modified
 
         tombstone = {"id": object_id, "deleted": True}
-        return await self._store(txn, resource_name, parent_id, tombstone, decide)
+        return await self._store(txn, resource_name, parent_id, tombstone, decide, tuple(within))
 
     async def purge(self, txn, parent_prefix):
         below = _escape_like(parent_prefix) + "/%"
