@@ -255,6 +255,10 @@ class JsonSyncApp:
             try:
                 return await self._attempt(req, route, ctx, own=True)
             except WriteConflict as conflict:
+                if conflict.deadlock:
+                    # Worth knowing: the lock order should make this rare.
+                    _log.warn("{method} {path}: the database broke a deadlock; running it again",
+                              method=req.method, path=path)
                 locks |= conflict.lists
                 shared |= conflict.shared
                 if attempt >= 2:

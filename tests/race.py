@@ -57,12 +57,13 @@ class Verdict:
     lost_fields: int = 0
     wrong_answers: int = 0
     resurrections: int = 0
+    other_answers: int = 0  # anything but 200/201/404/412: a 409 means every retry lost
     problems: list = field(default_factory=list)
 
     def clean(self) -> bool:
         return not (
             self.server_errors or self.double_successes or self.lost_fields
-            or self.wrong_answers or self.resurrections
+            or self.wrong_answers or self.resurrections or self.other_answers
         )
 
     def line(self) -> str:
@@ -70,7 +71,7 @@ class Verdict:
             f"writes={self.writes} acknowledged={self.acknowledged} 412={self.conflicts_412}"
             f" 5xx={self.server_errors} double_successes={self.double_successes}"
             f" lost_fields={self.lost_fields} wrong_answers={self.wrong_answers}"
-            f" resurrections={self.resurrections}"
+            f" resurrections={self.resurrections} other={self.other_answers}"
         )
 
 
@@ -151,6 +152,7 @@ class Race:
                 seen.pop(oid, None)
                 continue
             if code not in (200, 201):
+                self.verdict.other_answers += 1
                 self.verdict.problems.append(f"{method} {oid}: unexpected {code} {answer}")
                 continue
             data = answer["data"]
