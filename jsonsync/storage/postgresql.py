@@ -1280,6 +1280,12 @@ def _escape_like(text: str) -> str:
 
 
 class _PostgresBase:
+    # Whether this provider takes the list locks a transaction asks for up
+    # front (lock_lists): the storage does; a permission store on another
+    # database must not lock the same keys there too (two databases' locks
+    # could wait on each other unseen).
+    takes_list_locks = False
+
     def __init__(self, pool: _Pool, owns_pool: bool):
         self._pool = pool
         self._owns_pool = owns_pool
@@ -1296,7 +1302,8 @@ class _PostgresBase:
             # writes before its first read, in the canonical order (see
             # _Unit.lock_statement): what it reads then stays true to its
             # commit, so this attempt cannot conflict on them again.
-            unit.lock_ahead(getattr(txn, "lock_lists", ()), getattr(txn, "lock_shared", ()))
+            if self.takes_list_locks:
+                unit.lock_ahead(getattr(txn, "lock_lists", ()), getattr(txn, "lock_shared", ()))
             return unit
 
         return await txn.enlist(pool.key, open_unit)
@@ -1343,8 +1350,8 @@ class _PostgresBase:
         """
         enlisted = getattr(txn, "enlisted", None)
         unit = enlisted(self._pool.key) if enlisted is not None else None
-        locks = getattr(txn, "lock_lists", ())
-        shared = getattr(txn, "lock_shared", ())
+        locks = getattr(txn, "lock_lists", ()) if self.takes_list_locks else ()
+        shared = getattr(txn, "lock_shared", ()) if self.takes_list_locks else ()
         if unit is None and (enlisted is None or locks or shared):
             unit = await self._unit(txn)
         elif (locks or shared) and unit is not None and not (
@@ -1583,6 +1590,8 @@ class PostgresStorage(_PostgresBase):
     Objects in one C{objects} table (the whole object as JSONB, plus the
     columns that key and order it) and list timestamps in C{timestamps}.
     """
+
+    takes_list_locks = True
 
     def __init__(self, pool: _Pool, owns_pool: bool):
         super().__init__(pool, owns_pool)
