@@ -12,6 +12,7 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from jsonsync.errors import WriteConflict
 from jsonsync.interfaces import ITransaction
 
 _log = Logger()
@@ -41,6 +42,16 @@ def next_timestamp(list_ts: int, wanted: Any = None, now: int | None = None) -> 
     if current <= list_ts:
         current = list_ts + 1
     return current, current
+
+
+def check_expected(expected: int | None, live: bool, stored: int | None, key: tuple[str, str]) -> None:
+    """
+    The compare-and-swap of C{IStorage.update} and C{delete}: refuse the
+    write (L{WriteConflict} naming list C{key}) unless no version was
+    expected or the stored live version is the expected one.
+    """
+    if expected is not None and not (live and stored == expected):
+        raise WriteConflict([key])
 
 
 @implementer(ITransaction)

@@ -33,7 +33,7 @@ from jsonsync.query import (
     matches_all,
     ordering_key,
 )
-from jsonsync.storage import Transaction, next_timestamp, now_ms
+from jsonsync.storage import Transaction, check_expected, next_timestamp, now_ms
 
 
 class _Journal:
@@ -216,8 +216,7 @@ class MemoryStorage(_MemoryBase):
 
         def decide(old):
             live = old is not None and not old.get("deleted")
-            if expected is not None and not (live and old["last_modified"] == expected):
-                raise WriteConflict([(resource_name, parent_id)])
+            check_expected(expected, live, old and old["last_modified"], (resource_name, parent_id))
             if live and isinstance(wanted, int) and wanted <= old["last_modified"]:
                 return None
             return wanted
@@ -228,8 +227,7 @@ class MemoryStorage(_MemoryBase):
                      within=()):
         def decide(old):
             live = old is not None and not old.get("deleted")
-            if expected is not None and not (live and old["last_modified"] == expected):
-                raise WriteConflict([(resource_name, parent_id)])
+            check_expected(expected, live, old and old["last_modified"], (resource_name, parent_id))
             if not live:
                 raise ObjectNotFound(resource_name, object_id)
             if not isinstance(last_modified, int) or last_modified <= old["last_modified"]:

@@ -68,7 +68,7 @@ from jsonsync.errors import (
 from jsonsync.interfaces import IPermissionStore, IRequestPrefetch, IStorage
 from jsonsync.jsonutil import Encoded, EncodedPage
 from jsonsync.query import MISSING, Filter, Op, Query, Sort, rank
-from jsonsync.storage import Transaction, next_timestamp, now_ms
+from jsonsync.storage import Transaction, check_expected, next_timestamp, now_ms
 from jsonsync.storage._statistics import StatisticsKeeper
 
 _log = Logger()
@@ -1931,8 +1931,7 @@ class PostgresStorage(_PostgresBase):
 
         def decide(existing):
             live = existing is not None and not existing[0]
-            if expected is not None and not (live and existing[1] == expected):
-                raise WriteConflict([(resource_name, parent_id)])
+            check_expected(expected, live, existing and existing[1], (resource_name, parent_id))
             # An older client timestamp cannot move a live object back.
             if live and isinstance(wanted, int) and wanted <= existing[1]:
                 return None
@@ -1944,8 +1943,7 @@ class PostgresStorage(_PostgresBase):
                      within=()):
         def decide(existing):
             live = existing is not None and not existing[0]
-            if expected is not None and not (live and existing[1] == expected):
-                raise WriteConflict([(resource_name, parent_id)])
+            check_expected(expected, live, existing and existing[1], (resource_name, parent_id))
             if not live:
                 raise ObjectNotFound(resource_name, object_id)
             if not isinstance(last_modified, int) or last_modified <= existing[1]:
