@@ -871,13 +871,12 @@ async def build_app(settings: dict | None = None, reactor=None, environ=None):
         _discovered.append(discover())
     configured, discovered = configure(None, environ or {}, values, _discovered[0])
     app = await build(configured, reactor, discovered)
-    # Apps of a PostgreSQL variant are flushed and closed by the variant; an
-    # app a test configures for PostgreSQL itself is that test's to close
-    # (tracking it too left it here after the test, and the next variant
-    # test then skipped its flush and saw the previous test's rows).
-    variant = _current["backend"] == "postgresql"
-    if variant and (configured["storage_backend"] != "memory" or configured["permission_backend"] != "memory"):
-        if not _open_apps:  # the first app of a test starts from an empty database
+    if configured["storage_backend"] != "memory" or configured["permission_backend"] != "memory":
+        # The first app of a PostgreSQL variant's test starts from an empty
+        # database. (Deciding that by _open_apps being empty failed when an
+        # earlier test closed its own PostgreSQL apps without _close_apps:
+        # they stayed listed, and the next variant test saw their rows.)
+        if _current.pop("fresh", False) or not _open_apps:
             await app.registry.storage.flush()
             await app.registry.permissions.flush()
         _open_apps.append(app)
@@ -898,6 +897,7 @@ def postgresql_unavailable() -> str | None:
 async def _close_apps():
     apps, _open_apps[:] = list(_open_apps), []
     _current["backend"] = "memory"
+    _current.pop("fresh", None)
     try:
         for app in apps:
             try:
@@ -934,6 +934,7 @@ def with_postgresql_variants(namespace: dict) -> None:
             class Variant(base):
                 async def setUp(self):
                     _current["backend"] = "postgresql"
+                    _current["fresh"] = True
                     self.addCleanup(_close_apps)
                     result = super().setUp()
                     if hasattr(result, "__await__"):
