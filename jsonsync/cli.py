@@ -232,7 +232,6 @@ def cmd_migrate(args) -> str:
 def cmd_create_user(args) -> str:
     from jsonsync.errors import BackendUnavailable
     from jsonsync.plugins import accounts
-    from jsonsync.storage import Transaction  # noqa: F401 (the storage's own transactions)
 
     settings, discovered = _settings(args)
     if "accounts" not in settings["includes"]:

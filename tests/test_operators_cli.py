@@ -116,6 +116,35 @@ class FailedStartTests(unittest.TestCase):
         self.assertFailedStart(status, out, "paginate_by")
 
 
+class WorkerStartFailureTests(unittest.SynchronousTestCase):
+    """A worker that could not start stops the server instead of being restarted forever."""
+
+    def make(self):
+        from twisted.internet.task import Clock
+
+        from jsonsync.service import JsonSyncService, Workers, _WorkerProtocol
+
+        clock = Clock()
+        workers = Workers(JsonSyncService({}, None, "tcp:1", reactor=clock), 2, [], reactor=clock)
+        calls = []
+        workers.on_start_failure = calls.append
+        return workers, _WorkerProtocol(workers, 1), clock, calls
+
+    def test_worker_start_failure_stops_server(self):
+        from jsonsync.service import START_FAILED
+
+        workers, proto, clock, calls = self.make()
+        workers.ended(proto, START_FAILED)
+        self.assertEqual(calls, ["worker 1 could not start"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_worker_crash_is_restarted(self):
+        workers, proto, clock, calls = self.make()
+        workers.ended(proto, 1)
+        self.assertEqual(calls, [])
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+
+
 class EnvironmentTests(unittest.TestCase):
     timeout = 2 * PATIENCE
 
