@@ -82,6 +82,8 @@ CORE_SETTINGS: list[Setting] = [
     _s("querystring_max_fields", "int", 100, "more _fields get 400"),
     _s("querystring_max_values", "int", 10000, "more values in one in_/exclude_/contains_ filter get 400"),
     _s("access_log", "bool", True, "write an access log line per request"),
+    _s("tombstones_retention_days", "opt_int", None,
+       "age past which `jsonsync purge-deleted` removes tombstones by default"),
     _s("bucket_create_principals", "list", ["system.Authenticated"]),
     _s("permissions_read_principals", "list", ["system.Everyone"]),
 ]
@@ -142,9 +144,11 @@ def env_name(name: str) -> str:
 class Settings(Mapping):
     """The frozen settings of one server: a read-only mapping of name to value."""
 
-    def __init__(self, values: dict[str, Any], source: str | None = None):
+    def __init__(self, values: dict[str, Any], source: str | None = None, warnings=()):
         self._values = dict(values)
         self.source = source
+        # What did not stop the start but deserves a line in the log.
+        self.warnings: tuple[str, ...] = tuple(warnings)
 
     def __getitem__(self, key):
         return self._values[key]
@@ -166,7 +170,7 @@ class Settings(Mapping):
     def replace(self, **changes) -> Settings:
         values = dict(self._values)
         values.update(changes)
-        return Settings(values, self.source)
+        return Settings(values, self.source, self.warnings)
 
 
 class SettingsSchema:
@@ -258,6 +262,7 @@ def load(
     listing every problem.
     """
     problems: list[str] = []
+    warnings: list[str] = []
     raw: dict[str, tuple[Any, str]] = {}
     for name, value in (ini or {}).items():
         raw[name] = (value, f"{source or 'configuration file'}")
@@ -266,7 +271,11 @@ def load(
             continue
         name = schema.from_env(key)
         if name is None:
-            problems.append(f"unknown setting in environment variable {key}")
+            # The environment is shared with other tools (and may hold a
+            # variable that merely shares the prefix): a name that is no
+            # setting is reported, not fatal. Unknown names in the file or
+            # on the command line still stop the start.
+            warnings.append(f"ignoring environment variable {key}: no setting has this name")
             continue
         raw[name] = (value, f"environment variable {key}")
     for name, value in (cli or {}).items():
@@ -287,7 +296,7 @@ def load(
     _check_values(values, problems)
     if problems:
         raise ConfigurationError(problems)
-    return Settings(values, source)
+    return Settings(values, source, warnings)
 
 
 def _check_values(values: dict[str, Any], problems: list[str]):
@@ -299,6 +308,8 @@ def _check_values(values: dict[str, Any], problems: list[str]):
     ):
         if isinstance(values.get(name), int) and values[name] < 1:
             problems.append(f"bad value for {name}: must be at least 1")
+    if values.get("tombstones_retention_days") is not None and values["tombstones_retention_days"] < 1:
+        problems.append("bad value for tombstones_retention_days: must be at least 1")
     if values.get("paginate_by") is not None and values["paginate_by"] < 1:
         problems.append("bad value for paginate_by: must be at least 1")
     if isinstance(values.get("json_max_depth"), int) and values["json_max_depth"] < 2:

@@ -65,6 +65,12 @@ def discover(package=None) -> Discovered:
     return found
 
 
+def _provider(provider):
+    """The object behind a lazy dropin provider (loading its module), or the provider itself."""
+    load = getattr(provider, "_load", None)
+    return load() if load is not None else provider
+
+
 def _installed(names) -> str:
     return ", ".join(sorted(names)) or "none"
 
@@ -133,6 +139,18 @@ def configure(
     except config.ConfigurationError as e:
         problems.extend(e.problems)
         settings = None
+    if problems:
+        raise config.ConfigurationError(problems)
+    # Plugins that check their settings together (the accounts plugin and
+    # its policy) are asked now, so that such a mistake stops the command
+    # line instead of a server that has already begun to start.
+    for name in settings["includes"]:
+        check = getattr(_provider(discovered.plugins[name]), "check_settings", None)
+        if check is not None:
+            try:
+                check(settings)
+            except config.ConfigurationError as e:
+                problems.extend(e.problems)
     if problems:
         raise config.ConfigurationError(problems)
     # Kinto's switch for record validation turns the schema plugin on.

@@ -20,6 +20,10 @@ from jsonsync.http import LimitedChannel, LimitedRequest
 
 _log = Logger()
 
+# The exit status of a process whose start failed once the reactor ran
+# (EX_CONFIG in sysexits.h); a worker ending with it stops the server.
+START_FAILED = 78
+
 
 class QuietSite(server.Site):
     """A site whose access log can be switched off (it costs about a fifth of the throughput)."""
@@ -167,7 +171,18 @@ class JsonSyncService(_ReactorMixin, service.Service):
         self._parent_watch.clock = self.reactor
         self._parent_watch.start(1.0, now=False)
 
+    # Set by twist jsonsync: reports the failure in one line and ends the
+    # process with a non-zero status (instead of a traceback and a process
+    # left running with nothing listening).
+    on_start_failure = None
+
     def _failed(self, failure):
+        if self.on_start_failure is not None:
+            if not self.ready.called:
+                self.ready.errback(failure)
+                self.ready.addErrback(lambda _: None)
+            self.on_start_failure(failure)
+            return
         _log.failure("jsonsync could not start", failure)
         if not self.ready.called:
             self.ready.errback(failure)
@@ -194,7 +209,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self.number = number
 
     def processEnded(self, reason):
-        self.workers.ended(self)
+        self.workers.ended(self, getattr(reason.value, "exitCode", None))
 
 
 class Workers(_ReactorMixin, service.MultiService):
@@ -229,9 +244,15 @@ class Workers(_ReactorMixin, service.MultiService):
         self.children[number] = transport
         _log.info("started worker {number} (pid {pid})", number=number, pid=transport.pid)
 
-    def ended(self, proto: _WorkerProtocol):
+    # Set by twist jsonsync: called when a worker reports that it could not start.
+    on_start_failure = None
+
+    def ended(self, proto: _WorkerProtocol, status: int | None = None):
         self.children.pop(proto.number, None)
-        if not self.stopping:
+        if not self.stopping and status == START_FAILED and self.on_start_failure is not None:
+            # Starting it again would fail the same way: stop the whole server.
+            self.on_start_failure(f"worker {proto.number} could not start")
+        elif not self.stopping:
             _log.warn("worker {number} ended; starting it again", number=proto.number)
             self.reactor.callLater(1, self.spawn, proto.number)
 

@@ -8,23 +8,56 @@ import os
 import sys
 
 from twisted.application import service
+from twisted.logger import Logger
 from twisted.python import usage
 
 from jsonsync import config
 from jsonsync.registry import configure, discover
 
+_log = Logger()
 
-def _settings_help() -> str:
+
+def _describe(kind: str, declared) -> list[str]:
+    lines = []
+    for name, default in declared.items():
+        if isinstance(default, config.Setting):
+            setting = default
+        else:
+            setting = config.Setting(name, "", default)
+        value = setting.default
+        value = " ".join(value) if isinstance(value, list) else value
+        help = f" - {setting.help}" if setting.help else ""
+        lines.append(f"  {name} ({'' if value is None else value}){help}")
+    return lines
+
+
+def _settings_help(discovered=None) -> str:
     lines = [
         "Settings come from the [jsonsync] section of --config, from JSONSYNC_<NAME>",
         "environment variables, and from --setting NAME=VALUE (later wins).",
-        "Settings (default):",
+        "Core settings (default):",
     ]
-    for s in config.CORE_SETTINGS:
-        default = " ".join(s.default) if isinstance(s.default, list) else s.default
-        lines.append(f"  {s.name} ({default}){' - ' + s.help if s.help else ''}")
+    lines += _describe("core", {s.name: s for s in config.CORE_SETTINGS})
     lines.append("  <resource>_<read|write|create>_principals - settings ACLs")
-    lines.append("Plugins and backends add their own settings.")
+    lines.append("  <resource>_cache_expires_seconds - Cache-Control max-age of a resource")
+    lines.append("  <plural|object>_<resource>_<method>_enabled - switch an endpoint off")
+    discovered = discovered or discover()
+    for kind, providers in (
+        ("backend", discovered.backends),
+        ("authentication policy", discovered.policies),
+        ("plugin", discovered.plugins),
+    ):
+        for name in sorted(providers):
+            try:
+                declared = dict(providers[name].settings)
+            except Exception as e:  # an installed third-party plugin that cannot load
+                lines.append(f"{kind.capitalize()} {name}: cannot load its settings ({e})")
+                continue
+            if not declared:
+                continue
+            active = " (active when selected)" if kind != "plugin" else " (active when in includes)"
+            lines.append(f"{kind.capitalize()} {name}{active}:")
+            lines += _describe(kind, declared)
     return "\n".join(lines)
 
 
@@ -62,7 +95,7 @@ class Options(usage.Options):
     opt_s = opt_setting
 
     def opt_help_settings(self):
-        """List every core setting with its default, then exit."""
+        """List every setting (core, backends, policies, plugins) with its default, then exit."""
         print(_settings_help())
         sys.exit(0)
 
@@ -100,14 +133,82 @@ class Options(usage.Options):
 def makeService(options: Options) -> service.IService:
     from jsonsync.service import JsonSyncService
 
+    for warning in options.settings.warnings:
+        _log.warn("{warning}", warning=warning)
+    if not options.settings["userid_hmac_secret"]:
+        _log.warn(
+            "userid_hmac_secret is empty: basicauth user ids are then guessable from "
+            "the credentials and identical on every server; set a long random value "
+            "(`jsonsync init` writes one)"
+        )
     service = JsonSyncService(
         options.settings, options.discovered, options["listen"], reuse_port=options["reuse-port"]
     )
+    on_failure = StartFailure()
+    service.on_start_failure = on_failure
     if options["workers"] > 1:
         from jsonsync.service import Workers
 
-        return Workers(service, options["workers"], _child_arguments(options))
+        workers = Workers(service, options["workers"], _child_arguments(options))
+        workers.on_start_failure = on_failure
+        return workers
     return service
+
+
+def describe_failure(reason) -> str:
+    """Why a start failed, in words an operator can act on (no traceback)."""
+    from twisted.internet.error import CannotListenError
+    from twisted.python.failure import Failure
+
+    exc = reason.value if isinstance(reason, Failure) else reason
+    if isinstance(exc, str):
+        return exc
+    if isinstance(exc, config.ConfigurationError):
+        return "; ".join(exc.problems)
+    if isinstance(exc, (CannotListenError, ValueError)):
+        return str(exc)
+    cause = exc.__cause__ or exc.__context__
+    text = str(exc) or (str(cause) if cause is not None else "")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class StartFailure:
+    """
+    What C{twist jsonsync} does when the server cannot start once the
+    reactor runs: one critical line, the reactor stopped (services close
+    what they opened), then the process ends with L{START_FAILED} so that a
+    supervisor sees the failure. C{twist} itself always exits 0 after its
+    reactor stops, hence the exit from an after-shutdown trigger.
+    """
+
+    def __init__(self, reactor=None):
+        self._reactor = reactor
+        self.reported = False
+
+    def __call__(self, reason):
+        from jsonsync.service import START_FAILED
+
+        if self.reported:
+            return
+        self.reported = True
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        _log.critical("jsonsync could not start: {reason}", reason=describe_failure(reason))
+        if hasattr(reason, "getTraceback"):
+            _log.debug("{traceback}", traceback=reason.getTraceback())
+        reactor.addSystemEventTrigger("after", "shutdown", _exit, START_FAILED)
+        if reactor.running:
+            reactor.stop()
+        else:
+            # Failed before the reactor ran (nothing was asynchronous).
+            reactor.callWhenRunning(reactor.stop)
+
+
+def _exit(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _child_arguments(options: Options) -> list[str]:
@@ -120,13 +221,15 @@ def _child_arguments(options: Options) -> list[str]:
     return args
 
 
-def main(argv=None):
-    """C{python -m jsonsync.tap --check}: validate a configuration and exit."""
-    options = Options()
-    try:
-        options.parseOptions(argv if argv is not None else sys.argv[1:])
-    except usage.UsageError as e:
-        print(e, file=sys.stderr)
-        return 2
-    print("configuration OK")
-    return 0
+def main(argv=None) -> int:
+    """C{python -m jsonsync.tap --check [...]}: the same as C{jsonsync check [...]}."""
+    from jsonsync import cli
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--check" in args:
+        args.remove("--check")
+    return cli.main([*args, "check"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
