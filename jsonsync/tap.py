@@ -98,8 +98,10 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> service.IService:
+    from jsonsync.logs import use_log_format
     from jsonsync.service import JsonSyncService
 
+    use_log_format(options, options.settings)
     service = JsonSyncService(
         options.settings, options.discovered, options["listen"], reuse_port=options["reuse-port"]
     )
