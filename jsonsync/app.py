@@ -372,7 +372,8 @@ class JsonSyncApp:
     def finish(self, req: ApiRequest, response: ApiResponse, route: Route | None) -> ApiResponse:
         """The headers every response carries."""
         h = response.headers
-        h.append(("Content-Type", "application/json"))
+        if not (isinstance(response.body, bytes) and response.get_header("Content-Type")):
+            h.append(("Content-Type", "application/json"))
         request_id = getattr(req, "request_id", None)
         if request_id is not None:
             # For the request summary (jsonsync.logs) and the metrics.
