@@ -107,4 +107,4 @@ class ProxyTests(TestCase):
     async def test_bad_setting_stops_the_start(self):
         with self.assertRaises(ConfigurationError) as caught:
             await build_app({"trusted_proxies": "10.0.0.0/8 nonsense"})
-        self.assertIn("trusted_proxies", str(caught.exception))
+        self.assertIn("trusted_proxies: 'nonsense' is not an address or a network", str(caught.exception))
