@@ -30,12 +30,30 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _SUMMARY = "{method} {path} {status} {duration_ms}ms {bytes}B user={user_id} id={request_id}"
 
 
+def _time(event: dict) -> str:
+    return (
+        datetime.datetime.fromtimestamp(event.get("log_time") or time.time(), datetime.timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
 def json_line(event: dict) -> str | None:
     """One event as a JSON object on one line."""
+    fields = event.get("log_summary")
+    if fields is not None:
+        # A request summary: one per request, so no template formatting
+        # (Twisted's formatter took two thirds of the line's cost).
+        record = {
+            "time": _time(event),
+            "level": "info",
+            "namespace": "jsonsync.request",
+            "message": f"{fields['method']} {fields['path']} {fields['status']}",
+            **fields,
+        }
+        return jsonutil.dumps(record).decode() + "\n"
     record = {
-        "time": datetime.datetime.fromtimestamp(event.get("log_time") or time.time(), datetime.timezone.utc)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z"),
+        "time": _time(event),
         "level": getattr(event.get("log_level"), "name", "info"),
         "namespace": event.get("log_namespace", ""),
         "message": formatEvent(event),
@@ -115,4 +133,4 @@ def _peer(request) -> str | None:
 
 
 def log_summary(fields: dict) -> None:
-    _log.info(_SUMMARY, **fields)
+    _log.info(_SUMMARY, log_summary=fields, **fields)
