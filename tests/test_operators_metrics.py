@@ -95,4 +95,17 @@ class MetricsTests(TestCase):
         self.assertEqual(response.code, 404)
 
 
+class MissingLibraryTests(TestCase):
+    memory_only = True
+
+    async def test_a_clear_configuration_error(self):
+        from jsonsync.config import ConfigurationError
+        from jsonsync.plugins import prometheus
+
+        self.patch(prometheus, "CollectorRegistry", None)
+        with self.assertRaises(ConfigurationError) as caught:
+            await build_app({"includes": "prometheus"})
+        self.assertIn("needs the prometheus-client package", str(caught.exception))
+
+
 with_postgresql_variants(globals())

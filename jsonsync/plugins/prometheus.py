@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+try:
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+except ImportError:  # an optional dependency: say so at start, not with a traceback
+    CollectorRegistry = None
 
+from jsonsync.config import ConfigurationError
 from jsonsync.http import ApiResponse
 from jsonsync.registry import Route
 
@@ -116,7 +120,15 @@ class Metrics:
 
 class PrometheusPlugin:
     name = "prometheus"
-    settings: dict = {}
+
+    @property
+    def settings(self) -> dict:
+        # Read while the configuration is checked: the place to refuse the start.
+        if CollectorRegistry is None:
+            raise ConfigurationError(
+                ["plugin 'prometheus' needs the prometheus-client package (pip install 'jsonsync[prometheus]')"]
+            )
+        return {}
 
     def install(self, registry, settings):
         metrics = Metrics(registry)
