@@ -10,6 +10,7 @@ import datetime
 import fnmatch
 import random
 import re
+import time
 from urllib.parse import unquote
 
 from klein import Klein
@@ -22,7 +23,7 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 
-from jsonsync import errors, events, jsonutil
+from jsonsync import errors, events, jsonutil, logs, proxies
 from jsonsync.auth import authenticate
 from jsonsync.errors import (
     InvalidParameters,
@@ -139,7 +140,7 @@ _LAST_RESORT = jsonutil.dumps(errors.error_body(UnexpectedError())[1])
 
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_BASE_EXPOSED = ["Backoff", "Retry-After", "Alert", "Content-Length", "Content-Type"]
+_BASE_EXPOSED = ["Backoff", "Retry-After", "Alert", "Content-Length", "Content-Type", "X-Request-Id"]
 _READ_EXPOSED = ["Next-Page", "Last-Modified", "ETag", "Cache-Control", "Expires", "Pragma"]
 _COUNT_EXPOSED = ["Total-Objects", "Total-Records"]
 _CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none';"
@@ -191,8 +192,22 @@ class JsonSyncApp:
             for k, v in request.requestHeaders.getAllRawHeaders()
         }
         raw_path, _, raw_query = request.uri.partition(b"?")
-        scheme = self.settings.get("http_scheme") or ("https" if request.isSecure() else "http")
-        host = self.settings.get("http_host") or headers.get("host") or "localhost"
+        fwd_scheme = fwd_host = None
+        if getattr(request, "jsonsync_request_id", None) is None:
+            # Once per request (routing errors build a second ApiRequest):
+            # when it started, its id, and who sent it.
+            request.jsonsync_started = time.monotonic()
+            request.jsonsync_request_id = logs.request_id(headers.get("x-request-id"))
+            trusted = self.settings.get("trusted_proxies")
+            if trusted:
+                peer = getattr(request.getClientAddress(), "host", None)
+                client, fwd_scheme, fwd_host = proxies.resolve(peer, headers, tuple(trusted))
+                request.jsonsync_client = client
+                request.jsonsync_forwarded = (fwd_scheme, fwd_host)
+        else:
+            fwd_scheme, fwd_host = getattr(request, "jsonsync_forwarded", (None, None))
+        scheme = self.settings.get("http_scheme") or fwd_scheme or ("https" if request.isSecure() else "http")
+        host = self.settings.get("http_host") or fwd_host or headers.get("host") or "localhost"
         req = ApiRequest(
             request.method.decode("ascii", "replace"),
             unquote(raw_path.decode("latin-1"), errors="replace"),
@@ -203,6 +218,8 @@ class JsonSyncApp:
             host=host,
             raw_query=raw_query.decode("latin-1"),
         )
+        req.request_id = request.jsonsync_request_id
+        request.jsonsync = req
         return req
 
     async def _serve(self, request, route: Route, params: dict) -> bytes:
@@ -343,7 +360,10 @@ class JsonSyncApp:
         if "GET" in methods:
             methods.add("HEAD")
         asked = [h.strip() for h in (req.header("Access-Control-Request-Headers") or "").split(",") if h.strip()]
-        allowed_headers = ["Authorization", "Content-Type", "If-Match", "If-None-Match", "Response-Behavior", *asked]
+        allowed_headers = [
+            "Authorization", "Content-Type", "If-Match", "If-None-Match", "Response-Behavior",
+            "Cache-Control", "Pragma", "X-Request-Id", *asked,
+        ]
         headers = [
             ("Access-Control-Allow-Methods", ",".join(sorted(methods))),
             ("Access-Control-Allow-Headers", ",".join(dict.fromkeys(allowed_headers))),
@@ -359,7 +379,15 @@ class JsonSyncApp:
     def finish(self, req: ApiRequest, response: ApiResponse, route: Route | None) -> ApiResponse:
         """The headers every response carries."""
         h = response.headers
-        h.append(("Content-Type", "application/json"))
+        if not (isinstance(response.body, bytes) and response.get_header("Content-Type")):
+            h.append(("Content-Type", "application/json"))
+        request_id = getattr(req, "request_id", None)
+        if request_id is not None:
+            # For the request summary (jsonsync.logs) and the metrics.
+            req.route_name = route.name if route is not None else None
+            if response.status >= 400 and isinstance(response.body, dict):
+                req.errno = response.body.get("errno")
+            h.append(("X-Request-Id", request_id))
         h.append(("X-Content-Type-Options", "nosniff"))
         h.append(("Content-Security-Policy", _CSP))
         origin = req.header("Origin")

@@ -86,6 +86,9 @@ CORE_SETTINGS: list[Setting] = [
        "age past which `jsonsync purge-deleted` removes tombstones by default"),
     _s("bucket_create_principals", "list", ["system.Authenticated"]),
     _s("permissions_read_principals", "list", ["system.Everyone"]),
+    # Operators (issue 15): log format, reverse proxies.
+    _s("log_format", "str", "auto", "text, json (one JSON object per line) or auto: text on a terminal, else json"),
+    _s("trusted_proxies", "list", [], "addresses/networks of reverse proxies whose Forwarded/X-Forwarded-* are believed"),
 ]
 
 # <resource>_<perm>_principals and <resource>_cache_expires_seconds
@@ -321,3 +324,9 @@ def _check_values(values: dict[str, Any], problems: list[str]):
             datetime.date.fromisoformat(values["eos"])
         except ValueError:
             problems.append(f"bad value for eos: {values['eos']!r} is not a YYYY-MM-DD date")
+    if values.get("log_format", "auto") not in ("auto", "text", "json"):
+        problems.append(f"bad value for log_format: {values['log_format']!r} (text, json or auto)")
+    if values.get("trusted_proxies"):
+        from jsonsync.proxies import check_setting
+
+        problems.extend(check_setting(values["trusted_proxies"]))

@@ -16,6 +16,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web import server
 
+from jsonsync import logs
 from jsonsync.http import LimitedChannel, LimitedRequest
 
 _log = Logger()
@@ -26,13 +27,22 @@ START_FAILED = 78
 
 
 class QuietSite(server.Site):
-    """A site whose access log can be switched off (it costs about a fifth of the throughput)."""
+    """
+    A site that logs a short summary per request (L{jsonsync.logs}), which
+    can be switched off, and tells its request observers (the metrics) of
+    every finished request. Twisted's Apache-style line is gone: about 950
+    bytes with neither duration, user nor request id, for a fifth of the
+    throughput.
+    """
 
     access_log = True
+    observers: tuple = ()
 
     def log(self, request):
+        for observe in self.observers:
+            observe(request)
         if self.access_log:
-            super().log(request)
+            logs.log_summary(logs.summary(request))
 
 
 def make_site(app, settings) -> server.Site:
@@ -47,6 +57,8 @@ def make_site(app, settings) -> server.Site:
     site.max_header_count = settings["max_header_count"]
     site.cors_origins = tuple(settings["cors_origins"])
     site.access_log = settings["access_log"]
+    registry = getattr(app, "registry", None)
+    site.observers = tuple(getattr(registry, "request_observers", ()))
     site.displayTracebacks = False
     return site
 

@@ -131,8 +131,10 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> service.IService:
+    from jsonsync.logs import use_log_format
     from jsonsync.service import JsonSyncService
 
+    use_log_format(options, options.settings)
     for warning in options.settings.warnings:
         _log.warn("{warning}", warning=warning)
     if not options.settings["userid_hmac_secret"]:

@@ -231,7 +231,10 @@ class Engine:
                 "body", unknown[0], f"{unknown[0]} in body: Unrecognized keys in mapping"
             )
         data = body.get("data")
-        if data is not None and not isinstance(data, dict):
+        # An explicit null is refused like any other non-object (as Kinto
+        # does): a client sending it most likely lost its data on the way,
+        # and creating an empty object would hide that.
+        if "data" in body and not isinstance(data, dict):
             raise InvalidParameters("body", "data", "data in body: Should be a mapping")
         perms = self.clean_permissions(loc.resource, body.get("permissions"))
         if require_one and data is None and perms is None:
@@ -335,6 +338,12 @@ class Engine:
         wanted = ("read", "write") if permission == "read" else ("write",)
         if any(self.registry.acl.granted_on_type(req.principals, rt.name, p) for p in wanted):
             return None, missing
+        if permission == "read":
+            # Those who may create children in an object may read its
+            # attributes (read:attributes), so it is listed to them, as in
+            # Kinto: a user allowed to create collections in a bucket finds
+            # that bucket in GET /buckets.
+            wanted += tuple(p for p in rt.permissions if p.endswith(":create"))
         ids = await self.permissions.accessible_children(
             req.txn, req.principals, loc.list_uri + "/", list(wanted)
         )

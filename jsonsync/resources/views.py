@@ -428,6 +428,9 @@ class ServiceViews:
         if "write" in expanded:
             expanded.add("read")
             expanded.update(p for p in tree.permissions_of(resource_name) if p.endswith(":create"))
+        elif "read" not in expanded and any(p.endswith(":create") for p in expanded):
+            # Creating children lets one read the object's attributes (as Kinto lists it).
+            expanded.add("read:attributes")
         entry["permissions"] = sorted(expanded)
         return entry
 
