@@ -43,7 +43,7 @@ from jsonsync.interfaces import IRequestPrefetch
 from jsonsync.jsonutil import Encoded, EncodedPage, decoded
 from jsonsync.query import Query
 from jsonsync.resources import querystring
-from jsonsync.resources.model import Location, ResourceType
+from jsonsync.resources.model import MAX_PRINCIPAL_LENGTH, Location, ResourceType
 
 _ENVELOPE_KEYS = frozenset({"data", "permissions"})
 
@@ -248,6 +248,14 @@ class Engine:
                 raise InvalidParameters(
                     "body", f"permissions.{name}", f"permissions.{name} in body: should be a list of strings"
                 )
+            # A principal is part of an ACL index key: refused here alike on
+            # both backends rather than by PostgreSQL's index size limit.
+            for i, principal in enumerate(principals):
+                if len(principal) > MAX_PRINCIPAL_LENGTH:
+                    raise InvalidParameters(
+                        "body", f"permissions.{name}.{i}",
+                        f"permissions.{name}.{i} in body: principals are at most {MAX_PRINCIPAL_LENGTH} characters",
+                    )
             clean[name] = sorted(set(principals))
         return clean
 
@@ -726,7 +734,7 @@ class Engine:
             if name not in loc.resource.permissions or not isinstance(members, dict):
                 raise InvalidParameters("body", "permissions", "JSON Patch operation failed: invalid permissions")
             perms[name] = sorted(str(p) for p in members)
-        return result["data"], perms, {}
+        return result["data"], self.clean_permissions(loc.resource, perms), {}
 
     async def delete_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
         existing = await self.existing_for_write(req, loc)

@@ -22,6 +22,11 @@ NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$")
 # id pattern is) the longest such key is about 2,100 bytes, while ids of a few
 # hundred characters (extension storage keys made ids) keep working.
 MAX_ID_LENGTH = 512
+# The longest principal a body may put in a permission list or a group's
+# members: principals are part of the same index keys as ids. 512 leaves
+# room for "account:<id>" and "/buckets/<bid>/groups/<gid>" with ids of a
+# few hundred characters; docs/limits.md states it.
+MAX_PRINCIPAL_LENGTH = 512
 _ALNUM = string.ascii_letters + string.digits
 _NAME_CHARS = _ALNUM + "_-"
 _rng = random.SystemRandom()

@@ -31,6 +31,7 @@ from jsonsync.query import Query, Sort, matches_all, ordering_key
 from jsonsync.registry import Registry, Route
 from jsonsync.resources import querystring
 from jsonsync.resources.model import Location
+from jsonsync.resources.openapi import openapi_document
 
 PUBLIC_SETTINGS = ("batch_max_requests", "readonly", "explicit_permissions")
 BATCH_METHODS = ("GET", "HEAD", "DELETE", "TRACE", "POST", "PUT", "PATCH")
@@ -138,39 +139,7 @@ class ServiceViews:
         )
 
     async def openapi(self, req: ApiRequest) -> ApiResponse:
-        paths: dict[str, dict] = {}
-        for route in self.registry.routes:
-            path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", route.rule) or "/"
-            params = [
-                {"name": name, "in": "path", "required": True, "type": "string"}
-                for name in re.findall(r"{([^}]+)}", path)
-            ]
-            ops = paths.setdefault(path, {})
-            methods = set(route.methods)
-            if "GET" in methods:
-                methods.add("HEAD")
-            for method in sorted(methods):
-                ops[method.lower()] = {
-                    "summary": route.summary or route.name,
-                    "operationId": f"{method.lower()}_{route.name}",
-                    "tags": [route.resource.name if route.resource is not None else "utilities"],
-                    "parameters": params,
-                    "produces": ["application/json"],
-                    "responses": {"default": {"description": "Kinto-style JSON (errors: code, errno, error, message)"}},
-                }
-        security = {}
-        if "basicauth" in self.settings["multiauth.policies"] or "account" in self.settings["multiauth.policies"]:
-            security["basicauth"] = {"type": "basic"}
-        doc = {
-            "swagger": "2.0",
-            "info": {"title": self.settings["project_name"], "version": self.settings["http_api_version"]},
-            "basePath": API_PREFIX,
-            "host": req.host,
-            "schemes": [req.scheme],
-            "securityDefinitions": security,
-            "paths": paths,
-        }
-        return ApiResponse(doc)
+        return ApiResponse(openapi_document(self.registry, req.url(API_PREFIX)))
 
     # -- batch ----------------------------------------------------------------------
     async def batch(self, req: ApiRequest) -> ApiResponse:
