@@ -727,7 +727,8 @@ class Engine:
             result = jsonpatch.apply_patch(document, fixed)
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, ValueError, KeyError, IndexError) as e:
             raise InvalidParameters("body", None, f"JSON Patch operation failed: {e}") from None
-        if not isinstance(result.get("data"), dict) or not isinstance(result.get("permissions"), dict):
+        if (not isinstance(result, dict) or not isinstance(result.get("data"), dict)
+                or not isinstance(result.get("permissions"), dict)):
             raise InvalidParameters("body", None, "JSON Patch operation failed: data and permissions must stay objects")
         perms = {}
         for name, members in result["permissions"].items():

@@ -13,14 +13,12 @@ Kinto clients do not read this document, so its version is free.
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 from jsonsync.http import JSON, JSON_PATCH, MERGE_PATCH
 from jsonsync.registry import Registry, Route
 from jsonsync.resources.model import MAX_ID_LENGTH, MAX_PRINCIPAL_LENGTH
 
-_DAY_MS = 24 * 3600 * 1000
 _RULE_PARAM = re.compile(r"<(?:([^:>]+):)?([^>]+)>")
 _ERROR_STATUSES = {
     "400": "Invalid parameters (errno 107)",
@@ -63,8 +61,9 @@ def _principals(nullable=True) -> dict:
 
 
 class _Builder:
-    def __init__(self, registry: Registry):
+    def __init__(self, registry: Registry, permission_fields):
         self.registry = registry
+        self.permission_fields = permission_fields
         self.settings = registry.settings
         self.types = registry.resource_types
         self.schemas: dict[str, Any] = {}
@@ -106,26 +105,17 @@ class _Builder:
             "required": ["data"],
             "properties": {"data": _ref("Object"), "permissions": _ref("Permissions")},
         }
-        self.schemas["JsonPatch"] = {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["op", "path"],
-                "additionalProperties": False,
-                "properties": {
-                    "op": {"type": "string", "enum": ["add", "remove", "replace", "move", "copy", "test"]},
-                    "path": {"type": "string", "pattern": "^/(data|permissions)(/.*)?$"},
-                    "from": {"type": "string"},
-                    "value": {},
-                },
-            },
-        }
         self.schemas["BatchRequest"] = {
             "type": "object",
             "required": ["requests"],
             "additionalProperties": False,
+            # Every sub-request has a path, its own or the defaults' one.
+            "anyOf": [
+                {"required": ["defaults"], "properties": {"defaults": {"required": ["path"]}}},
+                {"properties": {"requests": {"items": {"required": ["path"]}}}},
+            ],
             "properties": {
-                "defaults": _ref("BatchDefaults"),
+                "defaults": {"allOf": [_ref("BatchDefaults")], "nullable": True},
                 "requests": {
                     "type": "array",
                     "maxItems": self.settings["batch_max_requests"],
@@ -137,12 +127,11 @@ class _Builder:
             "method": {"type": "string", "enum": ["GET", "HEAD", "DELETE", "TRACE", "POST", "PUT", "PATCH"]},
             "path": {"type": "string", "pattern": "^/"},
             "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-            "body": {"type": "object", "nullable": True},
+            "body": {"anyOf": [{"type": "object"}, {"type": "array"}], "nullable": True},
         }
-        self.schemas["BatchSubRequest"] = {
-            "type": "object", "required": ["path"], "additionalProperties": False, "properties": sub,
-        }
-        self.schemas["BatchDefaults"] = {"type": "object", "additionalProperties": False, "properties": sub}
+        self.schemas["BatchSubRequest"] = {"type": "object", "additionalProperties": False, "properties": sub}
+        defaults = dict(sub, path=dict(sub["path"], nullable=True))
+        self.schemas["BatchDefaults"] = {"type": "object", "additionalProperties": False, "properties": defaults}
         self.schemas["BatchResponse"] = {
             "type": "object",
             "required": ["responses"],
@@ -163,6 +152,30 @@ class _Builder:
             },
         }
 
+    def json_patch(self, rt) -> dict:
+        # Operations on a member of data or on one principal of an ACE.
+        # Whether remove, replace, move, copy or test apply depends on the
+        # object (an absent member is refused with 400): no schema says it.
+
+        perms = "|".join(rt.permissions)
+        # The id is the URL's: a patch may not change it.
+        pointer = rf"^/(data/(?!id$)|permissions/({perms})/)([^/~]|~[01]){{1,{MAX_PRINCIPAL_LENGTH}}}$"
+        operation = {
+            "oneOf": [
+                {"type": "object", "required": ["op", "path", "value"], "additionalProperties": False,
+                 "properties": {"op": {"type": "string", "enum": ["add", "replace", "test"]},
+                                "path": {"type": "string", "pattern": pointer}, "value": {}}},
+                {"type": "object", "required": ["op", "path"], "additionalProperties": False,
+                 "properties": {"op": {"type": "string", "enum": ["remove"]},
+                                "path": {"type": "string", "pattern": pointer}}},
+                {"type": "object", "required": ["op", "from", "path"], "additionalProperties": False,
+                 "properties": {"op": {"type": "string", "enum": ["move", "copy"]},
+                                "from": {"type": "string"},
+                                "path": {"type": "string", "pattern": pointer}}},
+            ],
+        }
+        return {"type": "array", "items": operation}
+
     def type_schemas(self, rt) -> dict[str, str]:
         """Request body schemas of a resource type; their names by use."""
         name = rt.name.replace(":", "_").capitalize()
@@ -179,29 +192,40 @@ class _Builder:
         if rt.name == "account":
             put_data["required"] = ["password"]
             put_data["nullable"] = False
-        patch_data = {k: v for k, v in put_data.items() if k != "required"}
+        patch_data = {k: v for k, v in put_data.items() if k not in ("required", "nullable")}
+        # "Provide at least one of data or permissions": in a PATCH neither is null.
+        patch_perms = {k: v for k, v in perms.items() if k != "nullable"}
         post_data = dict(data, nullable=True, properties=dict(data["properties"], id=_id_schema(rt)))
         if rt.name == "account":
             post_data["required"] = ["id", "password"]
             post_data["nullable"] = False
         self.schemas[f"{name}Permissions"] = perms
+        self.schemas[f"{name}PatchPermissions"] = patch_perms
         for use, schema in (("Put", put_data), ("Post", post_data), ("Patch", patch_data)):
             self.schemas[f"{name}{use}Data"] = schema
             body = {
                 "type": "object",
                 "additionalProperties": False,
-                "properties": {"data": _ref(f"{name}{use}Data"), "permissions": _ref(f"{name}Permissions")},
+                "properties": {
+                    "data": _ref(f"{name}{use}Data"),
+                    "permissions": _ref(f"{name}PatchPermissions" if use == "Patch" else f"{name}Permissions"),
+                },
             }
             if use == "Patch":
                 body["minProperties"] = 1
-            if rt.name == "account" and use != "Patch":
+            elif rt.name == "account":
                 body["required"] = ["data"]
+            else:
+                body["nullable"] = True  # a JSON null body is an empty one
             self.schemas[f"{name}{use}"] = body
-        return {"put": f"{name}Put", "post": f"{name}Post", "patch": f"{name}Patch"}
+        self.schemas[f"{name}JsonPatch"] = self.json_patch(rt)
+        return {"put": f"{name}Put", "post": f"{name}Post", "patch": f"{name}Patch", "json-patch": f"{name}JsonPatch"}
 
     @staticmethod
     def data_properties(rt) -> dict:
-        props: dict[str, Any] = {"last_modified": {"type": "integer", "minimum": 0}}
+        # (last_modified is the server's: an integer one is kept, any other
+        # value ignored, so it is left out like any free field.)
+        props: dict[str, Any] = {}
         if rt.name == "bucket":
             for field in ("collection:schema", "group:schema", "record:schema"):
                 props[field] = {"type": "object"}
@@ -234,21 +258,45 @@ class _Builder:
             schema = {"type": "string", "minLength": 1}
         return {"name": name, "in": "path", "required": True, "schema": schema}
 
-    def list_parameters(self) -> list[dict]:
-        now = int(time.time() * 1000)
-        timestamp = {"type": "integer", "minimum": 0, "maximum": now + _DAY_MS}
+    def list_parameters(self, strict=None, hidden=()) -> list[dict]:
+        """
+        The query parameters of a list. C{strict}: the only fields it may
+        sort and project on; C{hidden}: fields it may not sort on.
+        """
+        # Values more than a day ahead of the server's clock are refused: a
+        # bound that moves with the clock, said in words, not as a maximum.
+        # Kinto clients send them bare or quoted; _since=null is no filter.
+        timestamp = {"type": "string", "pattern": r'^"?[0-9]+"?$'}
+        since = {"type": "string", "pattern": r'^("?[0-9]+"?|null)?$'}
+        if strict is not None:
+            names = "|".join(sorted(strict))
+            # Parts that are no sort field at all (empty, or with a character
+            # outside letters, digits, _ and .) are ignored.
+            # (ASCII classes: the server's \w takes any letter, a client's regex may not)
+            ignored = (r"[^,]*[!-*/:-@\[-^`{-~][^,]*|[ \t]*[-+]?[A-Za-z0-9_.]*[-+][^,]*"
+                       r"|[^,]*[^\s,][ \t]+[^\s,][^,]*|[ \t]*")
+            part = rf"(\s*[-+]?({names})(\.[\w.]*)?\s*|{ignored})"
+            sort = {"type": "string", "pattern": rf"^{part}(,{part})*$"}
+            field = rf"({names})(\.[^,\x00]*)?"
+            fields = {"type": "string", "pattern": rf"^({field})?(,{field})*$"}
+        else:
+            sort = {"type": "string", "pattern": r"^[^\x00]*$"}
+            fields = {"type": "string", "pattern": r"^[^\x00]*$"}
+            if hidden:
+                names = "|".join(sorted(hidden))
+                sort["pattern"] = rf"^(?!(.*,)?\s*[-+]?({names})(\.|\s*,|\s*$))[^\x00]*$"
         return [
             {"name": "_limit", "in": "query", "schema": {"type": "integer", "minimum": 0},
              "description": "Page size (capped by the server's paginate_by)"},
-            {"name": "_sort", "in": "query", "schema": {"type": "string"},
+            {"name": "_sort", "in": "query", "schema": sort,
              "description": "Comma-separated fields, - for descending"},
-            {"name": "_since", "in": "query", "schema": timestamp,
-             "description": "Changes after this timestamp (tombstones included)"},
+            {"name": "_since", "in": "query", "schema": since,
+             "description": "Changes after this timestamp in ms (tombstones included; at most a day ahead)"},
             {"name": "_before", "in": "query", "schema": timestamp,
-             "description": "Changes before this timestamp"},
+             "description": "Changes before this timestamp in ms (at most a day ahead)"},
             {"name": "_token", "in": "query", "schema": {"type": "string"},
              "description": "Opaque pagination token from a Next-Page header"},
-            {"name": "_fields", "in": "query", "schema": {"type": "string"},
+            {"name": "_fields", "in": "query", "schema": fields,
              "description": "Comma-separated fields to return"},
         ]
 
@@ -291,13 +339,12 @@ class _Builder:
                                    "304": {"description": "Not modified"}}
             else:
                 op["responses"] = {"200": {"description": "OK", "content": _json(ok)}}
-            if method in ("GET", "HEAD") and plural:
-                op["parameters"] += self.list_parameters()
-            if method == "DELETE" and plural:
-                op["parameters"] += self.list_parameters()
+            if plural and method in ("GET", "HEAD", "DELETE"):
+                hidden = ("password",) if rt.name == "account" else ()
+                op["parameters"] += self.list_parameters(rt.strict_fields, hidden)
             if method == "DELETE" and not plural:
-                op["parameters"].append({"name": "last_modified", "in": "query",
-                                         "schema": {"type": "integer", "minimum": 0}})
+                op["parameters"].append({"name": "last_modified", "in": "query", "schema": {"type": "integer"},
+                                         "description": "The tombstone's timestamp"})
             if method in ("POST", "PUT"):
                 op["requestBody"] = {
                     "required": rt.name == "account",
@@ -309,7 +356,7 @@ class _Builder:
                 envelope = {"schema": _ref(bodies["patch"])}
                 op["requestBody"] = {
                     "required": True,
-                    "content": {JSON: envelope, MERGE_PATCH: envelope, JSON_PATCH: {"schema": _ref("JsonPatch")}},
+                    "content": {JSON: envelope, MERGE_PATCH: envelope, JSON_PATCH: {"schema": _ref(bodies["json-patch"])}},
                 }
                 errors += ["409", "413", "415"]
             op["responses"].update(_error_responses(*errors))
@@ -331,7 +378,8 @@ class _Builder:
                     "properties": {"data": {"type": "array", "items": {"type": "object"}}},
                 }
                 if route.name == "permissions" and method in ("GET", "HEAD"):
-                    op["parameters"] += [p for p in self.list_parameters() if p["name"] not in ("_since", "_before")]
+                    op["parameters"] += [p for p in self.list_parameters(self.permission_fields)
+                                         if p["name"] not in ("_since", "_before")]
             elif route.name == "heartbeat":
                 body = {"type": "object", "additionalProperties": {"type": "boolean", "nullable": True}}
             ok: dict[str, Any] = {"description": "OK"}
@@ -392,8 +440,8 @@ def _suffix(path: str) -> str:
     return "_default" if path.startswith("/buckets/default") else ""
 
 
-def openapi_document(registry: Registry, base_url: str) -> dict:
-    doc = _Builder(registry).build()
+def openapi_document(registry: Registry, base_url: str, permission_fields=frozenset()) -> dict:
+    doc = _Builder(registry, permission_fields).build()
     doc["servers"] = [{"url": base_url}]
     return doc
 

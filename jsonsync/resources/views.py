@@ -139,7 +139,7 @@ class ServiceViews:
         )
 
     async def openapi(self, req: ApiRequest) -> ApiResponse:
-        return ApiResponse(openapi_document(self.registry, req.url(API_PREFIX)))
+        return ApiResponse(openapi_document(self.registry, req.url(API_PREFIX), PERMISSION_FIELDS))
 
     # -- batch ----------------------------------------------------------------------
     async def batch(self, req: ApiRequest) -> ApiResponse:
@@ -178,7 +178,7 @@ class ServiceViews:
         for key in sub:
             if key not in ("method", "path", "headers", "body"):
                 raise InvalidParameters("body", f"{where}.{key}", f"{where}.{key} in body: Unrecognized keys in mapping")
-        if "path" not in sub and not partial:
+        if sub.get("path") is None and not partial:
             raise InvalidParameters("body", f"{where}.path", f"{where}.path in body: Required")
         path = sub.get("path")
         if path is not None and (not isinstance(path, str) or not path.startswith("/")):
