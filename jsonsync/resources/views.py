@@ -261,7 +261,9 @@ class ServiceViews:
         if not acl.principals("permissions_read_principals").intersection(req.principals):
             raise Forbidden() if req.authenticated else Unauthenticated(challenges(self.registry))
         tree = self.registry.tree
-        found = await self.registry.permissions.accessible_objects(req.txn, req.principals)
+        found = self._grants_that_count(
+            await self.registry.permissions.accessible_objects(req.txn, req.principals), req.principals
+        )
         for uri, perms in (await self._settings_grants(req)).items():
             found.setdefault(uri, set()).update(perms)
         entries = []
@@ -305,6 +307,24 @@ class ServiceViews:
         if listing.fields:
             selected = [querystring.project(e, listing.fields) for e in selected]
         return ApiResponse({"data": selected}, 200, headers)
+
+    def _grants_that_count(self, found: dict[str, set[str]], principals) -> dict[str, set[str]]:
+        """
+        Leave out the ACL grants that give nothing: a resource type may say
+        which of its ACEs count (the accounts plugin: an account's ACEs
+        reach only its owner and the admins, whatever they name).
+        """
+        tree = self.registry.tree
+        types = self.registry.resource_types
+        kept = {}
+        for uri, perms in found.items():
+            rt = types.get(tree.type_of(uri))
+            judge = rt.extra.get("grants_that_count") if rt is not None else None
+            if judge is not None:
+                perms = judge(self.settings, principals, uri.rsplit("/", 1)[-1], perms)
+            if perms:
+                kept[uri] = perms
+        return kept
 
     async def _settings_grants(self, req: ApiRequest) -> dict[str, set[str]]:
         """
