@@ -17,7 +17,21 @@ nothing to read for the rest of the run).
     python scripts/check_api.py --max-examples 5 --port 18301
 
 Exit status: schemathesis' own (0 when no check failed). Needs
-C{pip install schemathesis} (it is not a dependency of jsonsync).
+C{pip install schemathesis} (it is not a dependency of jsonsync: with its
+coverage phase a run takes minutes, too long for the suite; the suite has
+tests/test_openapi.py instead).
+
+What it must not find: a server error (ST101), an undocumented status
+(ST103), a response that does not match its schema, a schema-valid request
+refused (ST202). What it may find (ST201, "schema-violating request
+accepted"), all of them Kinto's leniency kept on purpose:
+  - a C{_sort} part that is no field name (C{_sort=%C2%98}) is ignored;
+  - JSON-Patch operations outside /data and /permissions (C{"path": ""})
+    are ignored, as Kinto does;
+  - a POST of an existing id answers the stored object whatever the body;
+  - a body of blanks is an empty body.
+And, rarely, a ST202 for a collection's C{schema} that is an object but
+not a valid JSON Schema (a document cannot embed the meta-schema's rules).
 """
 
 from __future__ import annotations

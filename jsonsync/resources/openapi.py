@@ -111,7 +111,8 @@ class _Builder:
             "additionalProperties": False,
             # Every sub-request has a path, its own or the defaults' one.
             "anyOf": [
-                {"required": ["defaults"], "properties": {"defaults": {"required": ["path"]}}},
+                {"required": ["defaults"],
+                 "properties": {"defaults": {"required": ["path"], "properties": {"path": {"type": "string"}}}}},
                 {"properties": {"requests": {"items": {"required": ["path"]}}}},
             ],
             "properties": {
