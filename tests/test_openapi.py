@@ -21,7 +21,7 @@ from twisted.web.client import HTTPConnectionPool
 from jsonsync import jsonutil
 from jsonsync.resources.model import MAX_ID_LENGTH
 from jsonsync.service import make_site
-from jsonsync.testing import basic, basicauth_id, build_app
+from jsonsync.testing import basic, basicauth_id, build_app, with_postgresql_variants
 
 SETTINGS = {
     "includes": "accounts default_bucket history",
@@ -135,6 +135,7 @@ def schemas_of(node):
 
 
 class DocumentTests(_Served):
+    memory_only = True  # the document does not depend on the backend
     async def test_well_formed(self):
         doc = await self.document()
         self.assertEqual(doc["openapi"], "3.0.3")
@@ -257,3 +258,6 @@ class FoundByFuzzingTests(_Served):
         self.assertEqual(answer["data"]["last_modified"], far)
         status, answer = await self.call("DELETE", f"/v1/buckets/b/collections/c/records/r?last_modified={far + 1}")
         self.assertEqual(status, 200, answer)
+
+
+with_postgresql_variants(globals())
