@@ -13,15 +13,20 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from jsonsync import jsonutil
-from jsonsync.resources.model import MAX_PRINCIPAL_LENGTH
+from jsonsync.resources.model import MAX_ID_LENGTH, MAX_PRINCIPAL_LENGTH
 from jsonsync.service import make_site
 from jsonsync.testing import basic, basicauth_id, build_app, with_postgresql_variants
 
 B = "/v1/buckets/b"
 C = B + "/collections/c"
 LONG = "account:" + "x" * 3000
-# The longest principal accepted, shaped as a real one.
-LONGEST = "account:" + "y" * (MAX_PRINCIPAL_LENGTH - len("account:"))
+# The longest principals: a group's and an account's with ids of the
+# longest length.
+ID = "i" * MAX_ID_LENGTH
+LONGEST = f"/buckets/{ID}/groups/{ID}"
+LONGEST_ACCOUNT = f"account:{ID}"
+# Under the limit in characters, over it in bytes.
+WIDE = "account:" + "é" * 600
 
 
 class _Served(TestCase):
@@ -68,6 +73,13 @@ class LongPrincipalTests(_Served):
         status, body = await self.call("GET", C + "/records")
         self.assertEqual((status, body["data"]), (200, []))
 
+    async def test_wide_principal(self):
+        self.assertLess(len(WIDE), MAX_PRINCIPAL_LENGTH)
+        status, body = await self.call("PUT", C + "/records/r", {"permissions": {"write": [WIDE]}})
+        self.assertRefused(status, body, "permissions.write")
+        status, body = await self.call("PUT", B + "/groups/g", {"data": {"members": [WIDE]}})
+        self.assertRefused(status, body, "data.members.0")
+
     async def test_long_principal_through_json_patch(self):
         ops = [{"op": "add", "path": f"/permissions/read/{LONG}"}]
         status, body = await self.call("PATCH", C, ops, content_type="application/json-patch+json")
@@ -79,13 +91,19 @@ class LongPrincipalTests(_Served):
         status, body = await self.call("GET", B + "/groups/g")
         self.assertEqual(status, 404, body)
 
-    async def test_longest_principal_and_member_are_kept(self):
-        status, body = await self.call("PUT", C + "/records/r", {"permissions": {"read": [LONGEST]}})
+    async def test_longest_principals_are_kept(self):
+        self.assertEqual(len(LONGEST), MAX_PRINCIPAL_LENGTH)
+        # On the object with the longest URI: the longest ACL key there is.
+        bucket, collection = f"/v1/buckets/{ID}", f"/v1/buckets/{ID}/collections/{ID}"
+        for path in (bucket, collection):
+            self.assertEqual((await self.call("PUT", path))[0], 201)
+        grant = {"permissions": {"read": [LONGEST, LONGEST_ACCOUNT], "write": [LONGEST]}}
+        status, body = await self.call("PUT", f"{collection}/records/{ID}", grant)
         self.assertEqual(status, 201, body)
         self.assertIn(LONGEST, body["permissions"]["read"])
-        status, body = await self.call("PUT", B + "/groups/g", {"data": {"members": [LONGEST]}})
+        status, body = await self.call("PUT", f"{bucket}/groups/{ID}", {"data": {"members": [LONGEST_ACCOUNT]}})
         self.assertEqual(status, 201, body)
-        self.assertEqual(body["data"]["members"], [LONGEST])
+        self.assertEqual(body["data"]["members"], [LONGEST_ACCOUNT])
 
 
 class AccountGrantsTests(_Served):

@@ -43,7 +43,7 @@ from jsonsync.interfaces import IRequestPrefetch
 from jsonsync.jsonutil import Encoded, EncodedPage, decoded
 from jsonsync.query import Query
 from jsonsync.resources import querystring
-from jsonsync.resources.model import MAX_PRINCIPAL_LENGTH, Location, ResourceType
+from jsonsync.resources.model import MAX_PRINCIPAL_LENGTH, Location, ResourceType, principal_too_long
 
 _ENVELOPE_KEYS = frozenset({"data", "permissions"})
 
@@ -251,10 +251,10 @@ class Engine:
             # A principal is part of an ACL index key: refused here alike on
             # both backends rather than by PostgreSQL's index size limit.
             for i, principal in enumerate(principals):
-                if len(principal) > MAX_PRINCIPAL_LENGTH:
+                if principal_too_long(principal):
                     raise InvalidParameters(
                         "body", f"permissions.{name}.{i}",
-                        f"permissions.{name}.{i} in body: principals are at most {MAX_PRINCIPAL_LENGTH} characters",
+                        f"permissions.{name}.{i} in body: principals are at most {MAX_PRINCIPAL_LENGTH} bytes",
                     )
             clean[name] = sorted(set(principals))
         return clean
