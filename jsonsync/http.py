@@ -201,11 +201,14 @@ class NotModified(Exception):
 # --- validators ---------------------------------------------------------------
 
 _last_date: list = [None, ""]
+_LAST_HTTP_SECOND = 253402300799  # 9999-12-31T23:59:59Z
 
 
 def http_date(ms: int) -> str:
     """An HTTP date (second precision), memoised for the current second."""
-    second = ms // 1000
+    # A client may set an object's last_modified (and a tombstone's): HTTP
+    # dates stop at year 9999, beyond which formatdate fails.
+    second = min(max(ms // 1000, 0), _LAST_HTTP_SECOND)
     if _last_date[0] != second:
         _last_date[0] = second
         _last_date[1] = formatdate(second, usegmt=True)

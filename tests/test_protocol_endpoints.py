@@ -196,12 +196,11 @@ class ServiceEndpointTests(ProtocolCase):
         r = await self.anon.get("/v1/__api__")
         self.assertEqual(r.status, 200, r)
         doc = r.json
-        self.assertEqual(doc["swagger"], "2.0")
+        self.assertEqual(doc["openapi"], "3.0.3")  # tests/test_openapi.py checks the rest
         self.assertEqual(doc["info"]["version"], "1.23")
         self.assertIsInstance(doc["info"]["title"], str)
-        self.assertEqual(doc["basePath"], "/v1")
-        self.assertIn("basicauth", doc["securityDefinitions"])
-        self.assertEqual(doc["securityDefinitions"]["basicauth"]["type"], "basic")
+        self.assertTrue(doc["servers"][0]["url"].endswith("/v1"), doc["servers"])
+        self.assertEqual(doc["components"]["securitySchemes"]["basicAuth"], {"type": "http", "scheme": "basic"})
         paths = doc["paths"]
         self.assertIn("/buckets", paths)
         self.assertTrue(any(k.endswith("/records") for k in paths), sorted(paths))

@@ -427,6 +427,17 @@ async def on_account_delete(req, loc, old):
     _forget(req)
 
 
+def _grants_that_count(settings, principals, account_id: str, perms: set[str]) -> set[str]:
+    """
+    What an ACL grant on an account gives for C{/permissions}: the owner's
+    (and the admins') grants count, anyone else's not (see L{_guard_object});
+    admins and readers also get theirs from the settings.
+    """
+    if f"{POLICY_NAME}:{account_id}" in principals or _is_admin(settings, principals):
+        return perms
+    return set()
+
+
 ACCOUNT = ResourceType(
     POLICY_NAME,
     "accounts",
@@ -438,6 +449,7 @@ ACCOUNT = ResourceType(
     on_write=on_account_write,
     on_delete=on_account_delete,
     present=_hide_password,
+    extra={"grants_that_count": _grants_that_count},
 )
 
 

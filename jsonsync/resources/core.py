@@ -15,7 +15,7 @@ from jsonsync.errors import InvalidParameters, MethodNotAllowed, ParentNotFound
 from jsonsync.http import ApiRequest
 from jsonsync.registry import Registry, Route
 from jsonsync.resources.engine import Engine
-from jsonsync.resources.model import Location, ResourceType, uuid_id
+from jsonsync.resources.model import MAX_PRINCIPAL_LENGTH, Location, ResourceType, principal_too_long, uuid_id
 
 SCHEMA_FIELDS = ("collection:schema", "group:schema", "record:schema")
 
@@ -64,6 +64,12 @@ async def validate_group(req, loc, data, existing):
     for i, member in enumerate(members):
         if not isinstance(member, str):
             raise InvalidParameters("body", f"data.members.{i}", f"data.members.{i} in body: should be a string")
+        if principal_too_long(member):
+            # Members are principals, part of an index key (as in clean_permissions).
+            raise InvalidParameters(
+                "body", f"data.members.{i}",
+                f"data.members.{i} in body: principals are at most {MAX_PRINCIPAL_LENGTH} bytes",
+            )
         if member == "system.Everyone" or member.startswith("/buckets/"):
             raise InvalidParameters(
                 "body", f"data.members.{i}", f"data.members.{i} in body: {member!r} cannot be a group member"

@@ -43,7 +43,7 @@ from jsonsync.interfaces import IRequestPrefetch
 from jsonsync.jsonutil import Encoded, EncodedPage, decoded
 from jsonsync.query import Query
 from jsonsync.resources import querystring
-from jsonsync.resources.model import Location, ResourceType
+from jsonsync.resources.model import MAX_PRINCIPAL_LENGTH, Location, ResourceType, principal_too_long
 
 _ENVELOPE_KEYS = frozenset({"data", "permissions"})
 
@@ -261,6 +261,14 @@ class Engine:
                 raise InvalidParameters(
                     "body", f"permissions.{name}", f"permissions.{name} in body: should be a list of strings"
                 )
+            # A principal is part of an ACL index key: refused here alike on
+            # both backends rather than by PostgreSQL's index size limit.
+            for i, principal in enumerate(principals):
+                if principal_too_long(principal):
+                    raise InvalidParameters(
+                        "body", f"permissions.{name}.{i}",
+                        f"permissions.{name}.{i} in body: principals are at most {MAX_PRINCIPAL_LENGTH} bytes",
+                    )
             clean[name] = sorted(set(principals))
         return clean
 
@@ -740,14 +748,15 @@ class Engine:
             result = jsonpatch.apply_patch(document, fixed)
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, ValueError, KeyError, IndexError) as e:
             raise InvalidParameters("body", None, f"JSON Patch operation failed: {e}") from None
-        if not isinstance(result.get("data"), dict) or not isinstance(result.get("permissions"), dict):
+        if (not isinstance(result, dict) or not isinstance(result.get("data"), dict)
+                or not isinstance(result.get("permissions"), dict)):
             raise InvalidParameters("body", None, "JSON Patch operation failed: data and permissions must stay objects")
         perms = {}
         for name, members in result["permissions"].items():
             if name not in loc.resource.permissions or not isinstance(members, dict):
                 raise InvalidParameters("body", "permissions", "JSON Patch operation failed: invalid permissions")
             perms[name] = sorted(str(p) for p in members)
-        return result["data"], perms, {}
+        return result["data"], self.clean_permissions(loc.resource, perms), {}
 
     async def delete_object(self, req: ApiRequest, loc: Location) -> ApiResponse:
         existing = await self.existing_for_write(req, loc)

@@ -22,6 +22,20 @@ NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$")
 # id pattern is) the longest such key is about 2,100 bytes, while ids of a few
 # hundred characters (extension storage keys made ids) keep working.
 MAX_ID_LENGTH = 512
+# The longest principal (in UTF-8 bytes) a body may put in a permission list
+# or a group's members: a principal is part of the same index keys as the
+# ids. It is the longest group principal, "/buckets/<bid>/groups/<gid>" with
+# ids of MAX_ID_LENGTH (an "account:<id>" is shorter); beside the longest
+# URI (a record's, three ids) the ACL key stays near 2,650 bytes, under
+# PostgreSQL's 2,704. Counted in bytes: principals, unlike ids, may hold
+# any character. docs/limits.md states it.
+MAX_PRINCIPAL_LENGTH = len("/buckets//groups/") + 2 * MAX_ID_LENGTH  # 1,041
+
+
+def principal_too_long(principal: str) -> bool:
+    return len(principal) > MAX_PRINCIPAL_LENGTH or (
+        len(principal.encode("utf-8", "surrogatepass")) > MAX_PRINCIPAL_LENGTH
+    )
 _ALNUM = string.ascii_letters + string.digits
 _NAME_CHARS = _ALNUM + "_-"
 _rng = random.SystemRandom()

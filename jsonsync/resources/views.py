@@ -31,6 +31,7 @@ from jsonsync.query import Query, Sort, matches_all, ordering_key
 from jsonsync.registry import Registry, Route
 from jsonsync.resources import querystring
 from jsonsync.resources.model import Location
+from jsonsync.resources.openapi import openapi_document
 
 PUBLIC_SETTINGS = ("batch_max_requests", "readonly", "explicit_permissions")
 BATCH_METHODS = ("GET", "HEAD", "DELETE", "TRACE", "POST", "PUT", "PATCH")
@@ -138,39 +139,7 @@ class ServiceViews:
         )
 
     async def openapi(self, req: ApiRequest) -> ApiResponse:
-        paths: dict[str, dict] = {}
-        for route in self.registry.routes:
-            path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", route.rule) or "/"
-            params = [
-                {"name": name, "in": "path", "required": True, "type": "string"}
-                for name in re.findall(r"{([^}]+)}", path)
-            ]
-            ops = paths.setdefault(path, {})
-            methods = set(route.methods)
-            if "GET" in methods:
-                methods.add("HEAD")
-            for method in sorted(methods):
-                ops[method.lower()] = {
-                    "summary": route.summary or route.name,
-                    "operationId": f"{method.lower()}_{route.name}",
-                    "tags": [route.resource.name if route.resource is not None else "utilities"],
-                    "parameters": params,
-                    "produces": ["application/json"],
-                    "responses": {"default": {"description": "Kinto-style JSON (errors: code, errno, error, message)"}},
-                }
-        security = {}
-        if "basicauth" in self.settings["multiauth.policies"] or "account" in self.settings["multiauth.policies"]:
-            security["basicauth"] = {"type": "basic"}
-        doc = {
-            "swagger": "2.0",
-            "info": {"title": self.settings["project_name"], "version": self.settings["http_api_version"]},
-            "basePath": API_PREFIX,
-            "host": req.host,
-            "schemes": [req.scheme],
-            "securityDefinitions": security,
-            "paths": paths,
-        }
-        return ApiResponse(doc)
+        return ApiResponse(openapi_document(self.registry, req.url(API_PREFIX), PERMISSION_FIELDS))
 
     # -- batch ----------------------------------------------------------------------
     async def batch(self, req: ApiRequest) -> ApiResponse:
@@ -209,7 +178,7 @@ class ServiceViews:
         for key in sub:
             if key not in ("method", "path", "headers", "body"):
                 raise InvalidParameters("body", f"{where}.{key}", f"{where}.{key} in body: Unrecognized keys in mapping")
-        if "path" not in sub and not partial:
+        if sub.get("path") is None and not partial:
             raise InvalidParameters("body", f"{where}.path", f"{where}.path in body: Required")
         path = sub.get("path")
         if path is not None and (not isinstance(path, str) or not path.startswith("/")):
@@ -292,7 +261,9 @@ class ServiceViews:
         if not acl.principals("permissions_read_principals").intersection(req.principals):
             raise Forbidden() if req.authenticated else Unauthenticated(challenges(self.registry))
         tree = self.registry.tree
-        found = await self.registry.permissions.accessible_objects(req.txn, req.principals)
+        found = self._grants_that_count(
+            await self.registry.permissions.accessible_objects(req.txn, req.principals), req.principals
+        )
         for uri, perms in (await self._settings_grants(req)).items():
             found.setdefault(uri, set()).update(perms)
         entries = []
@@ -336,6 +307,24 @@ class ServiceViews:
         if listing.fields:
             selected = [querystring.project(e, listing.fields) for e in selected]
         return ApiResponse({"data": selected}, 200, headers)
+
+    def _grants_that_count(self, found: dict[str, set[str]], principals) -> dict[str, set[str]]:
+        """
+        Leave out the ACL grants that give nothing: a resource type may say
+        which of its ACEs count (the accounts plugin: an account's ACEs
+        reach only its owner and the admins, whatever they name).
+        """
+        tree = self.registry.tree
+        types = self.registry.resource_types
+        kept = {}
+        for uri, perms in found.items():
+            rt = types.get(tree.type_of(uri))
+            judge = rt.extra.get("grants_that_count") if rt is not None else None
+            if judge is not None:
+                perms = judge(self.settings, principals, uri.rsplit("/", 1)[-1], perms)
+            if perms:
+                kept[uri] = perms
+        return kept
 
     async def _settings_grants(self, req: ApiRequest) -> dict[str, set[str]]:
         """
