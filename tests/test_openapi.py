@@ -158,7 +158,7 @@ class DocumentTests(_Served):
                     # OpenAPI 3.0 schema objects are JSON Schemas (draft 4
                     # family) with a few extra keywords such as nullable.
                     jsonschema.Draft4Validator.check_schema(schema)
-        for name, schema in doc["components"]["schemas"].items():
+        for schema in doc["components"]["schemas"].values():
             jsonschema.Draft4Validator.check_schema(schema)
         self.assertEqual(len(operation_ids), len(set(operation_ids)))
 
@@ -205,7 +205,7 @@ class DocumentTests(_Served):
                 op = next(iter(ops.values()))
                 tag = op["tags"][0]
                 route_id = IDS[tag]
-            url = "/v1" + re.sub(r"{([^}]+)}", lambda m: route_id if m.group(1) == "id" else VALUES[m.group(1)], path)
+            url = "/v1" + re.sub(r"{([^}]+)}", lambda m, rid=route_id: rid if m.group(1) == "id" else VALUES[m.group(1)], path)
             for method in METHODS:
                 if method in ops:
                     # Reads, and writes that cannot change anything (an

@@ -15,7 +15,13 @@ from jsonsync.errors import InvalidParameters, MethodNotAllowed, ParentNotFound
 from jsonsync.http import ApiRequest
 from jsonsync.registry import Registry, Route
 from jsonsync.resources.engine import Engine
-from jsonsync.resources.model import MAX_PRINCIPAL_LENGTH, Location, ResourceType, principal_too_long, uuid_id
+from jsonsync.resources.model import (
+    MAX_PRINCIPAL_LENGTH,
+    Location,
+    ResourceType,
+    principal_too_long,
+    uuid_id,
+)
 
 SCHEMA_FIELDS = ("collection:schema", "group:schema", "record:schema")
 

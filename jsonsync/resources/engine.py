@@ -43,7 +43,12 @@ from jsonsync.interfaces import IRequestPrefetch
 from jsonsync.jsonutil import Encoded, EncodedPage, decoded
 from jsonsync.query import Query
 from jsonsync.resources import querystring
-from jsonsync.resources.model import MAX_PRINCIPAL_LENGTH, Location, ResourceType, principal_too_long
+from jsonsync.resources.model import (
+    MAX_PRINCIPAL_LENGTH,
+    Location,
+    ResourceType,
+    principal_too_long,
+)
 
 _ENVELOPE_KEYS = frozenset({"data", "permissions"})
 

@@ -9,7 +9,6 @@ import copy
 import datetime
 import hashlib
 import os
-import re
 from email.utils import formatdate
 from urllib.parse import unquote
 
