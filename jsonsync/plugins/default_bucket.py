@@ -29,6 +29,7 @@ from jsonsync.errors import (
 )
 from jsonsync.http import API_PREFIX
 from jsonsync.registry import Route
+from jsonsync.resources.engine import Engine
 from jsonsync.resources.model import NAME_PATTERN, Location
 
 _THROUGH_COLLECTION = re.compile(r"^collections/([^/]+)(/.*)?$")
@@ -56,7 +57,12 @@ class DefaultBucketPlugin:
                 return
             loc = Location(rt, parent_uri, ancestors, oid)
             try:
-                obj = await storage.create(req.txn, rt.name, parent_uri, {"id": oid})
+                # within: a bucket deleted meanwhile refuses the implicit
+                # collection (the request then runs again) instead of
+                # leaving it orphaned.
+                obj = await storage.create(
+                    req.txn, rt.name, parent_uri, {"id": oid}, within=Engine.ancestry(loc)
+                )
             except ObjectExists:
                 return  # created meanwhile by a concurrent request
             await registry.permissions.replace_object_permissions(req.txn, loc.uri, {"write": [req.user_id]})
