@@ -83,3 +83,45 @@ class HugeContentLengthTests(_RawServed):
 
 
 with_postgresql_variants(globals())
+
+
+from twisted.trial.unittest import TestCase  # noqa: E402
+
+from tests.test_operators_proxy import ProxyTests as _ProxyBase  # noqa: E402
+
+
+class ForgedForwardedBehindNginxTests(TestCase):
+    """
+    Behind contrib/nginx.conf (which sets X-Forwarded-For/-Proto/-Host and
+    passes the client's own Forwarded header along untouched), a client's
+    Forwarded header wins over the proxy's X-Forwarded-*: the client picks
+    the address in the logs and the scheme and host of every URL written.
+    Its proto/host are also read from the element nearest the client (the
+    forgeable one) even when a proxy appends its own element.
+    """
+
+    serve, call, urls = _ProxyBase.serve, _ProxyBase.call, _ProxyBase.urls
+
+    async def test_client_forwarded_header_is_not_believed(self):
+        await self.serve("127.0.0.1")
+        headers = {
+            # What nginx sends on: its own X-Forwarded-*, the client's Forwarded.
+            "X-Forwarded-For": "198.51.100.9",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "sync.example.org",
+            "Forwarded": "for=203.0.113.7;host=evil.example;proto=http",
+        }
+        hello, next_page, location = await self.urls(headers)
+        self.assertNotIn("evil.example", hello)
+        self.assertNotIn("evil.example", next_page)
+        self.assertNotIn("evil.example", location)
+        self.assertNotIn("203.0.113.7", self.clients)
+
+    async def test_appending_proxy_host_comes_from_its_own_element(self):
+        await self.serve("127.0.0.1")
+        # A proxy that appends to Forwarded (RFC 7239): the client's forged
+        # element first, the proxy's own last.
+        headers = {"Forwarded": 'for=203.0.113.7;host=evil.example;proto=http, '
+                                'for=198.51.100.9;host=sync.example.org;proto=https'}
+        hello, _, _ = await self.urls(headers)
+        self.assertEqual(hello, "https://sync.example.org/v1/")
