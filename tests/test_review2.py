@@ -125,3 +125,48 @@ class ForgedForwardedBehindNginxTests(TestCase):
                                 'for=198.51.100.9;host=sync.example.org;proto=https'}
         hello, _, _ = await self.urls(headers)
         self.assertEqual(hello, "https://sync.example.org/v1/")
+
+
+from twisted.internet.defer import Deferred, DeferredSemaphore  # noqa: E402
+from twisted.internet.task import Clock  # noqa: E402
+
+from tests.test_hostile_accounts import BcryptCostTests as _Bcrypt  # noqa: E402
+from tests.test_hostile_accounts import _Served as _AccountsServed  # noqa: E402
+
+
+class RenewalFloodTests(_AccountsServed):
+    """
+    Background renewals skip the 503 admission (AccountPolicy._renew): a
+    client that got N wrong or unknown credentials remembered (each admitted
+    once, at the limiter's pace) and touches them after their ttl queues N
+    renewals for free. Seen on a real twist jsonsync (rounds 12, ttl 3 s,
+    40 remembered unknown credentials touched once a second): every new
+    login answered 503 for as long as the touching went on, and a user
+    logged in before waited up to 7.8 s every ~10 s.
+    Expected: renewing a failed outcome never shuts out a new login (e.g.
+    renew only successful outcomes, or renew only when the queue is empty).
+    """
+
+    wait_until = _Bcrypt.wait_until
+
+    async def test_touching_remembered_failures_does_not_shut_out_new_logins(self):
+        await self.signup("bob", "bobpw")
+        clock = Clock()
+        self.policy.clock = clock
+        flood = [(f"rnd{i}", "x") for i in range(20)]
+        for user, password in flood:  # each admitted and checked once
+            self.assertNotEqual(await self.user_id(user, password), f"account:{user}")
+        clock.advance(31)  # past the ttl: fresh no more, still remembered
+        self.policy.limiter = DeferredSemaphore(1)
+        await self.policy.limiter.acquire()  # bcrypt busy (the test holds the slot)
+        self.policy._slot_seconds = 0.3  # what one bcrypt of 12 rounds takes
+        for user, password in flood:  # answered from memory, each queues a renewal
+            self.assertNotEqual(await self.user_id(user, password), f"account:{user}")
+        # bob logs in for the first time: on main, 503 at once (20 renewals queued).
+        login = Deferred.fromCoroutine(self.call("GET", "/", auth=("bob", "bobpw")))
+        queued = len(self.policy.limiter.waiting)
+        await self.wait_until(lambda: login.called or len(self.policy.limiter.waiting) > queued)
+        self.policy.limiter.release()
+        status, body, _ = await login
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["user"]["id"], "account:bob")
