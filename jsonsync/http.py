@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
@@ -219,7 +220,9 @@ def validators(timestamp: int) -> list[tuple[str, str]]:
     return [("ETag", f'"{timestamp}"'), ("Last-Modified", http_date(timestamp))]
 
 
-_ETAG = re.compile(r'^"(\d+)"$')
+# ASCII digits, at most what a 64-bit timestamp holds (int() refuses
+# decimal strings of over 4,300 digits with an error of its own).
+_ETAG = re.compile(r'^"([0-9]{1,19})"$')
 
 
 def _parse_condition(req: ApiRequest, name: str) -> int | str | None:
@@ -495,7 +498,7 @@ class LimitedChannel(HTTPChannel):
                     # twisted.web reads a header when the next line comes:
                     # while it reads this line, the header it checks is the
                     # one before (for the 400's details).
-                    _http_line_received(self, line)
+                    self._feed(line)
                     self._header_line = line
                     return None
         else:
@@ -506,10 +509,24 @@ class LimitedChannel(HTTPChannel):
                 self._in_head = True
                 self._head_bytes = 0
                 self._head_count = 0
-                _http_line_received(self, line)
+                self._feed(line)
                 self._stage = _HEADER
                 return None
-        return _http_line_received(self, line)
+        return self._feed(line)
+
+    def _feed(self, line):
+        """
+        twisted.web's own line handling. Whatever it fails on that it does
+        not answer itself (a Content-Length of thousands of digits makes
+        its int() raise) is answered here, in JSON, instead of a dropped
+        connection and an unhandled error in the log.
+        """
+        try:
+            return _http_line_received(self, line)
+        except Exception:
+            _log.debug("unparsable request head", log_failure=Failure())
+            self.refuse(InvalidParameters("header", None, "The request head could not be parsed"))
+            return None
 
     def lineLengthExceeded(self, line):
         # LineReceiver's limit (MAX_LENGTH): a line with no end in sight.

@@ -216,7 +216,13 @@ class AccountPolicy:
         entry = self._remembered(key)
         if entry is not None and entry.hashed == hashed:
             self._cache.move_to_end(key)
-            if entry.fresh_until <= self.clock.seconds():
+            if entry.ok and entry.fresh_until <= self.clock.seconds() and not self.limiter.waiting:
+                # Only users who logged in are renewed in the background,
+                # and not while checks queue: remembered failures (anyone
+                # can make those) must not take the bcrypt slots from new
+                # logins. A failure is served as remembered until it goes
+                # stale (it holds the stored hash it was checked against,
+                # so an account created or changed since misses it).
                 self._renew(key, password, hashed)
             return account_id if entry.ok else None
         ok = await self._check(key, password, hashed)

@@ -23,7 +23,9 @@ _OPERATOR = re.compile(
     r"^(lt|min|max|not|eq|gt|in|exclude|like|has|contains_any|contains)_([\w.]+)$"
 )
 _SORT_TOKEN = re.compile(r"^[-+]?[\w.]+$")
-_TIMESTAMP = re.compile(r'^"?(\d+)"?$')
+# ASCII digits only, and no more than an integer of 64 bits can hold: int()
+# refuses decimal strings of over 4,300 digits with an error of its own.
+_TIMESTAMP = re.compile(r'^"?([0-9]{1,19})"?$')
 _DAY_MS = 24 * 3600 * 1000
 
 
