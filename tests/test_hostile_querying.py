@@ -144,6 +144,16 @@ class FanOutTests(_Served):
         self.assertInvalid(await self.batch(f"{RECS}?in_x={values}"), "querystring", "in_x", "more than 10000")
         self.assertInvalid(await self.batch(f"{RECS}?contains_any_x=[{values}]"), "querystring", "contains_any_x")
 
+    async def test_containment_arrays_are_short(self):
+        # Each value of a contains_/contains_any_ array is one containment
+        # test per row: 10,000 objects over 303 records took PostgreSQL 15 s.
+        many = ",".join("{}" for _ in range(101))
+        for name in ("contains_x", "contains_any_x"):
+            self.assertInvalid(await self.batch(f"{RECS}?{name}=[{many}]"), "querystring", name, "more than 100")
+        enough = ",".join(str(i) for i in range(100))
+        status, body = await self.batch(f"{RECS}?contains_any_x=[{enough}]")
+        self.assertEqual(status, 200, body)
+
 
 class SmallerLimitsTests(_Served):
     settings = {"querystring_max_sort_fields": "2", "querystring_max_filters": "1",

@@ -57,6 +57,13 @@ class QueryLimits:
     max_filters: int = 20
     max_fields: int = 100
     max_values: int = 10000
+    # Not settings (no client needs more; documented in docs/limits.md):
+    # a field path of thousands of dotted parts makes PostgreSQL recurse
+    # past its stack depth (a "retry later" 503 before), and each value of
+    # a contains_/contains_any_ array is one more containment test per row.
+    max_path_parts: int = 32
+    max_path_length: int = 512
+    max_array_values: int = 100
 
     @classmethod
     def of(cls, settings) -> QueryLimits:
@@ -98,6 +105,16 @@ def _bad(name: str, description: str) -> InvalidParameters:
     return InvalidParameters("querystring", name, description)
 
 
+def _check_path(name: str, fieldname: str, limits: QueryLimits) -> None:
+    """Refuse a field path no client needs and that would cost a backend dearly."""
+    if len(fieldname) > limits.max_path_length or fieldname.count(".") >= limits.max_path_parts:
+        raise _bad(
+            name,
+            f"Invalid field '{fieldname[:64]}...': at most {limits.max_path_parts} dotted parts"
+            f" and {limits.max_path_length} characters",
+        )
+
+
 def typed(raw: str) -> Any:
     """A filter value: JSON when it parses as JSON, the raw string otherwise."""
     try:
@@ -135,6 +152,7 @@ def parse_filter(
         op, fieldname = Op(match.group(1)), match.group(2)
     else:
         op, fieldname = Op.EQ, name
+    _check_path(name, fieldname, limits)
     if strict_fields is not None and fieldname.split(".")[0] not in strict_fields:
         raise _bad(name, f"Unknown filter field '{fieldname}'")
     if op in (Op.IN, Op.EXCLUDE):
@@ -151,8 +169,8 @@ def parse_filter(
         _check_value(name, raw, value, limits)
         if not isinstance(value, list):
             value = [value]
-        elif len(value) > limits.max_values:
-            raise _bad(name, f"Invalid value for {name}: more than {limits.max_values} values")
+        elif len(value) > limits.max_array_values:
+            raise _bad(name, f"Invalid value for {name}: more than {limits.max_array_values} values")
     else:
         value = typed(raw)
         _check_value(name, raw, value, limits)
@@ -245,6 +263,7 @@ def parse_list_request(
             for part in parts:
                 direction = -1 if part.startswith("-") else 1
                 fieldname = part.lstrip("+-")
+                _check_path("_sort", fieldname, limits)
                 if strict_fields is not None and fieldname.split(".")[0] not in strict_fields:
                     raise _bad("_sort", f"Unknown sort field '{fieldname}'")
                 result.append(Sort(fieldname, direction))
@@ -301,6 +320,8 @@ def _fields_of(raw: str, strict_fields, limits: QueryLimits) -> list[str]:
     fields = [f.strip() for f in raw.split(",") if f.strip()]
     if len(fields) > limits.max_fields:
         raise _bad("_fields", f"Invalid value for _fields: more than {limits.max_fields} fields")
+    for f in fields:
+        _check_path("_fields", f, limits)
     if strict_fields is not None:
         for f in fields:
             if f.split(".")[0] not in strict_fields:
