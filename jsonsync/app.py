@@ -201,7 +201,9 @@ class JsonSyncApp:
             trusted = self.settings.get("trusted_proxies")
             if trusted:
                 peer = getattr(request.getClientAddress(), "host", None)
-                client, fwd_scheme, fwd_host = proxies.resolve(peer, headers, tuple(trusted))
+                client, fwd_scheme, fwd_host = proxies.resolve(
+                    peer, headers, tuple(trusted), self.settings.get("trusted_proxy_headers", "x-forwarded")
+                )
                 request.jsonsync_client = client
                 request.jsonsync_forwarded = (fwd_scheme, fwd_host)
         else:

@@ -89,6 +89,8 @@ CORE_SETTINGS: list[Setting] = [
     # Operators (issue 15): log format, reverse proxies.
     _s("log_format", "str", "auto", "text, json (one JSON object per line) or auto: text on a terminal, else json"),
     _s("trusted_proxies", "list", [], "addresses/networks of reverse proxies whose Forwarded/X-Forwarded-* are believed"),
+    _s("trusted_proxy_headers", "str", "x-forwarded",
+       "which headers the trusted proxies set: x-forwarded (X-Forwarded-For/-Proto/-Host) or forwarded (RFC 7239)"),
 ]
 
 # <resource>_<perm>_principals and <resource>_cache_expires_seconds
@@ -326,6 +328,10 @@ def _check_values(values: dict[str, Any], problems: list[str]):
             problems.append(f"bad value for eos: {values['eos']!r} is not a YYYY-MM-DD date")
     if values.get("log_format", "auto") not in ("auto", "text", "json"):
         problems.append(f"bad value for log_format: {values['log_format']!r} (text, json or auto)")
+    if values.get("trusted_proxy_headers", "x-forwarded") not in ("x-forwarded", "forwarded"):
+        problems.append(
+            f"bad value for trusted_proxy_headers: {values['trusted_proxy_headers']!r} (x-forwarded or forwarded)"
+        )
     if values.get("trusted_proxies"):
         from jsonsync.proxies import check_setting
 

@@ -61,27 +61,33 @@ def _forwarded(value: str) -> list[dict[str, str]]:
     return elements
 
 
-def resolve(peer: str | None, headers: dict[str, str], trusted: tuple[str, ...]):
+def resolve(peer: str | None, headers: dict[str, str], trusted: tuple[str, ...], family: str = "x-forwarded"):
     """
     C{(client, scheme, host)} for a request from C{peer}: each None when
     the request does not come from a trusted proxy, or its headers do not
     say (or say something malformed).
+
+    Only the header family the operator names (C{trusted_proxy_headers})
+    is read: a proxy passes on untouched the headers it does not set, so a
+    client could otherwise send the other family itself. Scheme and host
+    are those the nearest trusted proxy wrote: the last C{Forwarded}
+    element, the last value of a list (a proxy appends its own after what
+    the client sent).
     """
     nets = networks(trusted)
     peer_address = _address(peer or "")
     if not nets or not _trusted(peer_address, nets):
         return None, None, None
-    forwarded = headers.get("forwarded")
-    if forwarded is not None:
-        elements = _forwarded(forwarded)
+    if family == "forwarded":
+        elements = _forwarded(headers.get("forwarded") or "")
         hops = [e.get("for", "") for e in elements]
-        first = elements[0] if elements else {}
-        proto, host = first.get("proto"), first.get("host")
+        last = elements[-1] if elements else {}
+        proto, host = last.get("proto"), last.get("host")
     else:
         xff = headers.get("x-forwarded-for")
         hops = [h for h in xff.split(",")] if xff else []
-        proto = (headers.get("x-forwarded-proto") or "").split(",")[0].strip() or None
-        host = (headers.get("x-forwarded-host") or "").split(",")[0].strip() or None
+        proto = (headers.get("x-forwarded-proto") or "").split(",")[-1].strip() or None
+        host = (headers.get("x-forwarded-host") or "").split(",")[-1].strip() or None
     # The client is the nearest hop that is not a trusted proxy: the hops a
     # trusted proxy appended are true, what comes before may be forged.
     client = None

@@ -18,10 +18,12 @@ from jsonsync.testing import basic, build_app
 
 
 class ProxyTests(TestCase):
-    async def serve(self, trusted):
+    async def serve(self, trusted, family=None):
         settings = {"paginate_by": "1"}
         if trusted is not None:
             settings["trusted_proxies"] = trusted
+        if family is not None:
+            settings["trusted_proxy_headers"] = family
         app = await build_app(settings)
         port = reactor.listenTCP(0, make_site(app, app.settings), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -68,7 +70,7 @@ class ProxyTests(TestCase):
         self.assertEqual(self.clients[0], "203.0.113.9")
 
     async def test_forwarded_header(self):
-        await self.serve("127.0.0.1")
+        await self.serve("127.0.0.1", family="forwarded")
         headers = {"Forwarded": 'for="[2001:db8::7]:4711";proto=https;host=sync.example.net'}
         hello, next_page, location = await self.urls(headers)
         self.assertEqual(hello, "https://sync.example.net/v1/")

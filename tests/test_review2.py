@@ -118,7 +118,7 @@ class ForgedForwardedBehindNginxTests(TestCase):
         self.assertNotIn("203.0.113.7", self.clients)
 
     async def test_appending_proxy_host_comes_from_its_own_element(self):
-        await self.serve("127.0.0.1")
+        await self.serve("127.0.0.1", family="forwarded")
         # A proxy that appends to Forwarded (RFC 7239): the client's forged
         # element first, the proxy's own last.
         headers = {"Forwarded": 'for=203.0.113.7;host=evil.example;proto=http, '
