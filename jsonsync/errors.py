@@ -154,6 +154,12 @@ class RequestLineTooLong(JsonSyncError):
     message = "Request line too long."
 
 
+class RequestHeadTimeout(JsonSyncError):
+    """The request head did not arrive whole within the time allowed."""
+
+    message = "The request head was not received in time."
+
+
 class HeaderFieldsTooLarge(JsonSyncError):
     """The header section is over the size or count limit."""
 
@@ -194,6 +200,7 @@ ERRORS: dict[type, tuple[int, int]] = {
     ObjectExists: (409, 122),
     WriteConflict: (409, 122),
     RequestTooLarge: (413, 113),
+    RequestHeadTimeout: (408, 107),
     RequestLineTooLong: (414, 113),
     HeaderFieldsTooLarge: (431, 113),
     BackendUnavailable: (503, 201),

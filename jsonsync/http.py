@@ -25,6 +25,7 @@ from jsonsync.errors import (
     JsonSyncError,
     NotAcceptable,
     PreconditionFailed,
+    RequestHeadTimeout,
     RequestLineTooLong,
     RequestTooLarge,
     UnsupportedMediaType,
@@ -428,6 +429,11 @@ class LimitedChannel(HTTPChannel):
     # would see "connection reset" instead of the 413).
     linger_seconds = 5
     linger_bytes = 8 << 20
+    # The whole head must arrive within this many seconds of its first byte:
+    # the idle timeout restarts with every byte, so without it a client
+    # sending a byte a minute held up to a head's worth of memory forever.
+    head_seconds = 30
+    _head_timer = None
 
     refused: JsonSyncError | None = None
     _in_head = False
@@ -444,7 +450,7 @@ class LimitedChannel(HTTPChannel):
     def connectionMade(self):
         site = getattr(self, "site", None)
         for name in ("max_request_line", "max_header_bytes", "max_header_count", "max_body",
-                     "cors_origins"):
+                     "cors_origins", "head_seconds"):
             value = getattr(site, name, None)
             if value is not None:
                 setattr(self, name, value)
@@ -461,6 +467,8 @@ class LimitedChannel(HTTPChannel):
         if self.refused is not None:
             return self._drain(len(data))
         if self.line_mode:
+            if self._head_timer is None:
+                self._head_timer = self.callLater(self.head_seconds, self._head_too_slow)
             # LineReceiver copies and searches its whole buffer on every read:
             # fed a long line a few bytes at a time, that grows with the square
             # of the line. Hand it only input that can end a line, or a
@@ -535,7 +543,27 @@ class LimitedChannel(HTTPChannel):
         else:
             self._too_long_line()
 
+    def _head_too_slow(self):
+        self._head_timer = None
+        if self.requests:
+            # A request is being answered (what arrived is a pipelined
+            # head, held): its head has all the time that answer takes.
+            self._head_timer = self.callLater(self.head_seconds, self._head_too_slow)
+            return
+        self.refuse(RequestHeadTimeout())
+
+    def _stop_head_timer(self):
+        if self._head_timer is not None:
+            if self._head_timer.active():
+                self._head_timer.cancel()
+            self._head_timer = None
+
+    def connectionLost(self, reason):
+        self._stop_head_timer()
+        return super().connectionLost(reason)
+
     def allHeadersReceived(self):
+        self._stop_head_timer()
         self._in_head = False
         self._stage = _BODY
         if self.length is not None and self.length > self.max_body:

@@ -214,6 +214,29 @@ class RequestHeadTests(_Served):
         self.assertEqual([a[0] for a in answers], [200, 200])
 
 
+class HeadDeadlineTests(_Served):
+    """A head sent a byte at a time never holds its memory longer than the head deadline."""
+
+    async def test_slow_head_gets_408(self):
+        self.site.head_seconds = 0.3
+        client = await self.send(b"GET /v1/?q=" + b"a" * 1000)  # and nothing more: no line end
+        data = await client.until_closed()
+        [(status, headers, body)] = parse_responses(data)
+        self.assertEqual(status, 408, body)
+        self.assertEqual(headers.get("content-type"), "application/json")
+        self.assertEqual(json.loads(body)["code"], 408)
+
+    async def test_deadline_restarts_for_each_request(self):
+        self.site.head_seconds = 0.5
+        client = await self.send(get("/v1/"))
+        [(status, _, _)] = await client.responses(1)
+        self.assertEqual(status, 200)
+        await deferLater(reactor, 0.7, lambda: None)  # longer than a deadline, between requests
+        client.transport.write(get("/v1/"))
+        answers = await client.responses(2)
+        self.assertEqual([a[0] for a in answers], [200, 200])
+
+
 class LimitSettingsTests(_Served):
     settings = {"max_request_line_bytes": "1000", "max_header_bytes": "2000", "max_header_count": "5"}
 
