@@ -263,6 +263,12 @@ class UploadTests(_Served):
             await self.upload("r1", [("attachment", "a.txt", None, b"x"), ("permissions", None, None, b'{"eat": []}')]),
             400, 107,
         )
+        # Refused by the record's validation, after the file was stored:
+        # the request removes it.
+        self.assertKintoError(
+            await self.upload("r1", [("attachment", "a.txt", None, b"x"), ("data", None, None, b'{"id": "zz"}')]),
+            400, 107,
+        )
         self.assertEqual(self.stored(), [])
         code, _, _ = await self.call("GET", f"{REC}/r1")
         self.assertEqual(code, 404)
