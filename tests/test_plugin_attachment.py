@@ -189,6 +189,13 @@ class UploadTests(_Served):
         code, _, _ = await self.call("DELETE", f"{REC}/r1")
         self.assertEqual(code, 200)
         self.assertEqual(self.stored(), [])
+        # A plural DELETE too.
+        await self.upload("r2", [("attachment", "two.txt", "text/plain", b"two")])
+        await self.upload("r3", [("attachment", "three.txt", "text/plain", b"three")])
+        self.assertEqual(len(self.stored()), 2)
+        code, _, _ = await self.call("DELETE", REC)
+        self.assertEqual(code, 200)
+        self.assertEqual(self.stored(), [])
 
     async def test_another_user_cannot_attach_nor_detach(self):
         _, att, _ = await self.upload("r1", [("attachment", "one.txt", "text/plain", b"one")])
@@ -328,6 +335,19 @@ class LimitTests(_Served):
         self.assertEqual(code, 201, body)
         self.assertTrue(body["location"].endswith(".png"))
         self.assertEqual(self.stored(), [body["location"]])
+
+
+class ConfigurationTests(TestCase):
+    memory_only = True
+
+    async def test_base_path_and_base_url_are_required(self):
+        from jsonsync.config import ConfigurationError
+
+        with self.assertRaises(ConfigurationError) as caught:
+            await build_app({"includes": "attachment"})
+        text = str(caught.exception.problems)
+        self.assertIn("attachment.base_path", text)
+        self.assertIn("attachment.base_url", text)
 
 
 with_postgresql_variants(globals())
