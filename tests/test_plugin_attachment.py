@@ -88,7 +88,7 @@ class _Served(TestCase):
         # A refused upload leaves its connection lingering (LimitedChannel
         # reads what the client still sends): end them, then let the
         # client's body producer notice.
-        for channel, done in zip(self.channels, self.ended):
+        for channel, done in zip(self.channels, self.ended, strict=True):
             if not done.called and channel.transport is not None:
                 channel.transport.abortConnection()
         await defer.gatherResults(self.ended)

@@ -25,6 +25,7 @@ import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from io import BytesIO
+from urllib.parse import unquote
 
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -165,8 +166,6 @@ def _params(header: str) -> dict[str, str]:
     star = params.get("filename*")
     if star and "'" in star:
         # RFC 5987: charset'language'percent-encoded
-        from urllib.parse import unquote
-
         charset, _, rest = star.partition("'")
         _, _, encoded = rest.partition("'")
         try:
