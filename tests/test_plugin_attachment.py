@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from base64 import b64encode
 
@@ -113,6 +114,37 @@ class _Served(TestCase):
         raw, sent = multipart(parts)
         sent.update(headers or {})
         return await self.call(method, f"{REC}/{record}/attachment", raw=raw, headers=sent, user=user)
+
+    async def chunked(self, raw: bytes, record="r1"):
+        """POST C{raw} as one chunk of a chunked body, over a plain socket: C{(status, body)}."""
+        port = self.port.getHost().port
+        head = (
+            f"POST {REC}/{record}/attachment HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            f"Connection: close\r\nAuthorization: {auth('alice')['Authorization']}\r\n"
+            "Content-Type: multipart/form-data; boundary=xYzZY\r\n\r\n"
+        ).encode()
+
+        def send():
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(head)
+                try:
+                    sock.sendall(b"%x\r\n" % len(raw) + raw + b"\r\n0\r\n\r\n")
+                except OSError:
+                    pass  # refused while sending: the answer is already there
+                answer = b""
+                while True:
+                    try:
+                        data = sock.recv(65536)
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    answer += data
+                return answer
+
+        answer = await deferToThread(send)
+        status_line, _, rest = answer.partition(b"\r\n")
+        return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
 
     def stored(self) -> list[str]:
         found = []
@@ -250,6 +282,14 @@ class UploadTests(_Served):
                             headers={"Content-Type": "application/json"}), 413, 113
         )
 
+    async def test_a_chunked_upload_larger_than_the_json_body_limit(self):
+        content = os.urandom(2 * 1024 * 1024)
+        raw, _ = multipart([("attachment", "big.bin", None, content)])
+        status, body = await self.chunked(raw)
+        self.assertEqual(status, 201, body)
+        self.assertEqual(body["hash"], hashlib.sha256(content).hexdigest())
+        self.assertEqual(self.on_disk(body["location"]), content)
+
     async def test_bad_multipart_bodies_get_json_400(self):
         path = f"{REC}/r1/attachment"
         cases = [
@@ -320,6 +360,12 @@ class LimitTests(_Served):
             await self.upload("r2", [("attachment", "a.txt", "text/plain", b"x" * (3 << 20))]), 413, 113
         )
         self.assertEqual(self.stored(), [body["location"]])
+
+    async def test_chunked_upload_over_the_route_limit_is_413(self):
+        raw, _ = multipart([("attachment", "a.txt", "text/plain", b"x" * (3 << 20))])
+        status, body = await self.chunked(raw)
+        self.assertEqual((status, body["code"], body["errno"]), (413, 413, 113))
+        self.assertEqual(self.stored(), [])
 
     async def test_extension_and_type_not_allowed_is_400(self):
         self.assertKintoError(
