@@ -514,3 +514,11 @@ class IFileStore(Interface):
 
     def url(name):
         """The location of C{name} relative to the store's base URL."""
+
+    def purge(prefix, before):
+        """
+        Remove the files under C{prefix} (C{bucket} or C{bucket/collection})
+        stored before C{before} (seconds since the epoch): the files of a
+        deleted bucket or collection, sparing any stored since its deletion
+        was committed (a collection created again at once).
+        """

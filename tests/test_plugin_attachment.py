@@ -229,6 +229,26 @@ class UploadTests(_Served):
         self.assertEqual(code, 200)
         self.assertEqual(self.stored(), [])
 
+    async def test_deleting_a_collection_or_bucket_removes_its_files(self):
+        await self.call("PUT", "/v1/buckets/b/collections/other", body={})
+        _, kept, _ = await self.upload("r1", [("attachment", "one.txt", "text/plain", b"one")])
+        other = "/v1/buckets/b/collections/other/records/r2/attachment"
+        raw, headers = multipart([("attachment", "two.txt", "text/plain", b"two")])
+        code, gone, _ = await self.call("POST", other, raw=raw, headers=headers)
+        self.assertEqual(code, 201, gone)
+        self.assertEqual(self.stored(), sorted([kept["location"], gone["location"]]))
+        code, _, _ = await self.call("DELETE", "/v1/buckets/b/collections/other")
+        self.assertEqual(code, 200)
+        self.assertEqual(self.stored(), [kept["location"]])
+        # Created again, the collection takes files again.
+        await self.call("PUT", "/v1/buckets/b/collections/other", body={})
+        code, again, _ = await self.call("POST", other, raw=raw, headers=headers)
+        self.assertEqual(code, 201, again)
+        code, _, _ = await self.call("DELETE", "/v1/buckets/b")
+        self.assertEqual(code, 200)
+        self.assertEqual(self.stored(), [])
+        self.assertEqual(os.listdir(self.base_path), [])
+
     async def test_another_user_cannot_attach_nor_detach(self):
         _, att, _ = await self.upload("r1", [("attachment", "one.txt", "text/plain", b"one")])
         self.assertKintoError(

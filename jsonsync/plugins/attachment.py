@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import unicodedata
 import uuid
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ TARGET = re.compile(rb"^/v1/buckets/[^/?]+/collections/[^/?]+/records/[^/?]+/att
 # What the plugin ever names a stored file: bucket/collection/uuid.ext. A
 # location that does not look like this is never deleted.
 STORED_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*/[a-zA-Z0-9][a-zA-Z0-9_-]*/[0-9a-f]{32}(\.[a-z0-9]{1,16})?$")
+_PREFIX = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*(/[a-zA-Z0-9][a-zA-Z0-9_-]*)?$")
 _EXTENSION = re.compile(r"^\.[a-z0-9]{1,16}$")
 _BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,70})"|([^;\s"]{1,70}))', re.IGNORECASE)
 _PARAM = re.compile(r';\s*([a-zA-Z0-9_*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;]*))')
@@ -116,6 +118,25 @@ class LocalFileStore:
 
     def url(self, name):
         return name
+
+    def purge(self, prefix, before):
+        if not _PREFIX.match(prefix):
+            raise ValueError(f"not a bucket or collection prefix: {prefix!r}")
+        top = os.path.join(self.base_path, *prefix.split("/"))
+        for root, _dirs, files in os.walk(top, topdown=False):
+            for name in files:
+                if name.endswith(".part"):
+                    continue  # a save in progress: its request cleans up
+                path = os.path.join(root, name)
+                try:
+                    if os.stat(path).st_mtime < before:
+                        os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass  # not empty
 
 
 # --- multipart/form-data -------------------------------------------------------
@@ -347,6 +368,37 @@ class FileJanitor:
             await self.plugin.delete_file(name)
 
 
+@implementer(IResourceListener)
+class TreeJanitor:
+    """Removes the files of a deleted bucket or collection, after the commit."""
+
+    actions = frozenset({"delete"})
+    resource_names = frozenset({"bucket", "collection"})
+
+    def __init__(self, plugin):
+        self.plugin = plugin
+
+    async def before_commit(self, event, txn):
+        return None
+
+    async def after_commit(self, event):
+        # Files stored from now on belong to objects created after the
+        # deletion: they stay (see IFileStore.purge).
+        now = time.time()
+        bucket_id = event.parent_id.rpartition("/")[2]
+        for impacted in event.impacted_objects:
+            oid = (impacted.get("old") or impacted.get("new") or {}).get("id")
+            if not isinstance(oid, str):
+                continue
+            prefix = oid if event.resource_name == "bucket" else f"{bucket_id}/{oid}"
+            if not _PREFIX.match(prefix):
+                continue
+            try:
+                await self.plugin._blocking(self.plugin.store.purge, prefix, now)
+            except Exception:
+                _log.failure("attachment: could not remove the files under {prefix}", prefix=prefix)
+
+
 def _location(attachment) -> str | None:
     if isinstance(attachment, dict):
         location = attachment.get("location")
@@ -403,6 +455,7 @@ class AttachmentPlugin:
         self.record_type = registry.resource_types["record"]
         self.record_type.validators.append(self.keep_attachment_field)
         registry.add_listener(FileJanitor(self))
+        registry.add_listener(TreeJanitor(self))
         route = Route(RULE, ("POST", "PUT", "DELETE"), self.view, "attachment", "service",
                       "Attach a file to a record, or remove it")
         route.streams_body = True
