@@ -29,6 +29,7 @@ from jsonsync.errors import (
     InvalidParameters,
     JsonSyncError,
     MethodNotAllowed,
+    RequestTooLarge,
     RouteNotFound,
     ServiceDeprecated,
     UnexpectedError,
@@ -228,7 +229,14 @@ class JsonSyncApp:
         req = self._api_request(request)
         try:
             req.query = parse_query(req.raw_query)
-            req.body = read_body(request, self.settings["max_request_body_bytes"])
+            if getattr(route, "streams_body", False):
+                # The view reads the body from twisted.web's spooled file
+                # itself (attachment uploads, larger than the JSON limit).
+                if getattr(request, "too_large", False):
+                    raise RequestTooLarge()
+                req.upload = request.content
+            else:
+                req.body = read_body(request, self.settings["max_request_body_bytes"])
         except JsonSyncError as exc:
             return self._write(request, req, self.finish(req, self.error_response(exc), route))
         req.params = params

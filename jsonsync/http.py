@@ -335,8 +335,14 @@ class LimitedRequest(Request):
             channel._jsonsync_memo = True
         super().__init__(channel, *args, **kwargs)
 
+    _limit_value: int | None = None
+
     def _limit(self) -> int:
-        return getattr(self.channel.site, "max_body", 1 << 20)
+        # Read while the body arrives, when only the channel knows the target.
+        if self._limit_value is None:
+            site = getattr(self.channel, "site", None)
+            self._limit_value = body_limit(site, getattr(self.channel, "_path", b""))
+        return self._limit_value
 
     def requestReceived(self, command, path, version):
         # The absolute form of the target (GET http://host/v1/ HTTP/1.1, what
@@ -374,6 +380,25 @@ class LimitedRequest(Request):
                 refuse(RequestTooLarge())
             return
         super().handleContentChunk(data)
+
+
+def body_limit(site, target: bytes) -> int:
+    """
+    The largest body the site takes for a request target: C{site.max_body},
+    or more for a path matching one of C{site.body_limits} (C{(compiled
+    bytes pattern, limit)} pairs: the attachment plugin's uploads).
+    """
+    limit = getattr(site, "max_body", 1 << 20)
+    limits = getattr(site, "body_limits", ())
+    if limits and target:
+        path = target.partition(b"?")[0]
+        if path[:8].lower().startswith((b"http://", b"https://")):
+            rest = path.split(b"//", 1)[1]
+            path = rest[rest.find(b"/"):] if b"/" in rest else b"/"
+        for pattern, larger in limits:
+            if pattern.match(path):
+                return max(limit, larger)
+    return limit
 
 
 def read_body(request, limit: int) -> bytes:
@@ -566,7 +591,9 @@ class LimitedChannel(HTTPChannel):
         self._stop_head_timer()
         self._in_head = False
         self._stage = _BODY
-        if self.length is not None and self.length > self.max_body:
+        site = getattr(self, "site", None)
+        limit = self.max_body if site is None else body_limit(site, self._path)
+        if self.length is not None and self.length > limit:
             # Before twisted.web answers "Expect: 100-continue": the client
             # must not be invited to send a body that will be refused.
             self.refuse(RequestTooLarge())

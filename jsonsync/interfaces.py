@@ -490,3 +490,35 @@ class IJsonSyncPlugin(IPlugin):
         permission rules to C{registry} (a L{jsonsync.registry.Registry}).
         @rtype: C{Awaitable[None] | None}
         """
+
+
+class IFileStore(Interface):
+    """
+    Where the attachment plugin keeps uploaded files. Names are chosen by
+    the plugin (C{bucket/collection/uuid.ext}: never a client's path). The
+    methods block (disk or network I/O): the plugin calls them in a thread.
+    """
+
+    def save(name, source):
+        """
+        Store the content of C{source} (a binary file, read from its start
+        to its end) under C{name}, replacing nothing: C{name} is new. The
+        file appears whole or not at all.
+        """
+
+    def delete(name):
+        """Remove the file stored under C{name}; a missing file is not an error."""
+
+    def exists(name):
+        """Whether a file is stored under C{name}."""
+
+    def url(name):
+        """The location of C{name} relative to the store's base URL."""
+
+    def purge(prefix, before):
+        """
+        Remove the files under C{prefix} (C{bucket} or C{bucket/collection})
+        stored before C{before} (seconds since the epoch): the files of a
+        deleted bucket or collection, sparing any stored since its deletion
+        was committed (a collection created again at once).
+        """

@@ -59,6 +59,8 @@ def make_site(app, settings) -> server.Site:
     site.access_log = settings["access_log"]
     registry = getattr(app, "registry", None)
     site.observers = tuple(getattr(registry, "request_observers", ()))
+    # Larger body limits of some paths (the attachment plugin's uploads).
+    site.body_limits = tuple(getattr(registry, "body_limits", ()))
     site.displayTracebacks = False
     return site
 

@@ -27,3 +27,4 @@ accounts_plugin = LazyPlugin("accounts", "jsonsync.plugins.accounts:AccountsPlug
 schema_plugin = LazyPlugin("schema", "jsonsync.plugins.schema:SchemaPlugin")
 flush_plugin = LazyPlugin("flush", "jsonsync.plugins.flush:FlushPlugin")
 prometheus_plugin = LazyPlugin("prometheus", "jsonsync.plugins.prometheus:PrometheusPlugin")
+attachment_plugin = LazyPlugin("attachment", "jsonsync.plugins.attachment:AttachmentPlugin")

@@ -1,0 +1,639 @@
+"""
+The C{attachment} plugin: files on records, with kinto-attachment's
+protocol. C{POST} or C{PUT} of a multipart/form-data body (the file in the
+field C{attachment}, optional C{data} and C{permissions} fields as JSON) to
+C{<record URL>/attachment} stores the file and creates or updates the record
+with an C{attachment} field (C{location}, C{hash}, C{filename}, C{size},
+C{mimetype}); C{DELETE} of that URL removes the field, and the file once
+the change is committed. See docs/attachments.md.
+
+The upload is never held in memory: twisted.web spools a body over 100 kB
+to a temporary file, and the multipart parser below reads it in pieces
+(in a thread for a large body), hashing the file as it copies it out.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import mimetypes
+import os
+import re
+import shutil
+import tempfile
+import time
+import unicodedata
+import uuid
+from dataclasses import dataclass, field
+from io import BytesIO
+from urllib.parse import unquote
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from jsonsync import jsonutil
+from jsonsync.config import ConfigurationError, Setting
+from jsonsync.errors import (
+    InvalidParameters,
+    ObjectNotFound,
+    RequestTooLarge,
+    WriteConflict,
+)
+from jsonsync.http import ApiRequest, ApiResponse, check_accept, check_preconditions, validators
+from jsonsync.interfaces import IFileStore, IResourceListener
+from jsonsync.registry import Route
+from jsonsync.resources.core import locate
+
+_log = Logger()
+
+FIELD = "attachment"
+DOCS_URL = "https://github.com/Kinto/kinto-attachment/"
+RULE = "/buckets/<bucket_id>/collections/<collection_id>/records/<record_id>/attachment"
+# The raw request target of an upload, for the channel's body limit (the
+# record id may be percent-encoded; anything that does not route is refused
+# by the app's own limit).
+TARGET = re.compile(rb"^/v1/buckets/[^/?]+/collections/[^/?]+/records/[^/?]+/attachment$")
+# What the plugin ever names a stored file: bucket/collection/uuid.ext. A
+# location that does not look like this is never deleted.
+STORED_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*/[a-zA-Z0-9][a-zA-Z0-9_-]*/[0-9a-f]{32}(\.[a-z0-9]{1,16})?$")
+_PREFIX = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*(/[a-zA-Z0-9][a-zA-Z0-9_-]*)?$")
+_EXTENSION = re.compile(r"^\.[a-z0-9]{1,16}$")
+_BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,70})"|([^;\s"]{1,70}))', re.IGNORECASE)
+_PARAM = re.compile(r';\s*([a-zA-Z0-9_*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;]*))')
+
+CHUNK = 64 * 1024
+# The most a form field other than the file may hold (data, permissions).
+FIELD_LIMIT = 1 << 20
+# Part headers, preamble: small by nature.
+HEAD_LIMIT = 16 * 1024
+# Bodies up to this size are parsed on the reactor; larger ones in a thread.
+INLINE_LIMIT = 256 * 1024
+
+
+# --- storage -------------------------------------------------------------------
+
+@implementer(IFileStore)
+class LocalFileStore:
+    """Files under C{base_path}, for the operator's web server to serve."""
+
+    def __init__(self, base_path: str):
+        self.base_path = os.path.abspath(base_path)
+
+    def _path(self, name: str) -> str:
+        # The plugin makes every name; this refuses anything else, so no
+        # name can ever reach outside base_path.
+        if not STORED_NAME.match(name):
+            raise ValueError(f"not a stored file name: {name!r}")
+        return os.path.join(self.base_path, *name.split("/"))
+
+    def save(self, name, source):
+        path = self._path(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        partial = f"{path}.{uuid.uuid4().hex}.part"
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                source.seek(0)
+                shutil.copyfileobj(source, out, CHUNK * 16)
+                out.flush()
+                os.fsync(out.fileno())
+            # Whole or not at all: a reader never sees half a file.
+            os.replace(partial, path)
+        except BaseException:
+            try:
+                os.unlink(partial)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def delete(self, name):
+        try:
+            os.unlink(self._path(name))
+        except FileNotFoundError:
+            pass
+
+    def exists(self, name):
+        return os.path.isfile(self._path(name))
+
+    def url(self, name):
+        return name
+
+    def purge(self, prefix, before):
+        if not _PREFIX.match(prefix):
+            raise ValueError(f"not a bucket or collection prefix: {prefix!r}")
+        top = os.path.join(self.base_path, *prefix.split("/"))
+        for root, _dirs, files in os.walk(top, topdown=False):
+            for name in files:
+                if name.endswith(".part"):
+                    continue  # a save in progress: its request cleans up
+                path = os.path.join(root, name)
+                try:
+                    if os.stat(path).st_mtime < before:
+                        os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass  # not empty
+
+
+# --- multipart/form-data -------------------------------------------------------
+
+@dataclass
+class Upload:
+    """A parsed upload: the file (copied to a temporary file) and the other fields."""
+
+    fields: dict[str, bytes] = field(default_factory=dict)
+    filename: str | None = None
+    declared_type: str | None = None
+    file: object = None
+    size: int = 0
+    sha256: str = ""
+    # The name the file was stored under (once, whatever the attempts).
+    stored: str | None = None
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def boundary_of(content_type: str | None) -> bytes:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "multipart/form-data":
+        raise InvalidParameters(
+            "header", "Content-Type", "Content-Type header should be multipart/form-data"
+        )
+    found = _BOUNDARY.search(content_type or "")
+    if found is None:
+        raise InvalidParameters("header", "Content-Type", "multipart/form-data needs a boundary")
+    return (found.group(1) or found.group(2)).encode("latin-1")
+
+
+def _bad(description: str) -> InvalidParameters:
+    return InvalidParameters("body", None, f"Invalid multipart body: {description}")
+
+
+def _params(header: str) -> dict[str, str]:
+    params = {}
+    for match in _PARAM.finditer(header):
+        name = match.group(1).lower()
+        value = match.group(2) if match.group(2) is not None else (match.group(3) or "").strip()
+        if match.group(2) is not None:
+            value = re.sub(r"\\(.)", r"\1", value)
+        params[name] = value
+    star = params.get("filename*")
+    if star and "'" in star:
+        # RFC 5987: charset'language'percent-encoded
+        charset, _, rest = star.partition("'")
+        _, _, encoded = rest.partition("'")
+        try:
+            params["filename"] = unquote(encoded, encoding=charset or "utf-8", errors="strict")
+        except (LookupError, UnicodeDecodeError):
+            pass
+    return params
+
+
+class _Reader:
+    def __init__(self, source):
+        self.source = source
+        self.buf = b""
+        self.eof = False
+
+    def fill(self):
+        data = self.source.read(CHUNK)
+        if not data:
+            self.eof = True
+        else:
+            self.buf = self.buf + data if self.buf else data
+
+    def until(self, marker: bytes, limit: int, what: str) -> bytes:
+        """The bytes before C{marker} (consumed with it), at most C{limit} of them."""
+        while True:
+            i = self.buf.find(marker)
+            if i >= 0:
+                found, self.buf = self.buf[:i], self.buf[i + len(marker):]
+                return found
+            if len(self.buf) > limit + len(marker) or self.eof:
+                raise _bad(f"{what} not found")
+            self.fill()
+
+    def take(self, n: int) -> bytes:
+        while len(self.buf) < n and not self.eof:
+            self.fill()
+        taken, self.buf = self.buf[:n], self.buf[n:]
+        return taken
+
+    def stream(self, marker: bytes, emit) -> None:
+        """Hand everything before C{marker} to C{emit}, piece by piece."""
+        keep = len(marker) - 1
+        while True:
+            i = self.buf.find(marker)
+            if i >= 0:
+                if i:
+                    emit(self.buf[:i])
+                self.buf = self.buf[i + len(marker):]
+                return
+            if len(self.buf) > keep:
+                emit(self.buf[:-keep] if keep else self.buf)
+                self.buf = self.buf[-keep:] if keep else b""
+            if self.eof:
+                raise _bad("a part is not terminated by the boundary")
+            self.fill()
+
+
+def parse_upload(source, boundary: bytes, max_size: int, spool_dir: str | None) -> Upload:
+    """
+    Read a multipart/form-data body from the file C{source}: the part named
+    C{attachment} is copied to a temporary file while its size is counted
+    and its SHA-256 computed; other parts are kept (up to C{FIELD_LIMIT}).
+    Blocking: called in a thread for large bodies.
+    """
+    upload = Upload()
+    reader = _Reader(source)
+    source.seek(0)
+    dash = b"--" + boundary
+    # The preamble (usually empty) before the first boundary.
+    reader.until(dash, HEAD_LIMIT, "the first boundary")
+    delimiter = b"\r\n" + dash
+    try:
+        while True:
+            after = reader.take(2)
+            if after == b"--":
+                break  # the closing boundary
+            if after != b"\r\n":
+                raise _bad("a boundary must be followed by CRLF or --")
+            raw_head = reader.until(b"\r\n\r\n", HEAD_LIMIT, "the end of a part's headers")
+            headers: dict[str, str] = {}
+            for line in raw_head.split(b"\r\n"):
+                name, colon, value = line.partition(b":")
+                if not colon:
+                    raise _bad("a part header line has no colon")
+                headers[name.strip().lower().decode("latin-1")] = value.strip().decode("utf-8", "replace")
+            disposition = headers.get("content-disposition", "")
+            if not disposition.lower().startswith("form-data"):
+                raise _bad("every part needs Content-Disposition: form-data")
+            params = _params(disposition)
+            name = params.get("name")
+            if name is None:
+                raise _bad("a part has no name")
+            if name == FIELD:
+                if upload.file is not None:
+                    raise InvalidParameters("body", FIELD, "only one file may be attached")
+                _read_file(reader, delimiter, upload, params, headers, max_size, spool_dir)
+            else:
+                chunks: list[bytes] = []
+                size = [0]
+
+                def keep(data, chunks=chunks, size=size, name=name):
+                    size[0] += len(data)
+                    if size[0] > FIELD_LIMIT:
+                        raise InvalidParameters("body", name, f"{name} is larger than {FIELD_LIMIT} bytes")
+                    chunks.append(data)
+
+                reader.stream(delimiter, keep)
+                upload.fields[name] = b"".join(chunks)
+    except BaseException:
+        upload.close()
+        raise
+    return upload
+
+
+def _read_file(reader, delimiter, upload, params, headers, max_size, spool_dir):
+    filename = params.get("filename")
+    if filename is None:
+        raise InvalidParameters("body", FIELD, "the attachment field must be a file")
+    upload.filename = filename
+    upload.declared_type = headers.get("content-type")
+    digest = hashlib.sha256()
+    out = tempfile.TemporaryFile(dir=spool_dir)
+    upload.file = out
+    size = [0]
+
+    def write(data):
+        size[0] += len(data)
+        if size[0] > max_size:
+            raise RequestTooLarge(f"File size exceeds the maximum of {max_size} bytes.")
+        digest.update(data)
+        out.write(data)
+
+    reader.stream(delimiter, write)
+    out.flush()
+    upload.size = size[0]
+    upload.sha256 = digest.hexdigest()
+
+
+def clean_filename(raw: str) -> str:
+    """
+    The name shown in the record: the last component of what the client
+    sent, without control characters. It is never used as a path.
+    """
+    name = re.split(r"[\\/]", raw)[-1]
+    name = "".join(c for c in name if unicodedata.category(c)[0] != "C").strip()
+    if name in ("", ".", ".."):
+        raise InvalidParameters("body", FIELD, "the attachment has no file name")
+    return name[:255]
+
+
+def extension_of(filename: str) -> str:
+    ext = os.path.splitext(filename)[1].lower()
+    return ext if _EXTENSION.match(ext) else ""
+
+
+# --- the plugin ----------------------------------------------------------------
+
+@implementer(IResourceListener)
+class FileJanitor:
+    """Removes the files records stopped pointing to, once that change is committed."""
+
+    actions = frozenset({"update", "delete"})
+    resource_names = frozenset({"record"})
+
+    def __init__(self, plugin):
+        self.plugin = plugin
+
+    async def before_commit(self, event, txn):
+        return None
+
+    async def after_commit(self, event):
+        gone = []
+        for impacted in event.impacted_objects:
+            old = _location((impacted.get("old") or {}).get(FIELD))
+            new = _location((impacted.get("new") or {}).get(FIELD))
+            if old is not None and old != new:
+                gone.append(old)
+        for name in gone:
+            await self.plugin.delete_file(name)
+
+
+@implementer(IResourceListener)
+class TreeJanitor:
+    """Removes the files of a deleted bucket or collection, after the commit."""
+
+    actions = frozenset({"delete"})
+    resource_names = frozenset({"bucket", "collection"})
+
+    def __init__(self, plugin):
+        self.plugin = plugin
+
+    async def before_commit(self, event, txn):
+        return None
+
+    async def after_commit(self, event):
+        # Files stored from now on belong to objects created after the
+        # deletion: they stay (see IFileStore.purge).
+        now = time.time()
+        bucket_id = event.parent_id.rpartition("/")[2]
+        for impacted in event.impacted_objects:
+            oid = (impacted.get("old") or impacted.get("new") or {}).get("id")
+            if not isinstance(oid, str):
+                continue
+            prefix = oid if event.resource_name == "bucket" else f"{bucket_id}/{oid}"
+            if not _PREFIX.match(prefix):
+                continue
+            try:
+                await self.plugin._blocking(self.plugin.store.purge, prefix, now)
+            except Exception:
+                _log.failure("attachment: could not remove the files under {prefix}", prefix=prefix)
+
+
+def _location(attachment) -> str | None:
+    if isinstance(attachment, dict):
+        location = attachment.get("location")
+        if isinstance(location, str) and STORED_NAME.match(location):
+            return location
+    return None
+
+
+class AttachmentPlugin:
+    name = "attachment"
+    settings = {
+        "attachment.base_path": Setting(
+            "attachment.base_path", "opt_str", None, "(plugin attachment) directory of the stored files"
+        ),
+        "attachment.base_url": Setting(
+            "attachment.base_url", "opt_str", None, "(plugin attachment) URL at which base_path is served"
+        ),
+        "attachment.max_size": Setting(
+            "attachment.max_size", "int", 10 * 1024 * 1024, "(plugin attachment) largest file, in bytes"
+        ),
+        "attachment.extensions": Setting(
+            "attachment.extensions", "list", [], "(plugin attachment) allowed file extensions (empty: any)"
+        ),
+        "attachment.mimetypes": Setting(
+            "attachment.mimetypes", "list", [], "(plugin attachment) allowed media types, * allowed (empty: any)"
+        ),
+    }
+
+    @staticmethod
+    def check_settings(settings):
+        problems = []
+        if not settings.get("attachment.base_path"):
+            problems.append("plugin attachment needs attachment.base_path (where files are stored)")
+        if not settings.get("attachment.base_url"):
+            problems.append(
+                "plugin attachment needs attachment.base_url (the URL at which a web server serves base_path)"
+            )
+        if settings.get("attachment.max_size", 1) < 1:
+            problems.append("attachment.max_size must be a positive number of bytes")
+        if problems:
+            raise ConfigurationError(problems)
+
+    def install(self, registry, settings):
+        self.check_settings(settings)
+        self.registry = registry
+        self.store: IFileStore = LocalFileStore(settings["attachment.base_path"])
+        self.max_size = settings["attachment.max_size"]
+        self.extensions = frozenset(
+            "." + e.lower().lstrip(".") for e in settings["attachment.extensions"] if e.strip(".")
+        )
+        self.mimetypes = tuple(m.lower() for m in settings["attachment.mimetypes"])
+        base_url = settings["attachment.base_url"]
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.record_type = registry.resource_types["record"]
+        self.record_type.validators.append(self.keep_attachment_field)
+        registry.add_listener(FileJanitor(self))
+        registry.add_listener(TreeJanitor(self))
+        route = Route(RULE, ("POST", "PUT", "DELETE"), self.view, "attachment", "service",
+                      "Attach a file to a record, or remove it")
+        route.streams_body = True
+        registry.add_route(route)
+        # Room for the file plus the form's other fields and headers.
+        limits = list(getattr(registry, "body_limits", ()))
+        limits.append((TARGET, self.max_size + FIELD_LIMIT + HEAD_LIMIT))
+        registry.body_limits = limits
+        registry.add_capability(
+            "attachments", "Add file attachments to records", DOCS_URL, base_url=self.base_url
+        )
+
+    # -- threads ------------------------------------------------------------------
+    async def _blocking(self, fn, *args):
+        reactor = self.registry.reactor
+        return await deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
+
+    async def delete_file(self, name: str):
+        try:
+            await self._blocking(self.store.delete, name)
+        except Exception:
+            _log.failure("attachment: could not delete {name}", name=name)
+
+    # -- the record's field ---------------------------------------------------------
+    async def keep_attachment_field(self, req, loc, data, existing):
+        """
+        Only this plugin writes a record's C{attachment} field: a write that
+        leaves it out keeps it, one that changes it is refused. Otherwise a
+        client could point its record at another record's file, and have it
+        deleted with its own record.
+        """
+        if getattr(req, "attachment_write", False):
+            return data
+        old = existing.get(FIELD) if existing else None
+        if FIELD not in data:
+            if old is not None:
+                data = {**data, FIELD: old}
+            return data
+        if data[FIELD] != old:
+            raise InvalidParameters(
+                "body", f"data.{FIELD}", f"{FIELD} is set through the record's /attachment endpoint"
+            )
+        return data
+
+    # -- the view -------------------------------------------------------------------
+    async def view(self, req: ApiRequest) -> ApiResponse:
+        check_accept(req)
+        loc = locate(self.registry, self.record_type, req.params, req.params["record_id"])
+        if req.method == "DELETE":
+            return await self.detach(req, loc)
+        return await self.attach(req, loc)
+
+    async def parse(self, req: ApiRequest) -> Upload:
+        boundary = boundary_of(req.header("Content-Type"))
+        source = getattr(req, "upload", None)
+        if source is None:
+            # Reached without the spooled body (through the default bucket):
+            # the body was read under the JSON size limit.
+            source = BytesIO(req.body)
+        source.seek(0, os.SEEK_END)
+        size = source.tell()
+        spool = None
+        if size <= INLINE_LIMIT:
+            upload = parse_upload(source, boundary, self.max_size, spool)
+        else:
+            upload = await self._blocking(parse_upload, source, boundary, self.max_size, spool)
+        if upload.file is None:
+            upload.close()
+            raise InvalidParameters("body", FIELD, "the attachment file is missing")
+        return upload
+
+    def describe(self, upload: Upload, location: str) -> dict:
+        filename = clean_filename(upload.filename or "")
+        mimetype = (upload.declared_type or "").split(";", 1)[0].strip().lower()
+        if not mimetype or mimetype == "application/octet-stream":
+            mimetype = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        return {
+            "filename": filename,
+            "hash": upload.sha256,
+            "location": location,
+            "mimetype": mimetype,
+            "size": upload.size,
+        }
+
+    def check_upload(self, upload: Upload) -> tuple[str, str]:
+        """The file's extension and media type, if the settings allow them."""
+        filename = clean_filename(upload.filename or "")
+        ext = extension_of(filename)
+        if self.extensions and ext not in self.extensions:
+            raise InvalidParameters(
+                "body", FIELD, f"File extension not allowed: {ext or '(none)'}. Allowed: "
+                + ", ".join(sorted(self.extensions)),
+            )
+        mimetype = self.describe(upload, "")["mimetype"]
+        if self.mimetypes and not any(fnmatch.fnmatchcase(mimetype, m) for m in self.mimetypes):
+            raise InvalidParameters("body", FIELD, f"File type not allowed: {mimetype}")
+        return ext, mimetype
+
+    def json_field(self, upload: Upload, name: str):
+        raw = upload.fields.get(name)
+        if raw is None:
+            return None
+        try:
+            value = jsonutil.loads(raw)
+        except jsonutil.JSONError as e:
+            raise InvalidParameters("body", name, f"{name} is not valid JSON: {e}") from None
+        if not isinstance(value, dict):
+            raise InvalidParameters("body", name, f"{name} should be a JSON object")
+        return value
+
+    async def attach(self, req: ApiRequest, loc) -> ApiResponse:
+        # A request that runs again after a write conflict keeps its parsed,
+        # stored upload (see JsonSyncApp.process).
+        upload: Upload | None = getattr(req, "attachment_upload", None)
+        if upload is None:
+            upload = await self.parse(req)
+            req.attachment_upload = upload
+        try:
+            return await self._attach(req, loc, upload)
+        except WriteConflict:
+            raise
+        except BaseException:
+            # The request fails: the file it stored is nobody's.
+            upload.close()
+            if upload.stored is not None:
+                name, upload.stored = upload.stored, None
+                await self.delete_file(name)
+            raise
+
+    async def _attach(self, req: ApiRequest, loc, upload: Upload) -> ApiResponse:
+        engine = self.registry.engine
+        rt = loc.resource
+        ext, _ = self.check_upload(upload)
+        data = self.json_field(upload, "data") or {}
+        perms = engine.clean_permissions(rt, self.json_field(upload, "permissions"))
+        checks = [(loc.uri, "write"), (loc.parent_uri, rt.create_permission)]
+        missing, existing, (can_write, can_create) = await engine.fetch(req, loc, checks)
+        if not (can_write if existing is not None else can_create):
+            raise engine.deny(req)
+        engine.check_id(loc)
+        if missing is not None:
+            raise missing
+        check_preconditions(req, existing["last_modified"] if existing else None, existing)
+        if upload.stored is None:
+            bucket_id, collection_id = req.params["bucket_id"], req.params["collection_id"]
+            name = f"{bucket_id}/{collection_id}/{uuid.uuid4().hex}{ext}"
+            await self._blocking(self.store.save, name, upload.file)
+            upload.stored = name
+            upload.close()
+        attachment = self.describe(upload, self.store.url(upload.stored))
+        req.attachment_write = True
+        try:
+            if existing is None:
+                record = {**data, FIELD: attachment}
+                response = await engine.create(req, loc, record, perms)
+            else:
+                base = {k: v for k, v in existing.items() if k != "last_modified"}
+                record = {**base, **data, FIELD: attachment}
+                new = await engine.validate(req, loc, record, existing)
+                response = await engine.replace(req, loc, existing, new, perms, replace_acl=False)
+        finally:
+            req.attachment_write = False
+        obj = response.body["data"]
+        return ApiResponse(obj[FIELD], 201, validators(obj["last_modified"]))
+
+    async def detach(self, req: ApiRequest, loc) -> ApiResponse:
+        engine = self.registry.engine
+        existing = await engine.existing_for_write(req, loc)
+        if existing.get(FIELD) is None:
+            if FIELD not in existing:
+                raise ObjectNotFound("attachment", loc.object_id)
+            return ApiResponse(None, 204)
+        base = {k: v for k, v in existing.items() if k not in ("last_modified", FIELD)}
+        req.attachment_write = True
+        try:
+            new = await engine.validate(req, loc, base, existing)
+            await engine.replace(req, loc, existing, new, None, replace_acl=False)
+        finally:
+            req.attachment_write = False
+        # The file goes after the commit (FileJanitor), never before.
+        return ApiResponse(None, 204)
