@@ -1851,10 +1851,16 @@ class PostgresStorage(_PostgresBase):
                 # The request's whole transaction: it joins its list's group.
                 stamp = await self._writer((resource_name, parent_id, within)).submit(_GroupItem(unit, write))
             else:
+                # Ancestors whose subtree lock this transaction holds already
+                # were found live under it: nobody else can delete them
+                # meanwhile (and its own deletion of one is seen by the next
+                # request's look-up), so a batch checks them once per list.
+                held = unit.lists | unit.shared
+                check = () if all(_subtree(*a) in held for a in within) else within
                 rows, _ = await self._last(
                     txn,
                     _GROUP_WRITE,
-                    _group_params(resource_name, parent_id, [write], strict=closing, within=within),
+                    _group_params(resource_name, parent_id, [write], strict=closing, within=check),
                     prepare=True,
                     closing=closing,
                     lock=await unit.locks([(key, False)] + [(_subtree(*a), True) for a in within]),
