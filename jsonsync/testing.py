@@ -883,6 +883,25 @@ async def build_app(settings: dict | None = None, reactor=None, environ=None):
     return app
 
 
+async def serve_over_tcp(test, settings: dict | None = None):
+    """
+    An app (of the running test variant's backend) served on a real socket
+    on 127.0.0.1: C{(app, base_url, pool)}, with a non-persistent treq pool;
+    the port and the pool are closed in C{test}'s cleanup.
+    """
+    from twisted.internet import reactor
+    from twisted.web.client import HTTPConnectionPool
+
+    from jsonsync.service import make_site
+
+    app = await build_app(dict(settings or {}))
+    port = reactor.listenTCP(0, make_site(app, app.settings), interface="127.0.0.1")
+    test.addCleanup(port.stopListening)
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    test.addCleanup(pool.closeCachedConnections)
+    return app, f"http://127.0.0.1:{port.getHost().port}", pool
+
+
 def postgresql_unavailable() -> str | None:
     """Why PostgreSQL cannot be used for tests, or C{None} when it answers."""
     import psycopg2

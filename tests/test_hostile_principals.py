@@ -8,14 +8,16 @@ does not list grants on an account that no longer count.
 import json
 
 import treq
-from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
-from twisted.web.client import HTTPConnectionPool
 
 from jsonsync import jsonutil
 from jsonsync.resources.model import MAX_ID_LENGTH, MAX_PRINCIPAL_LENGTH
-from jsonsync.service import make_site
-from jsonsync.testing import basic, basicauth_id, build_app, with_postgresql_variants
+from jsonsync.testing import (
+    basic,
+    basicauth_id,
+    serve_over_tcp,
+    with_postgresql_variants,
+)
 
 B = "/v1/buckets/b"
 C = B + "/collections/c"
@@ -33,12 +35,7 @@ class _Served(TestCase):
     settings: dict = {}
 
     async def setUp(self):
-        self.app = await build_app(dict(self.settings))
-        self.port = reactor.listenTCP(0, make_site(self.app, self.app.settings), interface="127.0.0.1")
-        self.addCleanup(self.port.stopListening)
-        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.addCleanup(self.pool.closeCachedConnections)
+        self.app, self.base, self.pool = await serve_over_tcp(self, self.settings)
 
     async def call(self, method, path, body=None, user="alice", password="secret", content_type=None):
         headers = {"Authorization": basic(user, password)} if user else {}

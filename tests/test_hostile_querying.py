@@ -13,14 +13,11 @@ import uuid
 from urllib.parse import quote
 
 import treq
-from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
-from twisted.web.client import HTTPConnectionPool
 
 from jsonsync import jsonutil
 from jsonsync.resources.model import MAX_ID_LENGTH
-from jsonsync.service import make_site
-from jsonsync.testing import basic, build_app, with_postgresql_variants
+from jsonsync.testing import basic, serve_over_tcp, with_postgresql_variants
 
 B = "/v1/buckets/b"
 C = B + "/collections/c"
@@ -35,12 +32,7 @@ class _Served(TestCase):
     settings: dict = {}
 
     async def setUp(self):
-        self.app = await build_app(dict(self.settings))
-        self.port = reactor.listenTCP(0, make_site(self.app, self.app.settings), interface="127.0.0.1")
-        self.addCleanup(self.port.stopListening)
-        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.addCleanup(self.pool.closeCachedConnections)
+        self.app, self.base, self.pool = await serve_over_tcp(self, self.settings)
         for path in (B, C):
             self.assertEqual((await self.call("PUT", path))[0], 201)
         for rid, data in (("r1", {"x": [1], "tags": ["a", "b"], "s": "a"}), ("r2", {"x": 2, "tags": ["b"]})):
