@@ -126,7 +126,8 @@ def typed(raw: str) -> Any:
 def _timestamp(name: str, raw: str) -> int:
     match = _TIMESTAMP.match(raw.strip())
     if match is None:
-        raise _bad(name, f"Invalid value for {name}: {raw!r} is not a timestamp")
+        shown = raw if len(raw) <= 64 else raw[:64] + "..."
+        raise _bad(name, f"Invalid value for {name}: {shown!r} is not a timestamp")
     value = int(match.group(1))
     if value >= now_ms() + _DAY_MS:
         raise _bad(name, f"Invalid value for {name}: {raw!r} is too far in the future")
