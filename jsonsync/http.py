@@ -704,7 +704,11 @@ def _describe_header(line: bytes) -> tuple[str, str | None, str]:
     name, colon, _ = line.partition(b":")
     if not colon:
         return ("header", None, "malformed header line: no colon")
+    # The name is the client's bytes: control characters are escaped, so
+    # that they reach neither the answer nor a text log as such.
     text = name[:100].decode("latin-1")
+    if not text.isprintable():
+        text = repr(text)[1:-1]
     low = text.lower()
     if low == "content-length":
         return ("header", "Content-Length", "Content-Length must be one non-negative integer")

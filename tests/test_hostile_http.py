@@ -277,6 +277,10 @@ class ParseErrorTests(_Served):
         self.assertEqual(detail["location"], location, error)
         self.assertEqual(detail["name"], name, error)
 
+    async def test_control_characters_of_a_bad_header_name_are_escaped(self):
+        # The name comes back in the answer and goes to the log: never raw.
+        await self.check(b"GET /v1/ HTTP/1.1\r\nHost: x\r\nX\x1b[31mred: 1\r\n\r\n", "header", "X\\x1b[31mred")
+
     async def test_malformed_request_line(self):
         await self.check(b"GARBAGE\r\n\r\n", "path")
         await self.check(b"GET /v1/ HTTP/2.0\r\n\r\n", "path")
