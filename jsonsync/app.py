@@ -265,9 +265,9 @@ class JsonSyncApp:
         # A write that finds its object (or list) changed since the reads it
         # decided on fails with WriteConflict, and nothing of the attempt
         # commits: the request then runs again from the start, on the new
-        # state, the lists it writes locked before it reads (after the first
-        # retry, so that a hot record cannot starve it). A batch runs again
-        # whole.
+        # state; from its second attempt on, the lists it writes are locked
+        # before it reads, so that a hot record cannot starve it. A batch
+        # runs again whole.
         path, params = req.path, req.params
         locks: frozenset = frozenset()
         shared: frozenset = frozenset()

@@ -142,11 +142,7 @@ class Engine:
             if memo in cache:
                 return None, None, [True] + [False] * (len(checks) - 1)
         oid = object_id or loc.object_id
-        keys = []
-        parent = ""
-        for rt, ancestor_id in loc.ancestors:
-            keys.append((rt.name, parent, ancestor_id))
-            parent = f"{parent}/{rt.plural}/{ancestor_id}"
+        keys = list(self.ancestry(loc))
         acl_uri = None
         if with_object:
             keys.append((loc.resource.name, loc.parent_uri, oid))
@@ -204,11 +200,7 @@ class Engine:
         404 unless every ancestor exists; with C{with_object}, also return the
         object itself (or C{None}), all fetched in one look-up.
         """
-        keys = []
-        parent = ""
-        for rt, oid in loc.ancestors:
-            keys.append((rt.name, parent, oid))
-            parent = f"{parent}/{rt.plural}/{oid}"
+        keys = list(self.ancestry(loc))
         if with_object:
             keys.append((loc.resource.name, loc.parent_uri, loc.object_id))
         if not keys:
