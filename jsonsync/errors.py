@@ -47,6 +47,18 @@ def _describe(item: dict) -> str:
     return f"{name} in {location}: {text}"
 
 
+class ValueRefused(InvalidParameters):
+    """
+    A storage backend refused a value the JSON layer accepted (a NUL in a
+    string, an integer beyond what the backend stores). Storage raises this
+    without knowing where the value came from; the client sees it as bad
+    input in the request body.
+    """
+
+    def __init__(self, description: str):
+        super().__init__("body", None, description)
+
+
 class NotAcceptable(InvalidParameters):
     def __init__(self, accepted=("application/json",)):
         super().__init__(

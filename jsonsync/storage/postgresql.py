@@ -58,11 +58,11 @@ from zope.interface import alsoProvides, implementer
 from jsonsync import jsonutil
 from jsonsync.errors import (
     BackendUnavailable,
-    InvalidParameters,
     JsonSyncError,
     ObjectExists,
     ObjectNotFound,
     UnexpectedError,
+    ValueRefused,
     WriteConflict,
 )
 from jsonsync.interfaces import IPermissionStore, IRequestPrefetch, IStorage
@@ -132,7 +132,7 @@ def _translate(exc: BaseException) -> BaseException:
         # Values PostgreSQL refuses although they are valid JSON (a NUL in a
         # string, an integer beyond 64 bits in a timestamp).
         first_line = (exc.pgerror or str(exc)).strip().splitlines()[0:1]
-        return InvalidParameters("body", None, first_line[0] if first_line else "invalid value")
+        return ValueRefused(first_line[0] if first_line else "invalid value")
     return UnexpectedError()
 
 
