@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.web import server
 
 from jsonsync import logs
-from jsonsync.http import LimitedChannel, LimitedRequest
+from jsonsync.channel import LimitedChannel, LimitedRequest
 
 _log = Logger()
 
@@ -57,10 +57,10 @@ def make_site(app, settings) -> server.Site:
     site.max_header_count = settings["max_header_count"]
     site.cors_origins = tuple(settings["cors_origins"])
     site.access_log = settings["access_log"]
-    registry = getattr(app, "registry", None)
-    site.observers = tuple(getattr(registry, "request_observers", ()))
-    # Larger body limits of some paths (the attachment plugin's uploads).
-    site.body_limits = tuple(getattr(registry, "body_limits", ()))
+    # Observers of finished requests (metrics), larger body limits of some
+    # paths (the attachment plugin's uploads).
+    site.observers = tuple(app.registry.request_observers)
+    site.body_limits = tuple(app.registry.body_limits)
     site.displayTracebacks = False
     return site
 

@@ -23,6 +23,10 @@ from __future__ import annotations
 
 import time
 
+from zope.interface import implementer
+
+from jsonsync.interfaces import IJsonSyncPlugin
+
 try:
     from prometheus_client import CollectorRegistry, Counter, Histogram
     from prometheus_client.core import GaugeMetricFamily
@@ -118,6 +122,7 @@ class Metrics:
         return ApiResponse(generate_latest(self.prometheus), 200, [("Content-Type", CONTENT_TYPE_LATEST)])
 
 
+@implementer(IJsonSyncPlugin)
 class PrometheusPlugin:
     name = "prometheus"
 
@@ -132,12 +137,7 @@ class PrometheusPlugin:
 
     def install(self, registry, settings):
         metrics = Metrics(registry)
-        # The site reads request_observers when it is made (jsonsync.service).
-        observers = getattr(registry, "request_observers", None)
-        if observers is None:
-            observers = registry.request_observers = []
-        observers.append(metrics.observe)
-        registry.metrics = metrics
+        registry.add_request_observer(metrics.observe)
         registry.add_route(
             Route("/__metrics__", ("GET",), metrics.serve, "metrics", summary="Prometheus metrics", authenticate=False)
         )

@@ -25,7 +25,7 @@ from twisted.internet.defer import DeferredLock
 from zope.interface import implementer
 
 from jsonsync.errors import ObjectExists, ObjectNotFound, WriteConflict
-from jsonsync.interfaces import IPermissionStore, IStorage
+from jsonsync.interfaces import IPermissionStore, IStorage, IStorageBackend
 from jsonsync.query import (
     Filter,
     Op,
@@ -507,6 +507,7 @@ class MemoryPermissions(_MemoryBase):
                 await self._change_member(txn, member, kept)
 
 
+@implementer(IStorageBackend)
 class MemoryBackend:
     """Builds the memory storage and permission store (sharing one write lock)."""
 

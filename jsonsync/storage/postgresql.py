@@ -65,7 +65,7 @@ from jsonsync.errors import (
     ValueRefused,
     WriteConflict,
 )
-from jsonsync.interfaces import IPermissionStore, IRequestPrefetch, IStorage
+from jsonsync.interfaces import IPermissionStore, IRequestPrefetch, IStorage, IStorageBackend
 from jsonsync.jsonutil import Encoded, EncodedPage
 from jsonsync.query import MISSING, Filter, Op, Query, Sort, rank
 from jsonsync.storage import Transaction, check_expected, next_timestamp, now_ms
@@ -2186,6 +2186,7 @@ class PostgresPermissions(_PostgresBase):
         )
 
 
+@implementer(IStorageBackend)
 class PostgresBackend:
     """
     Builds the PostgreSQL storage and permission store. When both use the
