@@ -2,9 +2,12 @@
 Bugs that mypy found (issue #16): each test fails on the code before its fix.
 """
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jsonsync.resources.querystring import parse_list_request
+from jsonsync.service import JsonSyncService
 
 
 class ListRequestFieldsTests(SynchronousTestCase):
@@ -31,3 +34,20 @@ class ListRequestFieldsTests(SynchronousTestCase):
         self.assertIsNone(listing.token_nonce)
         self.assertEqual(listing.filters_params, [])
         self.assertEqual(listing.limit, 5)
+
+
+class ServiceStopTests(TestCase):
+    """L{JsonSyncService} stops with any L{IListeningPort}."""
+
+    async def test_port_that_stops_at_once(self) -> None:
+        """
+        A port whose C{stopListening} completes at once returns C{None}
+        (the interface allows it; twisted's own C{MemoryReactor} ports do):
+        the service still stops cleanly. (It awaited that C{None}.)
+        """
+        reactor = MemoryReactor()
+        svc = JsonSyncService({}, None, "tcp:0", reactor=reactor)
+        svc.port = reactor.listenTCP(0, Factory())
+        self.assertIsNone(svc.port.stopListening())
+        await svc.stopService()
+        self.assertIsNone(svc.app)
