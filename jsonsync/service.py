@@ -9,7 +9,8 @@ import gc
 import os
 import socket
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet import defer, protocol
@@ -203,8 +204,8 @@ class JsonSyncService(_ReactorMixin, service.Service):
 
     # Set by twist jsonsync: reports the failure in one line and ends the
     # process with a non-zero status (instead of a traceback and a process
-    # left running with nothing listening).
-    on_start_failure = None
+    # left running with nothing listening). Given a Failure.
+    on_start_failure: Callable[[Any], object] | None = None
 
     def _failed(self, failure):
         if self.on_start_failure is not None:
@@ -277,7 +278,7 @@ class Workers(_ReactorMixin, service.MultiService):
         _log.info("started worker {number} (pid {pid})", number=number, pid=transport.pid)
 
     # Set by twist jsonsync: called when a worker reports that it could not start.
-    on_start_failure = None
+    on_start_failure: Callable[[str], object] | None = None
 
     def ended(self, proto: _WorkerProtocol, status: int | None = None):
         self.children.pop(proto.number, None)
