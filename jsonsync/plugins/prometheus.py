@@ -31,8 +31,10 @@ try:
     from prometheus_client import CollectorRegistry, Counter, Histogram
     from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+    _AVAILABLE = True
 except ImportError:  # an optional dependency: say so at start, not with a traceback
-    CollectorRegistry = None
+    _AVAILABLE = False
 
 from jsonsync.config import ConfigurationError
 from jsonsync.http import ApiResponse
@@ -129,7 +131,7 @@ class PrometheusPlugin:
     @property
     def settings(self) -> dict:
         # Read while the configuration is checked: the place to refuse the start.
-        if CollectorRegistry is None:
+        if not _AVAILABLE:
             raise ConfigurationError(
                 ["plugin 'prometheus' needs the prometheus-client package (pip install 'jsonsync[prometheus]')"]
             )

@@ -19,7 +19,8 @@ from __future__ import annotations
 import copy
 import weakref
 from bisect import bisect_left, bisect_right, insort
-from typing import Any
+from collections.abc import Mapping, Set
+from typing import Any, Literal, overload
 
 from twisted.internet.defer import DeferredLock
 from zope.interface import implementer
@@ -114,7 +115,13 @@ class MemoryStorage(_MemoryBase):
         super().__init__(lock)
         self._lists: dict[tuple[str, str], _List] = {}
 
-    def _list(self, resource_name: str, parent_id: str, create=False) -> _List | None:
+    @overload
+    def _list(self, resource_name: str, parent_id: str, create: Literal[True]) -> _List: ...
+
+    @overload
+    def _list(self, resource_name: str, parent_id: str, create: bool = False) -> _List | None: ...
+
+    def _list(self, resource_name: str, parent_id: str, create: bool = False) -> _List | None:
         key = (resource_name, parent_id)
         found = self._lists.get(key)
         if found is None and create:
@@ -372,7 +379,7 @@ class MemoryPermissions(_MemoryBase):
         self._members.clear()
 
     # -- journalled primitives ---------------------------------------------------
-    def _shared(self, perms: dict[str, set[str]]) -> _ACL:
+    def _shared(self, perms: Mapping[str, Set[str]]) -> _ACL:
         """
         One immutable copy per distinct ACL: most objects carry the same one
         (their creator's write), so 100,000 records hold one ACL, not 100,000.
@@ -384,7 +391,7 @@ class MemoryPermissions(_MemoryBase):
             self._acl_pool[key] = found
         return found
 
-    def _set_aces(self, uri: str, perms: dict[str, set[str]] | None):
+    def _set_aces(self, uri: str, perms: Mapping[str, Set[str]] | None):
         prefix, _, child = uri.rpartition("/")
         prefix += "/"
         if perms:
@@ -398,10 +405,10 @@ class MemoryPermissions(_MemoryBase):
                 if not siblings:
                     del self._children[prefix]
 
-    async def _change_aces(self, txn, uri: str, perms: dict[str, set[str]] | None):
+    async def _change_aces(self, txn, uri: str, perms: Mapping[str, Set[str]] | None):
         journal = await self._journal(txn)
+        # The stored ACL is never modified in place: undo can put it back as it is.
         old = self._aces.get(uri)
-        old = {p: set(s) for p, s in old.items()} if old is not None else None
         journal.undo.append(lambda: self._set_aces(uri, old))
         self._set_aces(uri, perms)
 
