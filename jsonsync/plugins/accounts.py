@@ -457,7 +457,7 @@ ACCOUNT = ResourceType(
     on_write=on_account_write,
     on_delete=on_account_delete,
     present=_hide_password,
-    extra={"grants_that_count": _grants_that_count},
+    grants_that_count=_grants_that_count,
 )
 
 

@@ -52,6 +52,7 @@ HISTORY = ResourceType(
     ("read", "write"),
     id_generator=uuid_id,
     strict_fields=ENTRY_FIELDS,
+    leaf_data=True,
 )
 
 TRACKED = frozenset({"bucket", "collection", "group", "record"})

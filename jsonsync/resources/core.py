@@ -104,6 +104,27 @@ async def forget_bucket_groups(req, loc: Location, old):
     req.ctx.auth_cache.clear()
 
 
+async def record_cache_expiry(req, loc: Location) -> list:
+    """
+    A record's cache lifetimes for anonymous reads: the settings
+    C{<bid>.<cid>.record_cache_expires_seconds} and
+    C{<bid>.record_cache_expires_seconds}, and its collection's C{cache_expires}.
+    """
+    if len(loc.ancestors) != 2:
+        return []
+    bid, cid = loc.ancestors[0][1], loc.ancestors[1][1]
+    registry = _registry(req)
+    settings = registry.settings
+    found = [
+        settings.get(f"{bid}.{cid}.record_cache_expires_seconds"),
+        settings.get(f"{bid}.record_cache_expires_seconds"),
+    ]
+    collection = await registry.storage.get(req.txn, "collection", f"/buckets/{bid}", cid)
+    if collection is not None:
+        found.append(collection.get("cache_expires"))
+    return found
+
+
 def _registry(req) -> Registry:
     return req.registry
 
@@ -119,7 +140,10 @@ GROUP = ResourceType(
     "group", "groups", "bucket", ("read", "write"),
     validate=validate_group, on_write=sync_members, on_delete=forget_group,
 )
-RECORD = ResourceType("record", "records", "collection", ("read", "write"), id_generator=uuid_id)
+RECORD = ResourceType(
+    "record", "records", "collection", ("read", "write"), id_generator=uuid_id,
+    leaf_data=True, cache_expiry=record_cache_expiry,
+)
 
 CORE_TYPES = (BUCKET, COLLECTION, GROUP, RECORD)
 

@@ -94,6 +94,18 @@ class ResourceType:
         in order (plugins such as C{schema} append theirs).
     @ivar present: C{(obj) -> obj} applied to objects before they are sent
         to a client (the accounts plugin hides password hashes with it).
+    @ivar leaf_data: objects of this type are many, have nothing below them,
+        and writing one changes no permission and no ancestor (records,
+        history entries): the sub-requests of a batch that create them keep
+        what earlier ones were granted instead of looking it up again, and
+        C{/permissions} does not expand settings' ACLs over every one of them.
+    @ivar cache_expiry: C{async (request, location) -> [seconds, ...]}: more
+        candidate cache lifetimes for anonymous reads, beside the
+        C{<type>_cache_expires_seconds} setting (records: per bucket and
+        collection settings, the collection's C{cache_expires}).
+    @ivar grants_that_count: C{(settings, principals, object_id, permissions)
+        -> permissions}: which stored ACEs really give something, for
+        C{/permissions} (an account's reach only its owner and the admins).
     """
 
     name: str
@@ -108,6 +120,9 @@ class ResourceType:
     on_delete: Callable | None = None
     validators: list[Callable] = field(default_factory=list)
     present: Callable[[dict], dict] | None = None
+    leaf_data: bool = False
+    cache_expiry: Callable[..., Any] | None = None
+    grants_that_count: Callable[..., Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):

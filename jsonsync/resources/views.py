@@ -309,7 +309,7 @@ class ServiceViews:
         kept = {}
         for uri, perms in found.items():
             rt = types.get(tree.type_of(uri))
-            judge = rt.extra.get("grants_that_count") if rt is not None else None
+            judge = rt.grants_that_count if rt is not None else None
             if judge is not None:
                 perms = judge(self.settings, principals, uri.rsplit("/", 1)[-1], perms)
             if perms:
@@ -341,7 +341,7 @@ class ServiceViews:
             return uris
 
         for rt in list(types.values()):
-            if rt.name in ("record", "history"):
+            if rt.leaf_data:
                 continue
             for perm in ("read", "write"):
                 if acl.granted_on_type(req.principals, rt.name, perm):
