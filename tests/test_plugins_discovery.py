@@ -155,12 +155,12 @@ class ThirdPartyPackageTests(TestCase):
                 time.sleep(0.05)
         self.fail("server did not start")
 
-    def call(self, method, url, body=None):
+    def call(self, method, url, body=None, auth="alice:pw"):
         import base64
         import json
 
         req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None)
-        req.add_header("Authorization", "Basic " + base64.b64encode(b"alice:pw").decode())
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
         req.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(req, timeout=5) as resp:
@@ -183,6 +183,26 @@ class ThirdPartyPackageTests(TestCase):
         self.assertEqual([r["title"] for r in listing["data"]], ["ok"])  # the rejected one rolled back
         status, counts = self.call("GET", base + "/hello/counts")
         self.assertEqual(counts, {"greeting": "bonjour", "records_created": 1})
+
+    def test_the_example_resource_type_gets_every_verb(self):
+        base = self.start("-s", "includes=hello")
+        self.assertEqual(self.call("PUT", base + "/buckets/b")[0], 201)
+        status, note = self.call("POST", base + "/buckets/b/notes", {"data": {"text": "buy milk"}})
+        self.assertEqual(status, 201, note)
+        nid = note["data"]["id"]
+        status, body = self.call("POST", base + "/buckets/b/notes", {"data": {"text": ""}})
+        self.assertEqual((status, body["errno"], body["details"][0]["name"]), (400, 107, "data.text"))
+        status, body = self.call("PATCH", base + f"/buckets/b/notes/{nid}", {"data": {"done": True}})
+        self.assertEqual((status, body["data"]["text"], body["data"]["done"]), (200, "buy milk", True))
+        status, listing = self.call("GET", base + "/buckets/b/notes?done=true")
+        self.assertEqual([n["id"] for n in listing["data"]], [nid])
+        self.assertEqual(self.call("GET", base + "/buckets/missing/notes")[0], 403)
+        status, body = self.call("GET", base + f"/buckets/b/notes/{nid}", auth="bob:pw")
+        self.assertEqual(status, 403)  # the bucket is alice's
+        status, tomb = self.call("DELETE", base + f"/buckets/b/notes/{nid}")
+        self.assertEqual((status, tomb["data"]["deleted"]), (200, True))
+        status, body = self.call("GET", base + f"/buckets/b/notes/{nid}")
+        self.assertEqual(status, 404)
 
     def test_not_activated_unless_included(self):
         base = self.start()
