@@ -400,8 +400,8 @@ class MemoryPermissions(_MemoryBase):
 
     async def _change_aces(self, txn, uri: str, perms: dict[str, set[str]] | None):
         journal = await self._journal(txn)
-        old = self._aces.get(uri)
-        old = {p: set(s) for p, s in old.items()} if old is not None else None
+        stored = self._aces.get(uri)
+        old = {p: set(s) for p, s in stored.items()} if stored is not None else None
         journal.undo.append(lambda: self._set_aces(uri, old))
         self._set_aces(uri, perms)
 
