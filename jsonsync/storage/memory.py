@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import weakref
 from bisect import bisect_left, bisect_right, insort
-from typing import Any
+from typing import Any, Literal, overload
 
 from twisted.internet.defer import DeferredLock
 from zope.interface import implementer
@@ -114,7 +114,13 @@ class MemoryStorage(_MemoryBase):
         super().__init__(lock)
         self._lists: dict[tuple[str, str], _List] = {}
 
-    def _list(self, resource_name: str, parent_id: str, create=False) -> _List | None:
+    @overload
+    def _list(self, resource_name: str, parent_id: str, create: Literal[True]) -> _List: ...
+
+    @overload
+    def _list(self, resource_name: str, parent_id: str, create: bool = False) -> _List | None: ...
+
+    def _list(self, resource_name: str, parent_id: str, create: bool = False) -> _List | None:
         key = (resource_name, parent_id)
         found = self._lists.get(key)
         if found is None and create:
@@ -496,8 +502,8 @@ class MemoryPermissions(_MemoryBase):
             await self._change_member(txn, member, self._members[member] - {principal})
         touched = [u for u, perms in self._aces.items() if any(principal in s for s in perms.values())]
         for uri in touched:
-            perms = {p: s - {principal} for p, s in self._aces[uri].items()}
-            await self._change_aces(txn, uri, {p: s for p, s in perms.items() if s} or None)
+            remaining = {p: set(s) - {principal} for p, s in self._aces[uri].items()}
+            await self._change_aces(txn, uri, {p: s for p, s in remaining.items() if s} or None)
 
     async def remove_principal_prefix(self, txn, prefix):
         for member in list(self._members):
