@@ -23,8 +23,9 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 
-from jsonsync import errors, events, jsonutil, logs, proxies
+from jsonsync import events, jsonutil, logs, proxies
 from jsonsync.auth import authenticate
+from jsonsync.channel import read_body
 from jsonsync.errors import (
     InvalidParameters,
     JsonSyncError,
@@ -44,8 +45,10 @@ from jsonsync.http import (
     RequestContext,
     check_accept,
     check_content_type,
+    error_body,
+    error_headers,
     parse_query,
-    read_body,
+    status_of,
     validators,
 )
 from jsonsync.registry import Registry, Route
@@ -97,15 +100,16 @@ class _Root(Resource):
         """The response body, or a L{Deferred} of it."""
         app = self._app
         try:
-            path = unquote(request.path.decode("ascii", "strict"), errors="strict")
+            # Decoded once here; the ApiRequest takes this path.
+            path = request.jsonsync_path = unquote(request.path.decode("ascii", "strict"), errors="strict")
         except UnicodeDecodeError:
             return app.bad_url(request, "URL path is not valid UTF-8")
         if "\x00" in path:
             return app.bad_url(request, "Invalid character 0x00 in the URL path")
         try:
-            endpoint, params = app.adapter().match(path, request.method.decode("ascii", "replace"))
-            return app.klein.execute_endpoint(endpoint, request, **params)
-        except HTTPException as exc:
+            route, params = app.match(path, request.method.decode("ascii", "replace"))
+            return app.klein.execute_endpoint(route.name, request, **params)
+        except JsonSyncError as exc:
             return app.routing_error(request, exc)
         except Exception:
             return app.crash(request, Failure())
@@ -137,7 +141,7 @@ class _Root(Resource):
         request.finish()
 
 
-_LAST_RESORT = jsonutil.dumps(errors.error_body(UnexpectedError())[1])
+_LAST_RESORT = jsonutil.dumps(error_body(UnexpectedError())[1])
 
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -181,9 +185,24 @@ class JsonSyncApp:
             self._adapter = self.klein.url_map.bind("localhost")
         return self._adapter
 
-    def match(self, path: str, method: str):
-        """C{(route, params)} for a batch sub-request; werkzeug errors propagate."""
-        endpoint, params = self.adapter().match(path, method)
+    def match(self, path: str, method: str) -> tuple[Route, dict]:
+        """
+        C{(route, params)} for a path (with its C{/v1} prefix) and a method.
+        The one place where werkzeug's routing errors become ours:
+        L{RouteNotFound} (no route, or one only with another trailing
+        slash), L{MethodNotAllowed} (with the methods the path takes),
+        L{InvalidParameters} for anything else werkzeug refuses.
+        """
+        try:
+            endpoint, params = self.adapter().match(path, method)
+        except WzMethodNotAllowed as exc:
+            raise MethodNotAllowed(exc.valid_methods or ()) from None
+        except NotFound:
+            raise RouteNotFound() from None
+        except HTTPException as exc:
+            if getattr(exc, "code", None) in (301, 308):
+                raise RouteNotFound() from None  # werkzeug's slash redirects: not ours
+            raise InvalidParameters("path", None, str(exc.description)) from None
         return self.routes[endpoint], params
 
     # -- the network ---------------------------------------------------------------
@@ -211,9 +230,12 @@ class JsonSyncApp:
             fwd_scheme, fwd_host = getattr(request, "jsonsync_forwarded", (None, None))
         scheme = self.settings.get("http_scheme") or fwd_scheme or ("https" if request.isSecure() else "http")
         host = self.settings.get("http_host") or fwd_host or headers.get("host") or "localhost"
+        path = getattr(request, "jsonsync_path", None)
+        if path is None:  # a path that is not UTF-8 (answered 400): shown as it can be
+            path = unquote(raw_path.decode("latin-1"), errors="replace")
         req = ApiRequest(
             request.method.decode("ascii", "replace"),
-            unquote(raw_path.decode("latin-1"), errors="replace"),
+            path,
             [],
             headers,
             b"",
@@ -229,14 +251,14 @@ class JsonSyncApp:
         req = self._api_request(request)
         try:
             req.query = parse_query(req.raw_query)
-            if getattr(route, "streams_body", False):
+            if route.streams_body:
                 # The view reads the body from twisted.web's spooled file
                 # itself (attachment uploads, larger than the JSON limit).
                 if getattr(request, "too_large", False):
                     raise RequestTooLarge()
                 req.upload = request.content
             else:
-                req.body = read_body(request, self.settings["max_request_body_bytes"])
+                req.body = read_body(request)
         except JsonSyncError as exc:
             return self._write(request, req, self.finish(req, self.error_response(exc), route))
         req.params = params
@@ -313,7 +335,7 @@ class JsonSyncApp:
         except JsonSyncError as exc:
             if own:
                 await ctx.txn.rollback()
-            elif errors.status_of(exc)[0] >= 500:
+            elif status_of(exc)[0] >= 500:
                 raise
             response = self.error_response(exc)
         except CancelledError:
@@ -382,8 +404,8 @@ class JsonSyncApp:
         return ApiResponse(None, 200, headers)
 
     def error_response(self, exc: JsonSyncError) -> ApiResponse:
-        status, body = errors.error_body(exc, self.settings.get("error_info_link"))
-        headers = errors.error_headers(exc, self.settings["retry_after_seconds"])
+        status, body = error_body(exc, self.settings.get("error_info_link"))
+        headers = error_headers(exc, self.settings["retry_after_seconds"])
         return ApiResponse(body, status, headers)
 
     def finish(self, req: ApiRequest, response: ApiResponse, route: Route | None) -> ApiResponse:
@@ -391,7 +413,7 @@ class JsonSyncApp:
         h = response.headers
         if not (isinstance(response.body, bytes) and response.get_header("Content-Type")):
             h.append(("Content-Type", "application/json"))
-        request_id = getattr(req, "request_id", None)
+        request_id = req.request_id
         if request_id is not None:
             # For the request summary (jsonsync.logs) and the metrics.
             req.route_name = route.name if route is not None else None
@@ -431,14 +453,12 @@ class JsonSyncApp:
         return response
 
     # -- what routing and crashes answer -------------------------------------------
-    def routing_error(self, request, exc: HTTPException) -> bytes:
+    def routing_error(self, request, exc: JsonSyncError) -> bytes:
         req = self._api_request(request)
-        if isinstance(exc, WzMethodNotAllowed):
-            response = self.error_response(MethodNotAllowed(exc.valid_methods or ()))
-        elif isinstance(exc, NotFound) or getattr(exc, "code", None) in (404, 308, 301):
+        if isinstance(exc, RouteNotFound):
             response = self.not_found(req)
         else:
-            response = self.error_response(InvalidParameters("path", None, str(exc.description)))
+            response = self.error_response(exc)
         return self._write(request, req, self.finish(req, response, None))
 
     def not_found(self, req: ApiRequest) -> ApiResponse:

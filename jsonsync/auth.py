@@ -12,7 +12,7 @@ import hmac
 
 from zope.interface import implementer
 
-from jsonsync.interfaces import IAuthenticationPolicy
+from jsonsync.interfaces import IAuthenticationPolicy, IAuthenticationPolicyFactory
 
 EVERYONE = "system.Everyone"
 AUTHENTICATED = "system.Authenticated"
@@ -75,8 +75,10 @@ class BasicAuthPolicy:
         return user_id
 
 
+@implementer(IAuthenticationPolicyFactory)
 class BasicAuthFactory:
     name = "basicauth"
+    settings: dict = {}  # it reads userid_hmac_secret, a core setting
 
     def build(self, settings, registry):
         return BasicAuthPolicy(settings["userid_hmac_secret"])
@@ -124,7 +126,7 @@ def set_groups(request, groups) -> None:
         return
     request.principals = [base[0], *sorted(groups), *base[1:]] if request.user_id else base
     request.groups_loaded = True
-    entry = getattr(request, "auth_entry", None)
+    entry = request.auth_entry
     if entry is not None:
         entry["groups"] = tuple(groups)
 

@@ -98,4 +98,4 @@ class SettingsACL:
 
     def granted_on_type(self, principals: Iterable[str], resource_name: str, permission: str) -> bool:
         holders = self._acl.get(f"{resource_name}_{permission}_principals")
-        return bool(holders) and not holders.isdisjoint(set(principals))
+        return holders is not None and not holders.isdisjoint(set(principals))

@@ -274,15 +274,15 @@ def load(
     for key, value in sorted((environ or {}).items()):
         if not key.startswith("JSONSYNC_") or key.startswith("JSONSYNC_TEST_"):
             continue
-        name = schema.from_env(key)
-        if name is None:
+        env_name = schema.from_env(key)
+        if env_name is None:
             # The environment is shared with other tools (and may hold a
             # variable that merely shares the prefix): a name that is no
             # setting is reported, not fatal. Unknown names in the file or
             # on the command line still stop the start.
             warnings.append(f"ignoring environment variable {key}: no setting has this name")
             continue
-        raw[name] = (value, f"environment variable {key}")
+        raw[env_name] = (value, f"environment variable {key}")
     for name, value in (cli or {}).items():
         raw[name] = (value, "command line")
 

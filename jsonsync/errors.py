@@ -1,15 +1,13 @@
 """
-Domain exceptions, the one table that maps them to HTTP, and the one
-function that renders Kinto's error body.
+The domain exceptions jsonsync raises, from storage to views.
 
-Code anywhere in jsonsync raises the exceptions below; none of them knows a
-status code. L{render} is the only place where an exception becomes a
-response.
+None of them knows a status code, and this module imports nothing of
+jsonsync: L{jsonsync.http} holds the one table that maps each to its HTTP
+status and errno, and the one function that renders Kinto's error body.
 """
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import Any
 
 
@@ -194,74 +192,3 @@ class ListenerRejected(JsonSyncError):
 
 class UnexpectedError(JsonSyncError):
     message = "A programmatic error occurred, developers have been informed."
-
-
-# exception class -> (HTTP status, errno); the most specific class wins.
-ERRORS: dict[type, tuple[int, int]] = {
-    NotAcceptable: (406, 107),
-    UnsupportedMediaType: (415, 107),
-    InvalidParameters: (400, 107),
-    Unauthenticated: (401, 104),
-    Forbidden: (403, 121),
-    ParentNotFound: (404, 111),
-    ObjectNotFound: (404, 110),
-    RouteNotFound: (404, 111),
-    VersionNotAvailable: (404, 116),
-    MethodNotAllowed: (405, 115),
-    PreconditionFailed: (412, 114),
-    ObjectExists: (409, 122),
-    WriteConflict: (409, 122),
-    RequestTooLarge: (413, 113),
-    RequestHeadTimeout: (408, 107),
-    RequestLineTooLong: (414, 113),
-    HeaderFieldsTooLarge: (431, 113),
-    BackendUnavailable: (503, 201),
-    ServiceDeprecated: (410, 202),
-    ListenerRejected: (400, 107),
-    UnexpectedError: (500, 999),
-}
-
-
-def status_of(exc: JsonSyncError) -> tuple[int, int]:
-    for cls in type(exc).__mro__:
-        if cls in ERRORS:
-            return ERRORS[cls]
-    return ERRORS[UnexpectedError]
-
-
-def error_body(exc: JsonSyncError, info_link: str | None = None) -> tuple[int, dict]:
-    """
-    Kinto's error body for C{exc}: C{code}, C{errno}, C{error}, and
-    C{message}, C{info}, C{details} when they have something to say.
-    """
-    status, errno = status_of(exc)
-    body: dict[str, Any] = {
-        "code": status,
-        "errno": errno,
-        "error": HTTPStatus(status).phrase,
-    }
-    if isinstance(exc, InvalidParameters) and status == 400:
-        body["error"] = "Invalid parameters"
-    if exc.message:
-        body["message"] = exc.message
-    if status == 500 and info_link:
-        body["info"] = info_link
-    if exc.details is not None:
-        body["details"] = exc.details
-    return status, body
-
-
-def error_headers(exc: JsonSyncError, retry_after: int) -> list[tuple[str, str]]:
-    """The headers an error carries beside its body."""
-    headers = []
-    if isinstance(exc, Unauthenticated):
-        headers.extend(("WWW-Authenticate", c) for c in exc.challenges)
-    elif isinstance(exc, MethodNotAllowed) and exc.allowed:
-        headers.append(("Allow", ", ".join(exc.allowed)))
-    elif isinstance(exc, (BackendUnavailable, ObjectExists, WriteConflict)):
-        headers.append(("Retry-After", str(retry_after)))
-    elif isinstance(exc, PreconditionFailed) and exc.timestamp is not None:
-        from jsonsync.http import validators
-
-        headers.extend(validators(exc.timestamp))
-    return headers

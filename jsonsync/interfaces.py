@@ -437,6 +437,80 @@ class IResourceListener(Interface):
         """
 
 
+class IRegistry(Interface):
+    """
+    The plugin API: what a plugin may use of the server. A plugin receives
+    the registry in C{install(registry, settings)} and extends the server
+    only through the calls below; views and listeners may keep it and read
+    its attributes later. Everything else of jsonsync is internal.
+    """
+
+    settings = Attribute("The server's settings (L{jsonsync.config.Settings}); read-only.")
+    reactor = Attribute("The reactor the server runs on.")
+    storage = Attribute("The active L{IStorage}.")
+    permissions = Attribute("The active L{IPermissionStore}.")
+    engine = Attribute(
+        "The generic object engine (L{jsonsync.resources.engine.Engine}): its verbs serve any "
+        "resource type; a plugin may subclass it for its own types."
+    )
+    resource_types = Attribute(
+        "C{{name: ResourceType}} of the declared types; read-only (use add_resource_type). A "
+        "plugin may append checks to a type's C{validators}."
+    )
+
+    def add_resource_type(resource_type, engine=None, plural=True, single=True):
+        """
+        Declare a kind of object (L{jsonsync.resources.model.ResourceType}) and
+        mount its routes: the plural endpoint (list, create, delete many) unless
+        C{plural} is false, the object endpoint (read, replace, modify, delete)
+        unless C{single} is false, both served by C{engine} (the registry's
+        engine by default). Returns the L{Route}s mounted, so that a plugin can
+        wrap their views before the server starts.
+        """
+
+    def add_route(route):
+        """Mount one more endpoint (a L{jsonsync.registry.Route}) under C{/v1}."""
+
+    def add_listener(listener):
+        """Add an L{IResourceListener} (checked with C{verifyObject})."""
+
+    def add_capability(name, description, url="", **extra):
+        """Announce a feature in the C{capabilities} of C{GET /v1/}."""
+
+    def add_heartbeat(name, check):
+        """One more key in C{/__heartbeat__}: C{check} is C{async () -> bool}."""
+
+    def add_hello_extension(extend):
+        """C{extend(request, document)} (may be a coroutine) adds fields to C{GET /v1/}."""
+
+    def add_public_setting(name, value):
+        """Show a setting in the C{settings} of C{GET /v1/}."""
+
+    def add_root_permission(permission):
+        """A permission granted on the root (C{"<type>:create"} for a top-level type)."""
+
+    def add_body_limit(pattern, limit):
+        """
+        Request paths matching C{pattern} (a compiled bytes regex) take bodies
+        up to C{limit} bytes instead of C{max_request_body_bytes}.
+        """
+
+    def add_request_observer(observer):
+        """C{observer(twisted_request)} is called for every finished request (metrics)."""
+
+    def dispatch(request, path):
+        """
+        Run C{request} (an L{jsonsync.http.ApiRequest}) as if it had been sent
+        to C{path} (with its C{/v1} prefix), in the same transaction: routes it,
+        sets C{request.path} and C{request.params}, and returns the view's
+        L{jsonsync.http.ApiResponse}. Raises L{jsonsync.errors.RouteNotFound}
+        or L{jsonsync.errors.MethodNotAllowed} when no route takes it.
+        """
+
+    def location(uri):
+        """The L{jsonsync.resources.model.Location} of an object URI, or C{None}."""
+
+
 class IStorageBackend(IPlugin):
     """
     A storage backend that can be chosen by name (C{storage_backend} and
@@ -466,6 +540,9 @@ class IAuthenticationPolicyFactory(IPlugin):
     """
 
     name = Attribute("The name used in C{multiauth.policies}.")
+    settings = Attribute(
+        "C{{setting name: default}} the policy reads (accepted when the policy is listed)."
+    )
 
     def build(settings, registry):
         """

@@ -11,6 +11,7 @@ so nothing a client stored is ever altered.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -118,6 +119,7 @@ def dumps(value: Any) -> bytes:
 def depth(value: Any, limit: int) -> bool:
     """Whether C{value} nests containers no deeper than C{limit}."""
     stack = [(value, 1)]
+    children: Iterable[Any]
     while stack:
         item, level = stack.pop()
         if isinstance(item, dict):

@@ -7,11 +7,13 @@ server (routes, listeners, capabilities, permission rules).
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.plugin import getPlugins
+from zope.interface import implementer
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
@@ -22,10 +24,19 @@ from jsonsync.interfaces import (
     IAuthenticationPolicyFactory,
     IJsonSyncPlugin,
     IPermissionStore,
+    IRegistry,
     IResourceListener,
     IStorage,
     IStorageBackend,
 )
+from jsonsync.resources.model import Location, ResourceType
+from jsonsync.routes import Route, resource_routes
+
+if TYPE_CHECKING:
+    from jsonsync.http import ApiRequest, ApiResponse
+    from jsonsync.resources.engine import Engine
+
+__all__ = ["Discovered", "Registry", "Route", "configure", "discover"]
 
 KINDS = {
     "backend": IStorageBackend,
@@ -129,11 +140,15 @@ def configure(
             continue
         schema.add(plugin.settings, f"plugin {name}")
     for name in wanted["multiauth.policies"]:
-        if name not in discovered.policies:
+        policy = discovered.policies.get(name)
+        if policy is None:
             problems.append(
                 f"unknown authentication policy {name!r} in multiauth.policies "
                 f"(installed: {_installed(discovered.policies)})"
             )
+            continue
+        # A policy's own settings are accepted when it is listed.
+        schema.add(getattr(policy, "settings", None) or {}, f"policy {name}")
     try:
         settings = config.load(schema, ini, environ, cli, source=ini_path)
     except config.ConfigurationError as e:
@@ -160,25 +175,12 @@ def configure(
     return settings, discovered
 
 
-@dataclass
-class Route:
-    """One endpoint: a Werkzeug rule (under C{/v1}), its methods and its view."""
-
-    rule: str
-    methods: tuple[str, ...]
-    view: Callable
-    name: str
-    kind: str = "service"  # "resource" endpoints negotiate Accept/Content-Type
-    summary: str = ""
-    anonymous: bool = True
-    resource: Any = None
-    authenticate: bool = True  # False for probes that must answer while backends are down
-
-
+@implementer(IRegistry)
 class Registry:
     """
     Everything activated for one server. Plugins receive it in C{install}
-    and extend the server only through it.
+    and extend the server only through it (L{IRegistry} is the contract;
+    docs/writing-plugins.md shows it in use).
     """
 
     def __init__(self, settings: config.Settings, reactor, discovered: Discovered | None = None):
@@ -187,50 +189,107 @@ class Registry:
         self.discovered = discovered or Discovered()
         self.tree = PermissionTree()
         self.acl: SettingsACL = SettingsACL(self.tree, settings)
-        self.storage: Any = None
-        self.permissions: Any = None
-        self.policies: list[Any] = []
-        self.listeners: list[Any] = []
+        # Set by open_backends, before any plugin is installed.
+        self.storage: IStorage = cast(IStorage, None)
+        self.permissions: IPermissionStore = cast(IPermissionStore, None)
+        # Set by the server before the core types are declared.
+        self.engine: Engine = cast("Engine", None)
+        self.policies: list[IAuthenticationPolicy] = []
+        self.listeners: list[IResourceListener] = []
         self.capabilities: dict[str, dict] = {}
         self.routes: list[Route] = []
-        self.resource_types: dict[str, Any] = {}
+        self.resource_types: dict[str, ResourceType] = {}
         self.public_settings: dict[str, Any] = {}
         self.hello_extensions: list[Callable] = []
         self.heartbeats: dict[str, Callable] = {}
-        self.request_rewriters: list[Callable] = []
-        self.plugins: list[Any] = []
-        self.engine: Any = None  # the generic object engine, set by the server
-        self.app: Any = None  # the HTTP application, set once every route is known
+        self.body_limits: list[tuple[re.Pattern[bytes], int]] = []
+        self.request_observers: list[Callable] = []
+        self.plugins: list[IJsonSyncPlugin] = []
+        self._match: Callable[[str, str], tuple[Route, dict]] | None = None
 
-    # -- extension points ------------------------------------------------------
-    def add_route(self, route: Route):
+    # -- extension points (IRegistry) ---------------------------------------------
+    def add_route(self, route: Route) -> None:
         self.routes.append(route)
 
-    def add_capability(self, name: str, description: str, url: str = "", **extra):
+    def add_capability(self, name: str, description: str, url: str = "", **extra) -> None:
         self.capabilities[name] = {"description": description, "url": url, **extra}
 
-    def add_listener(self, listener):
+    def add_listener(self, listener: IResourceListener) -> None:
         verifyObject(IResourceListener, listener)
         self.listeners.append(listener)
 
-    def add_resource_type(self, resource_type):
+    def add_resource_type(
+        self, resource_type: ResourceType, engine: Engine | None = None, plural: bool = True, single: bool = True
+    ) -> list[Route]:
+        if resource_type.name in self.resource_types:
+            raise ValueError(f"resource type {resource_type.name!r} is already declared")
+        if resource_type.parent is not None and resource_type.parent not in self.resource_types:
+            raise ValueError(f"resource type {resource_type.name!r}: unknown parent {resource_type.parent!r}")
         self.resource_types[resource_type.name] = resource_type
         self.tree.register(resource_type.name, resource_type.plural, resource_type.permissions)
+        mounted = resource_routes(self, engine or self.engine, resource_type, plural=plural, single=single)
+        for route in mounted:
+            self.add_route(route)
+        return mounted
 
-    def add_policy(self, policy):
+    def add_policy(self, policy: IAuthenticationPolicy) -> None:
         verifyObject(IAuthenticationPolicy, policy)
         self.policies.append(policy)
 
-    def add_heartbeat(self, name: str, check: Callable):
+    def add_heartbeat(self, name: str, check: Callable) -> None:
         self.heartbeats[name] = check
+
+    def add_hello_extension(self, extend: Callable) -> None:
+        self.hello_extensions.append(extend)
+
+    def add_public_setting(self, name: str, value: Any) -> None:
+        self.public_settings[name] = value
+
+    def add_root_permission(self, permission: str) -> None:
+        self.tree.add_root_permission(permission)
+
+    def add_body_limit(self, pattern: re.Pattern[bytes], limit: int) -> None:
+        self.body_limits.append((pattern, limit))
+
+    def add_request_observer(self, observer: Callable) -> None:
+        self.request_observers.append(observer)
+
+    def set_router(self, match: Callable[[str, str], tuple[Route, dict]]) -> None:
+        """The server's route matcher (set once every route is mounted), for L{dispatch}."""
+        self._match = match
+
+    async def dispatch(self, request: ApiRequest, path: str) -> ApiResponse:
+        if self._match is None:
+            raise RuntimeError("dispatch is available once the server is built")
+        route, params = self._match(path, request.method)
+        request.path = path
+        request.params = params
+        return await route.view(request)
+
+    def location(self, uri: str) -> Location | None:
+        by_plural = {rt.plural: rt for rt in self.resource_types.values()}
+        parts = uri.strip("/").split("/")
+        if len(parts) % 2 or not parts[0]:
+            return None
+        ancestors: list[tuple[ResourceType, str]] = []
+        parent = ""
+        for i in range(0, len(parts) - 2, 2):
+            ancestor = by_plural.get(parts[i])
+            if ancestor is None:
+                return None
+            ancestors.append((ancestor, parts[i + 1]))
+            parent = f"{parent}/{parts[i]}/{parts[i + 1]}"
+        rt = by_plural.get(parts[-2])
+        return None if rt is None else Location(rt, parent, ancestors, parts[-1])
 
     # -- activation --------------------------------------------------------------
     async def open_backends(self):
         d = self.discovered
         storage_backend = d.backends[self.settings["storage_backend"]]
         permission_backend = d.backends[self.settings["permission_backend"]]
-        verifyObject(IStorageBackend, storage_backend)
-        verifyObject(IStorageBackend, permission_backend)
+        for backend in (storage_backend, permission_backend):
+            # The provider behind a lazy dropin too: its own class must declare it.
+            verifyObject(IStorageBackend, _provider(backend))
         self.storage = await storage_backend.open_storage(self.settings, self.reactor)
         verifyObject(IStorage, self.storage)
         self.permissions = await permission_backend.open_permissions(
@@ -242,11 +301,11 @@ class Registry:
         """Build the authentication policies, then install the plugins in order."""
         for name in self.settings["multiauth.policies"]:
             factory = self.discovered.policies[name]
-            verifyObject(IAuthenticationPolicyFactory, factory)
+            verifyObject(IAuthenticationPolicyFactory, _provider(factory))
             self.add_policy(factory.build(self.settings, self))
         for name in self.settings["includes"]:
             plugin = self.discovered.plugins[name]
-            verifyObject(IJsonSyncPlugin, plugin)
+            verifyObject(IJsonSyncPlugin, _provider(plugin))
             result = plugin.install(self, self.settings)
             if inspect.isawaitable(result):
                 await result

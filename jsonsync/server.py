@@ -15,13 +15,12 @@ async def build(settings, reactor, discovered: Discovered) -> JsonSyncApp:
     """Open the backends, install the core and the plugins, return the app."""
     registry = Registry(settings, reactor, discovered)
     await registry.open_backends()
-    engine = Engine(registry)
-    registry.engine = engine
-    core.install(registry, engine)
+    registry.engine = Engine(registry)
+    core.install(registry)
     holder: list[JsonSyncApp] = []
     views.install(registry, views.ServiceViews(registry, lambda: holder[0]))
     await registry.activate()
     app = JsonSyncApp(registry)
-    registry.app = app
+    registry.set_router(app.match)
     holder.append(app)
     return app

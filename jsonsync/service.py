@@ -9,6 +9,8 @@ import gc
 import os
 import socket
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet import defer, protocol
@@ -17,7 +19,12 @@ from twisted.logger import Logger
 from twisted.web import server
 
 from jsonsync import logs
-from jsonsync.http import LimitedChannel, LimitedRequest
+from jsonsync.channel import LimitedChannel, LimitedRequest
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IListeningPort, IProcessTransport
+
+    from jsonsync.app import JsonSyncApp
 
 _log = Logger()
 
@@ -37,6 +44,13 @@ class QuietSite(server.Site):
 
     access_log = True
     observers: tuple = ()
+    # Set by make_site; read (with defaults) by LimitedChannel and body_limit.
+    max_body: int
+    max_request_line: int
+    max_header_bytes: int
+    max_header_count: int
+    cors_origins: tuple[str, ...]
+    body_limits: tuple
 
     def log(self, request):
         for observe in self.observers:
@@ -50,17 +64,19 @@ def make_site(app, settings) -> server.Site:
     site.requestFactory = LimitedRequest
     # HTTP/1.1 only: twisted.web's default protocol also negotiates HTTP/2
     # over TLS, which jsonsync does not offer (and whose limits differ).
-    site.protocol = LimitedChannel
+    # (twisted types HTTPFactory.protocol as the function it defaults to,
+    # where any protocol factory will do)
+    site.protocol = LimitedChannel  # type: ignore[method-assign,assignment]
     site.max_body = settings["max_request_body_bytes"]
     site.max_request_line = settings["max_request_line_bytes"]
     site.max_header_bytes = settings["max_header_bytes"]
     site.max_header_count = settings["max_header_count"]
     site.cors_origins = tuple(settings["cors_origins"])
     site.access_log = settings["access_log"]
-    registry = getattr(app, "registry", None)
-    site.observers = tuple(getattr(registry, "request_observers", ()))
-    # Larger body limits of some paths (the attachment plugin's uploads).
-    site.body_limits = tuple(getattr(registry, "body_limits", ()))
+    # Observers of finished requests (metrics), larger body limits of some
+    # paths (the attachment plugin's uploads).
+    site.observers = tuple(app.registry.request_observers)
+    site.body_limits = tuple(app.registry.body_limits)
     site.displayTracebacks = False
     return site
 
@@ -139,8 +155,8 @@ class JsonSyncService(_ReactorMixin, service.Service):
         self.listen = listen
         self.reuse_port = reuse_port
         self._reactor = reactor
-        self.app = None
-        self.port = None
+        self.app: JsonSyncApp | None = None
+        self.port: IListeningPort | None = None
         self.ready: defer.Deferred = defer.Deferred()
 
     def startService(self):
@@ -153,13 +169,14 @@ class JsonSyncService(_ReactorMixin, service.Service):
 
         self.app = await build(self.settings, self.reactor, self.discovered)
         site = make_site(self.app, self.settings)
+        port: IListeningPort
         if self.reuse_port:
-            self.port = listen_reusing_port(self.reactor, self.listen, site)
+            port = self.port = listen_reusing_port(self.reactor, self.listen, site)
             self._watch_parent()
         else:
             endpoint = serverFromString(self.reactor, self.listen)
-            self.port = await endpoint.listen(site)
-        address = self.port.getHost()
+            port = self.port = await endpoint.listen(site)
+        address = port.getHost()
         settle_collector()
         _log.info(
             "jsonsync listening on {host}:{port} (storage: {storage}, plugins: {plugins})",
@@ -187,8 +204,8 @@ class JsonSyncService(_ReactorMixin, service.Service):
 
     # Set by twist jsonsync: reports the failure in one line and ends the
     # process with a non-zero status (instead of a traceback and a process
-    # left running with nothing listening).
-    on_start_failure = None
+    # left running with nothing listening). Given a Failure.
+    on_start_failure: Callable[[Any], object] | None = None
 
     def _failed(self, failure):
         if self.on_start_failure is not None:
@@ -212,7 +229,9 @@ class JsonSyncService(_ReactorMixin, service.Service):
         if watch is not None and watch.running:
             watch.stop()
         if self.port is not None:
-            await self.port.stopListening()
+            stopped = self.port.stopListening()  # None when it stopped at once
+            if stopped is not None:
+                await stopped
         if self.app is not None:
             await self.app.registry.close()
 
@@ -241,7 +260,7 @@ class Workers(_ReactorMixin, service.MultiService):
         self.count = count
         self.child_args = child_args
         self._reactor = reactor
-        self.children: dict[int, object] = {}
+        self.children: dict[int, IProcessTransport] = {}
         self.stopping = False
 
     def startService(self):
@@ -259,7 +278,7 @@ class Workers(_ReactorMixin, service.MultiService):
         _log.info("started worker {number} (pid {pid})", number=number, pid=transport.pid)
 
     # Set by twist jsonsync: called when a worker reports that it could not start.
-    on_start_failure = None
+    on_start_failure: Callable[[str], object] | None = None
 
     def ended(self, proto: _WorkerProtocol, status: int | None = None):
         self.children.pop(proto.number, None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING, cast
 
 from twisted.application import service
 from twisted.logger import Logger
@@ -13,6 +14,11 @@ from twisted.python import usage
 
 from jsonsync import config
 from jsonsync.registry import configure, discover
+
+if TYPE_CHECKING:
+    from twisted.python.failure import Failure
+
+    from jsonsync.registry import Discovered
 
 _log = Logger()
 
@@ -82,8 +88,8 @@ class Options(usage.Options):
     def __init__(self):
         super().__init__()
         self["settings"] = {}
-        self.discovered = None
-        self.settings = None
+        self.discovered: Discovered | None = None
+        self.settings: config.Settings | None = None
 
     def opt_setting(self, value: str):
         """Set one setting, NAME=VALUE (repeatable; wins over the file and the environment)."""
@@ -134,17 +140,19 @@ def makeService(options: Options) -> service.IService:
     from jsonsync.logs import use_log_format
     from jsonsync.service import JsonSyncService
 
-    use_log_format(options, options.settings)
-    for warning in options.settings.warnings:
+    settings = options.settings
+    assert settings is not None, "makeService takes parsed options"
+    use_log_format(options, settings)
+    for warning in settings.warnings:
         _log.warn("{warning}", warning=warning)
-    if not options.settings["userid_hmac_secret"]:
+    if not settings["userid_hmac_secret"]:
         _log.warn(
             "userid_hmac_secret is empty: basicauth user ids are then guessable from "
             "the credentials and identical on every server; set a long random value "
             "(`jsonsync init` writes one)"
         )
     service = JsonSyncService(
-        options.settings, options.discovered, options["listen"], reuse_port=options["reuse-port"]
+        settings, options.discovered, options["listen"], reuse_port=options["reuse-port"]
     )
     on_failure = StartFailure()
     service.on_start_failure = on_failure
@@ -157,12 +165,13 @@ def makeService(options: Options) -> service.IService:
     return service
 
 
-def describe_failure(reason) -> str:
+def describe_failure(reason: Failure | BaseException | str) -> str:
     """Why a start failed, in words an operator can act on (no traceback)."""
     from twisted.internet.error import CannotListenError
     from twisted.python.failure import Failure
 
-    exc = reason.value if isinstance(reason, Failure) else reason
+    # (twisted types Failure.value as optional: it is not, once built)
+    exc = cast(BaseException, reason.value) if isinstance(reason, Failure) else reason
     if isinstance(exc, str):
         return exc
     if isinstance(exc, config.ConfigurationError):

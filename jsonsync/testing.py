@@ -978,7 +978,7 @@ class StubClient:
     def __init__(self, app, auth: str | None = None):
         from treq.testing import StubTreq
 
-        from jsonsync.http import LimitedRequest
+        from jsonsync.channel import LimitedRequest
 
         self.app = app
         self.stub = StubTreq(app.resource())

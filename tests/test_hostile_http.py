@@ -20,8 +20,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http import HTTPChannel
 
+from jsonsync.channel import LimitedChannel
 from jsonsync.config import ConfigurationError, SettingsSchema, load
-from jsonsync.http import LimitedChannel
 from jsonsync.service import make_site
 from jsonsync.testing import StubClient, basic, build_app
 

@@ -102,7 +102,7 @@ class MissingLibraryTests(TestCase):
         from jsonsync.config import ConfigurationError
         from jsonsync.plugins import prometheus
 
-        self.patch(prometheus, "CollectorRegistry", None)
+        self.patch(prometheus, "_AVAILABLE", False)  # as when the import failed
         with self.assertRaises(ConfigurationError) as caught:
             await build_app({"includes": "prometheus"})
         self.assertIn("needs the prometheus-client package", str(caught.exception))

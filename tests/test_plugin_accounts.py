@@ -97,6 +97,9 @@ class DiscoveryTests(AccountsTestCase):
         ):
             self.assertIn(name, accounts.AccountsPlugin.settings)
         self.assertEqual(accounts.AccountsPlugin.settings["account_cache_ttl_seconds"], 30)
+        # The policy declares what it reads, so that it can be listed alone.
+        for name in ("account_cache_ttl_seconds", "account_bcrypt_rounds"):
+            self.assertIn(name, accounts.AccountPolicyFactory.settings)
         self.assertEqual(self.app.settings["account_write_principals"], ["account:admin"])
 
 

@@ -37,8 +37,7 @@ from jsonsync.errors import (
     InvalidParameters,
     Unauthenticated,
 )
-from jsonsync.interfaces import IAuthenticationPolicy
-from jsonsync.resources.core import resource_routes
+from jsonsync.interfaces import IAuthenticationPolicy, IAuthenticationPolicyFactory, IJsonSyncPlugin
 from jsonsync.resources.engine import Engine
 from jsonsync.resources.model import ResourceType
 
@@ -348,8 +347,11 @@ class AccountPolicy:
 _NOTHING_ENLISTED = object()
 
 
+@implementer(IAuthenticationPolicyFactory)
 class AccountPolicyFactory:
     name = POLICY_NAME
+    # What the policy reads: accepted whenever the policy is listed.
+    settings: dict = {"account_cache_ttl_seconds": 30, "account_bcrypt_rounds": 12}
 
     def build(self, settings, registry):
         return AccountPolicy(
@@ -488,28 +490,28 @@ def _posted_id(req, max_depth):
     return None
 
 
+@implementer(IJsonSyncPlugin)
 class AccountsPlugin:
     name = "accounts"
+    # With the policy's own (read by the policy, which may run without the
+    # plugin: both declare them).
     settings: dict = {
         "account_create_principals": [],
         "account_write_principals": [],
         "account_read_principals": [],
-        "account_cache_ttl_seconds": 30,
-        "account_bcrypt_rounds": 12,
+        **AccountPolicyFactory.settings,
     }
 
     async def install(self, registry, settings):
         self.check_settings(settings)
         rt = dataclasses.replace(ACCOUNT, validators=list(ACCOUNT.validators))
-        registry.add_resource_type(rt)
-        registry.tree.add_root_permission("account:create")
         engine = _AccountEngine(registry)
-        for route in resource_routes(registry, engine, rt):
+        for route in registry.add_resource_type(rt, engine=engine):
             if route.name.endswith("-plural"):
                 route.view = self._plural_view(registry, engine, route.view)
             else:
                 route.view = self._object_view(registry, engine, route.view)
-            registry.add_route(route)
+        registry.add_root_permission("account:create")
         registry.add_capability(
             "accounts", "Manage user accounts.", DOCS_URL, validation_enabled=False
         )

@@ -41,9 +41,9 @@ from jsonsync.errors import (
     WriteConflict,
 )
 from jsonsync.http import ApiRequest, ApiResponse, check_accept, check_preconditions, validators
-from jsonsync.interfaces import IFileStore, IResourceListener
+from jsonsync.interfaces import IFileStore, IJsonSyncPlugin, IResourceListener
 from jsonsync.registry import Route
-from jsonsync.resources.core import locate
+from jsonsync.routes import locate
 
 _log = Logger()
 
@@ -407,6 +407,7 @@ def _location(attachment) -> str | None:
     return None
 
 
+@implementer(IJsonSyncPlugin)
 class AttachmentPlugin:
     name = "attachment"
     settings = {
@@ -456,14 +457,10 @@ class AttachmentPlugin:
         self.record_type.validators.append(self.keep_attachment_field)
         registry.add_listener(FileJanitor(self))
         registry.add_listener(TreeJanitor(self))
-        route = Route(RULE, ("POST", "PUT", "DELETE"), self.view, "attachment", "service",
-                      "Attach a file to a record, or remove it")
-        route.streams_body = True
-        registry.add_route(route)
+        registry.add_route(Route(RULE, ("POST", "PUT", "DELETE"), self.view, "attachment", "service",
+                                 "Attach a file to a record, or remove it", streams_body=True))
         # Room for the file plus the form's other fields and headers.
-        limits = list(getattr(registry, "body_limits", ()))
-        limits.append((TARGET, self.max_size + FIELD_LIMIT + HEAD_LIMIT))
-        registry.body_limits = limits
+        registry.add_body_limit(TARGET, self.max_size + FIELD_LIMIT + HEAD_LIMIT)
         registry.add_capability(
             "attachments", "Add file attachments to records", DOCS_URL, base_url=self.base_url
         )
@@ -487,7 +484,7 @@ class AttachmentPlugin:
         client could point its record at another record's file, and have it
         deleted with its own record.
         """
-        if getattr(req, "attachment_write", False):
+        if req.extras.get("attachment_write", False):
             return data
         old = existing.get(FIELD) if existing else None
         if FIELD not in data:
@@ -510,7 +507,7 @@ class AttachmentPlugin:
 
     async def parse(self, req: ApiRequest) -> Upload:
         boundary = boundary_of(req.header("Content-Type"))
-        source = getattr(req, "upload", None)
+        source = req.upload
         if source is None:
             # Reached without the spooled body (through the default bucket):
             # the body was read under the JSON size limit.
@@ -569,10 +566,10 @@ class AttachmentPlugin:
     async def attach(self, req: ApiRequest, loc) -> ApiResponse:
         # A request that runs again after a write conflict keeps its parsed,
         # stored upload (see JsonSyncApp.process).
-        upload: Upload | None = getattr(req, "attachment_upload", None)
+        upload: Upload | None = req.extras.get("attachment_upload")
         if upload is None:
             upload = await self.parse(req)
-            req.attachment_upload = upload
+            req.extras["attachment_upload"] = upload
         try:
             return await self._attach(req, loc, upload)
         except WriteConflict:
@@ -606,7 +603,7 @@ class AttachmentPlugin:
             upload.stored = name
             upload.close()
         attachment = self.describe(upload, self.store.url(upload.stored))
-        req.attachment_write = True
+        req.extras["attachment_write"] = True
         try:
             if existing is None:
                 record = {**data, FIELD: attachment}
@@ -617,7 +614,7 @@ class AttachmentPlugin:
                 new = await engine.validate(req, loc, record, existing)
                 response = await engine.replace(req, loc, existing, new, perms, replace_acl=False)
         finally:
-            req.attachment_write = False
+            req.extras["attachment_write"] = False
         obj = response.body["data"]
         return ApiResponse(obj[FIELD], 201, validators(obj["last_modified"]))
 
@@ -629,11 +626,11 @@ class AttachmentPlugin:
                 raise ObjectNotFound("attachment", loc.object_id)
             return ApiResponse(None, 204)
         base = {k: v for k, v in existing.items() if k not in ("last_modified", FIELD)}
-        req.attachment_write = True
+        req.extras["attachment_write"] = True
         try:
             new = await engine.validate(req, loc, base, existing)
             await engine.replace(req, loc, existing, new, None, replace_acl=False)
         finally:
-            req.attachment_write = False
+            req.extras["attachment_write"] = False
         # The file goes after the commit (FileJanitor), never before.
         return ApiResponse(None, 204)

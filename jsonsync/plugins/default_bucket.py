@@ -15,19 +15,17 @@ import hmac
 import re
 import uuid
 
-from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
-from werkzeug.exceptions import NotFound
+from zope.interface import implementer
 
-from jsonsync import events, jsonutil
+from jsonsync import events
 from jsonsync.auth import challenges
 from jsonsync.errors import (
     InvalidParameters,
-    MethodNotAllowed,
     ObjectExists,
-    RouteNotFound,
     Unauthenticated,
 )
 from jsonsync.http import API_PREFIX
+from jsonsync.interfaces import IJsonSyncPlugin
 from jsonsync.registry import Route
 from jsonsync.resources.engine import Engine
 from jsonsync.resources.model import NAME_PATTERN, Location
@@ -41,6 +39,7 @@ def default_bucket_id(secret: str, user_id: str) -> str:
     return str(uuid.UUID(hex=digest[:32]))
 
 
+@implementer(IJsonSyncPlugin)
 class DefaultBucketPlugin:
     name = "default_bucket"
     settings = {"default_bucket_hmac_secret": ""}
@@ -87,17 +86,8 @@ class DefaultBucketPlugin:
                 body = req.json()
                 if isinstance(body, dict) and isinstance(body.get("data"), dict) and body["data"].get("id") == "default":
                     body["data"]["id"] = bid
-                    req.body = jsonutil.dumps(body)
-                    req._json = body
-            try:
-                route, params = registry.app.match(target, req.method)
-            except NotFound:
-                raise RouteNotFound() from None
-            except WzMethodNotAllowed as e:
-                raise MethodNotAllowed(e.valid_methods or ()) from None
-            req.path = target
-            req.params = params
-            return await route.view(req)
+                    req.set_json(body)
+            return await registry.dispatch(req, target)
 
         registry.add_route(Route("/buckets/default", ALL_METHODS, view, "default-bucket", "resource",
                                  summary="The user's personal bucket"))
@@ -108,7 +98,7 @@ class DefaultBucketPlugin:
             if req.authenticated and "user" in doc:
                 doc["user"]["bucket"] = default_bucket_id(secret, req.user_id)
 
-        registry.hello_extensions.append(hello)
+        registry.add_hello_extension(hello)
         registry.add_capability(
             "default_bucket",
             "The default bucket is an alias for a personal bucket where collections are created implicitly.",

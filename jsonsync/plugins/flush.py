@@ -5,10 +5,14 @@ For test servers only: anyone may call it, so never include it in production.
 
 from __future__ import annotations
 
+from zope.interface import implementer
+
 from jsonsync.http import ApiResponse
+from jsonsync.interfaces import IJsonSyncPlugin
 from jsonsync.registry import Route
 
 
+@implementer(IJsonSyncPlugin)
 class FlushPlugin:
     name = "flush"
     settings: dict = {}

@@ -22,7 +22,7 @@ from zope.interface import implementer
 from jsonsync.config import Setting
 from jsonsync.errors import InvalidParameters, MethodNotAllowed, ParentNotFound
 from jsonsync.http import ApiRequest, ApiResponse
-from jsonsync.interfaces import IResourceListener
+from jsonsync.interfaces import IJsonSyncPlugin, IResourceListener
 from jsonsync.query import Filter, Op, Query, Sort
 from jsonsync.registry import Route
 from jsonsync.resources.engine import Engine
@@ -185,6 +185,7 @@ class HistoryListener:
         return None
 
 
+@implementer(IJsonSyncPlugin)
 class HistoryPlugin:
     name = "history"
     settings = {
@@ -202,7 +203,8 @@ class HistoryPlugin:
 
     def install(self, registry, settings):
         rt = dataclasses.replace(HISTORY, validators=[])
-        registry.add_resource_type(rt)
+        # Its routes are its own: a list to read and trim, no object endpoint.
+        registry.add_resource_type(rt, plural=False, single=False)
         engine = HistoryEngine(registry)
         registry.add_listener(HistoryListener(registry, settings))
 

@@ -23,12 +23,18 @@ from __future__ import annotations
 
 import time
 
+from zope.interface import implementer
+
+from jsonsync.interfaces import IJsonSyncPlugin
+
 try:
     from prometheus_client import CollectorRegistry, Counter, Histogram
     from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+    _AVAILABLE = True
 except ImportError:  # an optional dependency: say so at start, not with a traceback
-    CollectorRegistry = None
+    _AVAILABLE = False
 
 from jsonsync.config import ConfigurationError
 from jsonsync.http import ApiResponse
@@ -118,13 +124,14 @@ class Metrics:
         return ApiResponse(generate_latest(self.prometheus), 200, [("Content-Type", CONTENT_TYPE_LATEST)])
 
 
+@implementer(IJsonSyncPlugin)
 class PrometheusPlugin:
     name = "prometheus"
 
     @property
     def settings(self) -> dict:
         # Read while the configuration is checked: the place to refuse the start.
-        if CollectorRegistry is None:
+        if not _AVAILABLE:
             raise ConfigurationError(
                 ["plugin 'prometheus' needs the prometheus-client package (pip install 'jsonsync[prometheus]')"]
             )
@@ -132,12 +139,7 @@ class PrometheusPlugin:
 
     def install(self, registry, settings):
         metrics = Metrics(registry)
-        # The site reads request_observers when it is made (jsonsync.service).
-        observers = getattr(registry, "request_observers", None)
-        if observers is None:
-            observers = registry.request_observers = []
-        observers.append(metrics.observe)
-        registry.metrics = metrics
+        registry.add_request_observer(metrics.observe)
         registry.add_route(
             Route("/__metrics__", ("GET",), metrics.serve, "metrics", summary="Prometheus metrics", authenticate=False)
         )

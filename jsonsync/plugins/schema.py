@@ -14,8 +14,10 @@ from collections import OrderedDict
 import jsonschema
 from jsonschema.validators import validator_for
 from twisted.internet.threads import deferToThread
+from zope.interface import implementer
 
 from jsonsync.errors import InvalidParameters
+from jsonsync.interfaces import IJsonSyncPlugin
 
 _IGNORED = ("last_modified", "schema")
 _BIG = 20_000  # characters of repr: beyond this, validate in a thread
@@ -69,6 +71,7 @@ def _instance(data: dict, schema: dict) -> dict:
     return instance
 
 
+@implementer(IJsonSyncPlugin)
 class SchemaPlugin:
     name = "schema"
     settings: dict = {}

@@ -11,10 +11,8 @@ import dataclasses
 import jsonschema
 from twisted.internet.threads import deferToThread
 
-from jsonsync.errors import InvalidParameters, MethodNotAllowed, ParentNotFound
-from jsonsync.http import ApiRequest
-from jsonsync.registry import Registry, Route
-from jsonsync.resources.engine import Engine
+from jsonsync.errors import InvalidParameters
+from jsonsync.registry import Registry
 from jsonsync.resources.model import (
     MAX_PRINCIPAL_LENGTH,
     Location,
@@ -126,87 +124,8 @@ RECORD = ResourceType("record", "records", "collection", ("read", "write"), id_g
 CORE_TYPES = (BUCKET, COLLECTION, GROUP, RECORD)
 
 
-def lineage(registry: Registry, rt: ResourceType) -> list[ResourceType]:
-    """The types above C{rt}, top first."""
-    chain = []
-    parent = rt.parent
-    while parent is not None:
-        parent_type = registry.resource_types[parent]
-        chain.insert(0, parent_type)
-        parent = parent_type.parent
-    return chain
-
-
-def locate(registry: Registry, rt: ResourceType, params: dict, object_id: str | None) -> Location:
-    parent_uri = ""
-    ancestors = []
-    for parent_type in lineage(registry, rt):
-        oid = params[f"{parent_type.name}_id"]
-        if not parent_type.id_pattern.match(oid):
-            raise ParentNotFound(parent_type.name, oid)
-        ancestors.append((parent_type, oid))
-        parent_uri = f"{parent_uri}/{parent_type.plural}/{oid}"
-    return Location(rt, parent_uri, ancestors, object_id)
-
-
-def resource_routes(registry: Registry, engine: Engine, rt: ResourceType, *, plural=True) -> list[Route]:
-    """The plural and object routes of a resource type."""
-    base = "".join(f"/{t.plural}/<{t.name}_id>" for t in lineage(registry, rt))
-    plural_rule = f"{base}/{rt.plural}"
-
-    settings = registry.settings
-
-    def check_enabled(kind: str, method: str, allowed: tuple[str, ...]):
-        def enabled(m):
-            return settings.get(f"{kind}_{rt.name}_{('get' if m == 'HEAD' else m).lower()}_enabled", True)
-
-        if not enabled(method):
-            raise MethodNotAllowed(tuple(m for m in allowed if enabled(m)))
-
-    async def plural_view(req: ApiRequest):
-        check_enabled("plural", req.method, ("GET", "HEAD", "POST", "DELETE"))
-        loc = locate(registry, rt, req.params, None)
-        if req.method in ("GET", "HEAD"):
-            return await engine.get_plural(req, loc)
-        if req.method == "POST":
-            return await engine.post_plural(req, loc)
-        if req.method == "DELETE":
-            return await engine.delete_plural(req, loc)
-        raise MethodNotAllowed(("GET", "HEAD", "POST", "DELETE"))
-
-    async def object_view(req: ApiRequest):
-        check_enabled("object", req.method, ("GET", "HEAD", "PUT", "PATCH", "DELETE"))
-        loc = locate(registry, rt, req.params, req.params["id"])
-        method = req.method
-        if method in ("GET", "HEAD"):
-            return await engine.get_object(req, loc)
-        if method == "PUT":
-            return await engine.put_object(req, loc)
-        if method == "PATCH":
-            return await engine.patch_object(req, loc)
-        if method == "DELETE":
-            return await engine.delete_object(req, loc)
-        raise MethodNotAllowed(("GET", "HEAD", "PUT", "PATCH", "DELETE"))
-
-    routes = []
-    if plural:
-        routes.append(
-            Route(plural_rule, ("GET", "POST", "DELETE"), plural_view, f"{rt.name}-plural", "resource",
-                  f"List, create or delete {rt.plural}", resource=rt)
-        )
-    routes.append(
-        Route(f"{plural_rule}/<id>", ("GET", "PUT", "PATCH", "DELETE"), object_view, f"{rt.name}-object",
-              "resource", f"Read, replace, modify or delete one {rt.name}", resource=rt)
-    )
-    return routes
-
-
-def install(registry: Registry, engine: Engine):
+def install(registry: Registry):
     # Each server gets its own copies: plugins add validators to them.
-    types = [dataclasses.replace(rt, validators=list(rt.validators)) for rt in CORE_TYPES]
-    for rt in types:
-        registry.add_resource_type(rt)
-    registry.tree.add_root_permission("bucket:create")
-    for rt in types:
-        for route in resource_routes(registry, engine, rt):
-            registry.add_route(route)
+    for rt in CORE_TYPES:
+        registry.add_resource_type(dataclasses.replace(rt, validators=list(rt.validators)))
+    registry.add_root_permission("bucket:create")

@@ -54,7 +54,7 @@ def _id_schema(rt) -> dict:
 
 
 def _principals(nullable=True) -> dict:
-    schema = {"type": "array", "items": {"type": "string", "maxLength": MAX_PRINCIPAL_LENGTH}}
+    schema: dict[str, Any] = {"type": "array", "items": {"type": "string", "maxLength": MAX_PRINCIPAL_LENGTH}}
     if nullable:
         schema["nullable"] = True
     return schema
@@ -124,7 +124,7 @@ class _Builder:
                 },
             },
         }
-        sub = {
+        sub: dict[str, Any] = {
             "method": {"type": "string", "enum": ["GET", "HEAD", "DELETE", "TRACE", "POST", "PUT", "PATCH"]},
             "path": {"type": "string", "pattern": "^/"},
             "headers": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -180,13 +180,15 @@ class _Builder:
     def type_schemas(self, rt) -> dict[str, str]:
         """Request body schemas of a resource type; their names by use."""
         name = rt.name.replace(":", "_").capitalize()
-        perms = {
+        perms: dict[str, Any] = {
             "type": "object",
             "nullable": True,
             "additionalProperties": False,
             "properties": {p: _principals() for p in rt.permissions},
         }
-        data = {"type": "object", "properties": self.data_properties(rt), "additionalProperties": True}
+        data: dict[str, Any] = {
+            "type": "object", "properties": self.data_properties(rt), "additionalProperties": True
+        }
         # In PUT and PATCH the id is the URL's: a different one in the body is refused.
         put_data = dict(data, nullable=True, properties={k: v for k, v in data["properties"].items() if k != "id"})
         put_data["not"] = {"required": ["id"]}
@@ -204,7 +206,7 @@ class _Builder:
         self.schemas[f"{name}PatchPermissions"] = patch_perms
         for use, schema in (("Put", put_data), ("Post", post_data), ("Patch", patch_data)):
             self.schemas[f"{name}{use}Data"] = schema
-            body = {
+            body: dict[str, Any] = {
                 "type": "object",
                 "additionalProperties": False,
                 "properties": {
@@ -267,7 +269,7 @@ class _Builder:
         # Values more than a day ahead of the server's clock are refused: a
         # bound that moves with the clock, said in words, not as a maximum.
         # Kinto clients send them bare or quoted; _since=null is no filter.
-        timestamp = {"type": "string", "pattern": r'^"?[0-9]+"?$'}
+        timestamp: dict[str, Any] = {"type": "string", "pattern": r'^"?[0-9]+"?$'}
         since = {"type": "string", "pattern": r'^("?[0-9]+"?|null)?$'}
         if strict is not None:
             names = "|".join(sorted(strict))
@@ -369,7 +371,7 @@ class _Builder:
             methods.add("HEAD")
         for method in sorted(methods):
             op = self.operation(route, path, method, params)
-            body = {"type": "object"}
+            body: dict[str, Any] = {"type": "object"}
             if route.name == "batch":
                 op["requestBody"] = {"required": True, "content": _json(_ref("BatchRequest"))}
                 body = _ref("BatchResponse")
@@ -395,10 +397,12 @@ class _Builder:
                 op["responses"].update(_error_responses("413", "415"))
             self.add(path, method, op)
 
-    def route(self, route: Route, prefix_from: str | None = None, prefix_to: str | None = None):
+    def route(self, route: Route, alias: tuple[str, str] | None = None):
+        """Describe C{route}; C{alias} C{(prefix, stand_in)}: under C{stand_in} instead of its rule's C{prefix}."""
         rule = route.rule
-        if prefix_from is not None:
-            rule = prefix_to + rule[len(prefix_from):]
+        if alias is not None:
+            prefix, stand_in = alias
+            rule = stand_in + rule[len(prefix):]
         path = _RULE_PARAM.sub(lambda m: "{" + m.group(2) + "}", rule) or "/"
         params = [
             self.path_parameter(route.resource, m.group(2), m.group(1)) for m in _RULE_PARAM.finditer(rule)
@@ -418,11 +422,11 @@ class _Builder:
                 # C{/buckets/<bucket_id>} through its sub-path.
                 for target in routes:
                     if target.name == "bucket-object":
-                        self.route(target, "/buckets/<id>", "/buckets/default")
+                        self.route(target, ("/buckets/<id>", "/buckets/default"))
             elif route.name == "default-bucket-sub":
                 for target in routes:
                     if target.rule.startswith("/buckets/<bucket_id>/"):
-                        self.route(target, "/buckets/<bucket_id>", "/buckets/default")
+                        self.route(target, ("/buckets/<bucket_id>", "/buckets/default"))
             else:
                 self.route(route)
         doc: dict[str, Any] = {

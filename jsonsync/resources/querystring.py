@@ -242,7 +242,7 @@ def parse_list_request(
     token: str | None = None
     fields: list[str] | None = None
     deprecated_to = False
-    filter_params = []
+    filter_params: list[tuple[str, str]] = []
 
     for name, raw in params:
         if "\x00" in name or "\x00" in raw:
@@ -260,15 +260,15 @@ def parse_list_request(
             parts = [p.strip() for p in raw.split(",") if _SORT_TOKEN.match(p.strip())]
             if len(parts) > limits.max_sort_fields:
                 raise _bad("_sort", f"Invalid value for _sort: more than {limits.max_sort_fields} fields")
-            result = []
+            order: list[Sort] = []
             for part in parts:
                 direction = -1 if part.startswith("-") else 1
                 fieldname = part.lstrip("+-")
                 _check_path("_sort", fieldname, limits)
                 if strict_fields is not None and fieldname.split(".")[0] not in strict_fields:
                     raise _bad("_sort", f"Unknown sort field '{fieldname}'")
-                result.append(Sort(fieldname, direction))
-            sorting = tuple(result)
+                order.append(Sort(fieldname, direction))
+            sorting = tuple(order)
         elif name == "_fields":
             fields = _fields_of(raw, strict_fields, limits)
         elif name in ("_since", "_before", "_to"):
@@ -305,7 +305,9 @@ def parse_list_request(
 
     include_deleted = any(f.field == "last_modified" for f in filters)
     query = Query(filters=filters, sorting=sorting, limit=effective, include_deleted=include_deleted)
-    result = ListRequest(query, effective, fields, deprecated_to, bool(token), filter_params)
+    result = ListRequest(
+        query, effective, fields, deprecated_to, token_given=bool(token), filters_params=filter_params
+    )
     if token:
         payload = decode_token(token, sorting, limits)
         last = payload["last_object"]

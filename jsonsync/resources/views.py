@@ -13,8 +13,6 @@ from email.utils import formatdate
 from urllib.parse import unquote
 
 from twisted.internet import defer
-from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
-from werkzeug.exceptions import NotFound
 
 from jsonsync import __version__, events, jsonutil
 from jsonsync.auth import challenges, ensure_principals
@@ -25,11 +23,10 @@ from jsonsync.errors import (
     RouteNotFound,
     Unauthenticated,
 )
-from jsonsync.http import API_PREFIX, ApiRequest, ApiResponse, check_content_type
+from jsonsync.http import API_PREFIX, ApiRequest, ApiResponse, check_content_type, parse_query
 from jsonsync.query import Query, Sort, matches_all, ordering_key
 from jsonsync.registry import Registry, Route
 from jsonsync.resources import querystring
-from jsonsync.resources.model import Location
 from jsonsync.resources.openapi import openapi_document
 
 PUBLIC_SETTINGS = ("batch_max_requests", "readonly", "explicit_permissions")
@@ -193,8 +190,6 @@ class ServiceViews:
                 raise InvalidParameters("body", f"{where}.body", f"{where}.body in body: should be an object")
 
     async def _run_subrequest(self, outer: ApiRequest, sub: dict) -> dict:
-        from jsonsync.http import parse_query
-
         method = sub.get("method", "GET").upper()
         raw_path, _, raw_query = sub["path"].partition("?")
         raw_path = unquote(raw_path)
@@ -242,11 +237,7 @@ class ServiceViews:
         for candidate in candidates:
             try:
                 route, params = app.match(candidate, method)
-            except NotFound:
-                continue
-            except WzMethodNotAllowed as e:
-                raise MethodNotAllowed(e.valid_methods or ()) from None
-            except Exception:
+            except (RouteNotFound, InvalidParameters):
                 continue
             if route.name == "batch":
                 raise InvalidParameters("body", "path", "Recursive call on /batch endpoint is forbidden.")
@@ -375,7 +366,7 @@ class ServiceViews:
             acl = await store.get_object_permissions(req.txn, uri)
             if acl.get("write") != {principal}:
                 continue
-            loc = self._location(uri)
+            loc = self.registry.location(uri)
             if loc is None:
                 continue
             existing = await self.registry.storage.get(req.txn, loc.resource.name, loc.parent_uri, loc.object_id)
@@ -385,22 +376,6 @@ class ServiceViews:
             events.notify(req, "delete", loc, [{"new": tomb, "old": existing}], tomb["last_modified"])
         await store.remove_principal(req.txn, principal)
         return ApiResponse({"data": {"principal": principal}})
-
-    def _location(self, uri: str) -> Location | None:
-        by_plural = {rt.plural: rt for rt in self.registry.resource_types.values()}
-        parts = uri.strip("/").split("/")
-        if len(parts) % 2:
-            return None
-        ancestors = []
-        parent = ""
-        for i in range(0, len(parts) - 2, 2):
-            rt = by_plural.get(parts[i])
-            if rt is None:
-                return None
-            ancestors.append((rt, parts[i + 1]))
-            parent = f"{parent}/{parts[i]}/{parts[i + 1]}"
-        rt = by_plural.get(parts[-2])
-        return None if rt is None else Location(rt, parent, ancestors, parts[-1])
 
     def _permission_entry(self, uri: str, perms: set[str]) -> dict | None:
         tree = self.registry.tree

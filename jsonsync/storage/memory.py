@@ -19,13 +19,14 @@ from __future__ import annotations
 import copy
 import weakref
 from bisect import bisect_left, bisect_right, insort
+from collections.abc import Mapping, Set
 from typing import Any, Literal, overload
 
 from twisted.internet.defer import DeferredLock
 from zope.interface import implementer
 
 from jsonsync.errors import ObjectExists, ObjectNotFound, WriteConflict
-from jsonsync.interfaces import IPermissionStore, IStorage
+from jsonsync.interfaces import IPermissionStore, IStorage, IStorageBackend
 from jsonsync.query import (
     Filter,
     Op,
@@ -378,7 +379,7 @@ class MemoryPermissions(_MemoryBase):
         self._members.clear()
 
     # -- journalled primitives ---------------------------------------------------
-    def _shared(self, perms: dict[str, set[str]]) -> _ACL:
+    def _shared(self, perms: Mapping[str, Set[str]]) -> _ACL:
         """
         One immutable copy per distinct ACL: most objects carry the same one
         (their creator's write), so 100,000 records hold one ACL, not 100,000.
@@ -390,7 +391,7 @@ class MemoryPermissions(_MemoryBase):
             self._acl_pool[key] = found
         return found
 
-    def _set_aces(self, uri: str, perms: dict[str, set[str]] | None):
+    def _set_aces(self, uri: str, perms: Mapping[str, Set[str]] | None):
         prefix, _, child = uri.rpartition("/")
         prefix += "/"
         if perms:
@@ -404,10 +405,10 @@ class MemoryPermissions(_MemoryBase):
                 if not siblings:
                     del self._children[prefix]
 
-    async def _change_aces(self, txn, uri: str, perms: dict[str, set[str]] | None):
+    async def _change_aces(self, txn, uri: str, perms: Mapping[str, Set[str]] | None):
         journal = await self._journal(txn)
-        stored = self._aces.get(uri)
-        old = {p: set(s) for p, s in stored.items()} if stored is not None else None
+        # The stored ACL is never modified in place: undo can put it back as it is.
+        old = self._aces.get(uri)
         journal.undo.append(lambda: self._set_aces(uri, old))
         self._set_aces(uri, perms)
 
@@ -502,8 +503,8 @@ class MemoryPermissions(_MemoryBase):
             await self._change_member(txn, member, self._members[member] - {principal})
         touched = [u for u, perms in self._aces.items() if any(principal in s for s in perms.values())]
         for uri in touched:
-            remaining = {p: set(s) - {principal} for p, s in self._aces[uri].items()}
-            await self._change_aces(txn, uri, {p: s for p, s in remaining.items() if s} or None)
+            perms = {p: s - {principal} for p, s in self._aces[uri].items()}
+            await self._change_aces(txn, uri, {p: s for p, s in perms.items() if s} or None)
 
     async def remove_principal_prefix(self, txn, prefix):
         for member in list(self._members):
@@ -513,6 +514,7 @@ class MemoryPermissions(_MemoryBase):
                 await self._change_member(txn, member, kept)
 
 
+@implementer(IStorageBackend)
 class MemoryBackend:
     """Builds the memory storage and permission store (sharing one write lock)."""
 

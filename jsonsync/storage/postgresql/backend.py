@@ -13,10 +13,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from zope.interface import alsoProvides
+from zope.interface import alsoProvides, implementer
 
 from jsonsync.errors import BackendUnavailable
-from jsonsync.interfaces import IRequestPrefetch
+from jsonsync.interfaces import IRequestPrefetch, IStorageBackend
 from jsonsync.storage.postgresql.permissions import PostgresPermissions
 from jsonsync.storage.postgresql.pool import Pool
 from jsonsync.storage.postgresql.schema import apply_schema, check_url, redact
@@ -26,6 +26,7 @@ from jsonsync.storage.postgresql.storage import PostgresStorage
 _log = Logger()
 
 
+@implementer(IStorageBackend)
 class PostgresBackend:
     """
     Builds the PostgreSQL storage and permission store. When both use the
