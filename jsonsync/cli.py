@@ -212,15 +212,15 @@ def cmd_migrate(args) -> str:
         done = []
         for url in urls:
             try:
-                postgresql._check_url(url)
+                postgresql.check_url(url)
                 version = await postgresql.migrate(url, reactor)
             except ValueError as e:
                 raise Failed(str(e)) from None
             except BackendUnavailable as e:
                 raise Failed(
-                    f"database unreachable ({postgresql._redact(url)}): {e.__cause__ or e}"
+                    f"database unreachable ({postgresql.redact(url)}): {e.__cause__ or e}"
                 ) from None
-            done.append(f"{postgresql._redact(url)}: schema at version {version}")
+            done.append(f"{postgresql.redact(url)}: schema at version {version}")
         return "\n".join(done)
 
     return _run(apply)
@@ -331,7 +331,7 @@ def cmd_purge_deleted(args) -> str:
         raise Failed(f"purge-deleted does not know the {settings['storage_backend']!r} backend")
     url = settings["storage_url"]
     try:
-        postgresql._check_url(url)
+        postgresql.check_url(url)
     except ValueError as e:
         raise Failed(str(e)) from None
     import psycopg2
@@ -346,7 +346,7 @@ def cmd_purge_deleted(args) -> str:
             count = cur.rowcount
         conn.close()
     except psycopg2.Error as e:
-        raise Failed(f"purge failed ({postgresql._redact(url)}): {str(e).strip()}") from None
+        raise Failed(f"purge failed ({postgresql.redact(url)}): {str(e).strip()}") from None
     return f"removed {count} tombstone(s) older than {cutoff.isoformat(timespec='seconds')}"
 
 

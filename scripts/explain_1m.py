@@ -22,7 +22,8 @@ import psycopg2
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 
 from jsonsync.query import Filter, Op, Query, Sort, keyset_rules  # noqa: E402
-from jsonsync.storage.postgresql import _build_select, _schema_scripts  # noqa: E402
+from jsonsync.storage.postgresql.schema import schema_scripts  # noqa: E402
+from jsonsync.storage.postgresql.select import build_select  # noqa: E402
 
 SCHEMA = "jsonsync_explain_1m"
 R = "record"
@@ -41,7 +42,7 @@ def main():
     cur = conn.cursor()
     cur.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA}")
     cur.execute(f"SET search_path = {SCHEMA}")
-    for _, _, sql in _schema_scripts():
+    for _, _, sql in schema_scripts():
         cur.execute(sql)
     started = time.monotonic()
     n = args.rows
@@ -113,7 +114,7 @@ def main():
         ),
     ]
     for title, query, what, listing in cases:
-        sql, params = _build_select(what, R, P, query, listing=listing)
+        sql, params = build_select(what, R, P, query, listing=listing)
         explain(cur, title, sql, params)
     explain(
         cur,

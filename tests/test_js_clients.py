@@ -15,9 +15,9 @@ import urllib.request
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from tests.pg import SKIP as PG_SKIP
+from tests.pg import scratch_url
 from tests.test_postgresql_processes import TWIST, free_port
-from tests.test_storage_postgresql import SKIP as PG_SKIP
-from tests.test_storage_postgresql import scratch_url
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JS = os.path.join(HERE, "js")

@@ -18,12 +18,12 @@ import orjson
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
-from jsonsync import testing
 from jsonsync.registry import configure, discover
+from tests import pg
 from tests.test_smoke_network import TWIST, VENV_BIN, _ServerTest, clean_env
 
 JSONSYNC = os.path.join(VENV_BIN, "jsonsync")
-PG_URL = testing.TEST_POSTGRESQL_URL
+PG_URL = pg.URL
 # A process still running after this long has not exited on its failure:
 # the test fails instead of hanging (no speed is measured here).
 PATIENCE = 60
@@ -65,9 +65,7 @@ def write_ini(test, text: str) -> str:
 def need_postgresql(test):
     # Like every PostgreSQL test: the test database by default, skipped only
     # where it does not answer (never under CI).
-    reason = testing.postgresql_unavailable()
-    if reason and not os.environ.get("CI"):
-        raise unittest.SkipTest(reason)
+    pg.require(test)
 
 
 PG_SETTINGS = ["-s", "storage_backend=postgresql", "-s", "permission_backend=postgresql"]

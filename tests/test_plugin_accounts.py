@@ -5,9 +5,7 @@ HTTP (L{jsonsync.testing.StubClient}).
 
 from __future__ import annotations
 
-import os
 import threading
-from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
@@ -19,6 +17,7 @@ from jsonsync.config import ConfigurationError
 from jsonsync.plugins import accounts
 from jsonsync.registry import discover
 from jsonsync.testing import StubClient, build_app
+from tests import pg
 
 SETTINGS = {
     "includes": "accounts",
@@ -721,42 +720,11 @@ class ConfigurationTests(TestCase):
 
 # The same behaviour on PostgreSQL, in a database of its own so that test
 # runs of other modules cannot flush it under our feet.
-_BASE_URL = os.environ.get(
-    "JSONSYNC_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-_PARTS = urlsplit(_BASE_URL)
-PG_URL = os.environ.get(
-    "JSONSYNC_TEST_ACCOUNTS_POSTGRESQL_URL",
-    urlunsplit(_PARTS._replace(path="/jsonsync_accounts_test")),
-)
-
-
-def _pg_skip() -> str | None:
-    try:
-        import psycopg2
-
-        conn = psycopg2.connect(_BASE_URL, connect_timeout=3)
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT 1 FROM pg_database WHERE datname = %s",
-                    (urlsplit(PG_URL).path.lstrip("/"),),
-                )
-                if cur.fetchone() is None:
-                    cur.execute(f'CREATE DATABASE "{urlsplit(PG_URL).path.lstrip("/")}"')
-        finally:
-            conn.close()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no database here"
-        return None if os.environ.get("CI") else f"PostgreSQL not reachable at {_BASE_URL}: {exc}"
-    return None
-
-
 def _pg_lock():
     """A connection holding the session lock of this module's database (blocking)."""
     import psycopg2
 
-    conn = psycopg2.connect(PG_URL, connect_timeout=3)
+    conn = psycopg2.connect(pg.ACCOUNTS_URL, connect_timeout=3)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_lock(%s, %s)", _LOCK_KEY)
@@ -766,8 +734,8 @@ def _pg_lock():
 # Two-integer key: that space never meets the per-list locks of the backend
 # (bigint keys), and differs from its schema lock.
 _LOCK_KEY = (0x6A73, 0x6163)
-_PG = {"storage_backend": "postgresql", "permission_backend": "postgresql", "storage_url": PG_URL}
-_PG_SKIP = _pg_skip()
+_PG = {"storage_backend": "postgresql", "permission_backend": "postgresql", "storage_url": pg.ACCOUNTS_URL}
+_PG_SKIP = pg.prepare_accounts_database()
 
 for _case in (
     SignupTests,

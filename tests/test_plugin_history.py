@@ -7,13 +7,13 @@ trimming, exclusions and the collection snapshot at a timestamp.
 from __future__ import annotations
 
 import datetime
-import os
 
 from zope.interface import implementer
 
 from jsonsync.errors import ListenerRejected
 from jsonsync.interfaces import IResourceListener
 from jsonsync.testing import ClientTestCase, StubClient, basicauth_id, build_app
+from tests import pg
 
 uid = basicauth_id
 
@@ -38,19 +38,6 @@ class Rejecter:
 
     async def after_commit(self, event):
         return None
-
-
-PG_URL = os.environ.get("JSONSYNC_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _pg_skip() -> str | None:
-    try:
-        import psycopg2
-
-        psycopg2.connect(PG_URL, connect_timeout=3).close()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no database here"
-        return None if os.environ.get("CI") else f"PostgreSQL not reachable at {PG_URL}: {exc}"
-    return None
 
 
 class _Base(ClientTestCase):
@@ -549,8 +536,8 @@ class TrimUsersTests(_Base):
 
 # The same tests on PostgreSQL, where the nested filters and sorts of the
 # history queries (C{target.data.last_modified}, C{in_user_id}) are SQL.
-_PG = {"storage_backend": "postgresql", "permission_backend": "postgresql", "storage_url": PG_URL}
-_PG_SKIP = _pg_skip()
+_PG = {"storage_backend": "postgresql", "permission_backend": "postgresql", "storage_url": pg.URL}
+_PG_SKIP = pg.SKIP
 
 for _case in (
     EntriesTests,

@@ -15,7 +15,7 @@ from twisted.trial.unittest import TestCase
 
 from jsonsync.errors import BackendUnavailable, InvalidParameters
 from jsonsync.query import Filter, Op, Query, Sort
-from tests.test_storage_postgresql import SKIP, open_backend, scratch_url
+from tests.pg import SKIP, open_backend, scratch_url
 
 R = "record"
 P = "/buckets/b/collections/concurrency"
@@ -56,7 +56,7 @@ class ConcurrentWritersTests(TestCase):
                     made.append(await storage.create(txn, R, P, {"id": f"w{n}-{i}", "n": n}))
                 # Keep the list lock a while: the window in which a reader
                 # could see a later timestamp before this one commits.
-                unit = await storage._unit(txn)
+                unit = await storage.unit(txn)
                 await unit.execute("SELECT pg_sleep(%s)", (rng.random() * 0.01,))
             except BaseException as exc:
                 await txn.rollback()
@@ -158,7 +158,7 @@ class SharedTransactionTests(TestCase):
         txn = self.storage.transaction()
         await self.storage.create(txn, R, P, {"id": "a"})
         await self.permissions.replace_object_permissions(txn, P + "/records/a", {"read": ["u"]})
-        self.assertIs(self.storage._pool, self.permissions._pool)
+        self.assertIs(self.storage.pool, self.permissions.pool)
         self.assertEqual(len(txn._order), 1)
         # Reads after a write in the transaction see that write.
         self.assertIsNotNone(await self.storage.get(txn, R, P, "a"))
@@ -180,7 +180,7 @@ class SharedTransactionTests(TestCase):
             txn = self.storage.transaction()
             await self.storage.create(txn, R, P, {"id": f"r{i}"})
             await txn.rollback()
-        self.assertEqual(len(self.storage._pool._idle), 2)
+        self.assertEqual(self.storage.pool.idle_count(), 2)
         txn = self.storage.transaction()
         self.assertEqual(await self.storage.count(txn, R, P, Query()), 0)
         await txn.rollback()
@@ -192,7 +192,7 @@ class SharedTransactionTests(TestCase):
             # NUL is valid JSON but PostgreSQL's JSONB refuses it.
             await self.storage.create(txn, R, P, {"id": "b", "bad": "\u0000"})
         await txn.rollback()
-        self.assertEqual(len(self.storage._pool._idle), 2)
+        self.assertEqual(self.storage.pool.idle_count(), 2)
         check = self.storage.transaction()
         self.assertIsNone(await self.storage.get(check, R, P, "a"))
         await check.rollback()

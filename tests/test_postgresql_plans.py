@@ -18,9 +18,9 @@ from __future__ import annotations
 from twisted.trial.unittest import TestCase
 
 from jsonsync import testing
-from jsonsync.storage import _statistics, postgresql
-from jsonsync.storage.postgresql import _array_literal, _pieces, _prepared_form
-from tests.test_storage_postgresql import SKIP, scratch_url
+from jsonsync.storage.postgresql import driver, group, statistics
+from jsonsync.storage.postgresql.statements import PLACEHOLDER, array_literal, pieces, prepared_form
+from tests.pg import SKIP, scratch_url
 
 P = "/buckets/b/collections/c"
 RECORDS = "/v1/buckets/b/collections/c/records"
@@ -41,18 +41,18 @@ _FILL = (
 
 
 class _Capture:
-    """The statements the storage sends (at L{postgresql._execute}) while installed."""
+    """The statements the storage sends (at L{driver.execute}) while installed."""
 
     def __init__(self, test: TestCase):
         self.sent: list[tuple[str, object, bool]] = []
-        real = postgresql._execute
+        real = driver.execute
 
         async def capturing(conn, sql, params=None, generation=None, prepare=False, prefix=""):
             if "objects" in sql and "pg_class" not in sql:
                 self.sent.append((sql, params, prepare))
             return await real(conn, sql, params, generation, prepare, prefix)
 
-        test.patch(postgresql, "_execute", capturing)
+        test.patch(driver, "execute", capturing)
 
 
 class FreshDataPlanTests(TestCase):
@@ -62,7 +62,7 @@ class FreshDataPlanTests(TestCase):
     async def setUp(self):
         # Every request may check the table sizes (the server checks at most
         # once a second): the test then needs no clock.
-        self.patch(_statistics, "CHECK_INTERVAL", 0)
+        self.patch(statistics, "CHECK_INTERVAL", 0)
         url = await scratch_url(self)
         self.app = await testing.build_app(
             {
@@ -76,7 +76,7 @@ class FreshDataPlanTests(TestCase):
         )
         self.addCleanup(testing._close_apps)
         self.storage = self.app.registry.storage
-        self.pool = self.storage._pool
+        self.pool = self.storage.pool
         self.alice = testing.StubClient(self.app).as_user("alice")
 
     async def ok(self, response, status=(200, 201)):
@@ -100,23 +100,23 @@ class FreshDataPlanTests(TestCase):
         positional = None if isinstance(params, dict) else list(params or ())
         conn = await self.pool.checkout()
         try:
-            for piece in _pieces(sql):
+            for piece in pieces(sql):
                 if prepare:
-                    name, _, order = _prepared_form(piece)
+                    name, _, order = prepared_form(piece)
                     if positional is None:
                         mine = [params[k] for k in order]
                     else:
                         mine, positional[: len(order)] = positional[: len(order)], []
-                    values = [_array_literal(v) if isinstance(v, (list, tuple)) else v for v in mine]
+                    values = [array_literal(v) if isinstance(v, (list, tuple)) else v for v in mine]
                     args = f" ({', '.join(['%s'] * len(values))})" if values else ""
-                    rows, _ = await postgresql._execute(conn, f"EXPLAIN EXECUTE {name}{args}", values)
+                    rows, _ = await driver.execute(conn, f"EXPLAIN EXECUTE {name}{args}", values)
                 else:
-                    count = len(postgresql._PLACEHOLDER.findall(piece))
+                    count = len(PLACEHOLDER.findall(piece))
                     if positional is None:
                         mine = params
                     else:
                         mine, positional[:count] = positional[:count], []
-                    rows, _ = await postgresql._execute(conn, "EXPLAIN " + piece, mine)
+                    rows, _ = await driver.execute(conn, "EXPLAIN " + piece, mine)
                 plans.append("\n".join(r[0] for r in rows))
         finally:
             self.pool.release(conn, poke=False)
@@ -142,7 +142,7 @@ class FreshDataPlanTests(TestCase):
             "get one": lambda s: "array_agg(o.data" in s and "string_agg" not in s,
             "list page": lambda s: "string_agg" in s and "last_modified >" not in s,
             "_since page": lambda s: "string_agg" in s and "last_modified >" in s,
-            "write": lambda s: s == postgresql._GROUP_WRITE,
+            "write": lambda s: s == group.GROUP_WRITE,
         }
         seen = set()
         for sql, params, prepare in capture.sent:
@@ -164,7 +164,7 @@ class StatisticsKeeperTests(TestCase):
             {"storage_backend": "postgresql", "permission_backend": "postgresql", "storage_url": url}
         )
         self.addCleanup(testing._close_apps)
-        self.pool = self.app.registry.storage._pool
+        self.pool = self.app.registry.storage.pool
         self.keeper = self.pool.statistics
         await self.keeper.idle()
         # Checks run when the test says, not after each statement.
@@ -182,7 +182,7 @@ class StatisticsKeeperTests(TestCase):
 
     def test_growth_rule(self):
         rows = [("small", 0, 15), ("new", 0, 16), ("same", 100, 150), ("doubled", 100, 201), ("never", -1, 40)]
-        self.assertEqual(_statistics.grown(rows), ["doubled", "never", "new"])
+        self.assertEqual(statistics.grown(rows), ["doubled", "never", "new"])
 
     async def test_small_tables_are_left_alone(self):
         await self.fill(20)
@@ -208,9 +208,9 @@ class StatisticsKeeperTests(TestCase):
         other = Connection(reactor)
         await other.connect(self.pool.url)
         self.addCleanup(other.close)
-        await other.runQuery("SELECT pg_advisory_lock(%s, %s)", _statistics._LOCK)
+        await other.runQuery("SELECT pg_advisory_lock(%s, %s)", statistics.LOCK)
         await self.keeper.check()
         self.assertEqual(self.keeper.analysed, 0)
-        await other.runQuery("SELECT pg_advisory_unlock(%s, %s)", _statistics._LOCK)
+        await other.runQuery("SELECT pg_advisory_unlock(%s, %s)", statistics.LOCK)
         await self.keeper.check()
         self.assertEqual(self.keeper.analysed, 1)

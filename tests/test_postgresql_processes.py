@@ -24,8 +24,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
+from tests.pg import SKIP, scratch_url
 from tests.test_postgresql_recovery import Proxy
-from tests.test_storage_postgresql import SKIP, scratch_url
 
 TWIST = os.path.join(os.path.dirname(sys.executable), "twist")
 AUTH = {b"Authorization": [b"Basic " + base64.b64encode(b"writer:pw")], b"Content-Type": [b"application/json"]}

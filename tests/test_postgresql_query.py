@@ -13,8 +13,8 @@ from twisted.trial.unittest import TestCase
 
 from jsonsync.query import MISSING, Filter, Op, Query, Sort, keyset_rules
 from jsonsync.storage.memory import MemoryBackend
-from jsonsync.storage.postgresql import _build_select
-from tests.test_storage_postgresql import SKIP, open_backend
+from jsonsync.storage.postgresql.select import build_select
+from tests.pg import SKIP, open_backend
 
 R = "record"
 P = "/buckets/b/collections/query"
@@ -178,7 +178,7 @@ class IndexUsageTests(TestCase):
         await self.storage.flush()
         self.addCleanup(self.storage.flush)
         txn = self.storage.transaction()
-        unit = await self.storage._unit(txn)
+        unit = await self.storage.unit(txn)
         await unit.execute(
             "INSERT INTO objects (resource_name, parent_id, id, last_modified, data)"
             " SELECT 'record', '/buckets/b/collections/c' || (i % 10), 'r' || i, i,"
@@ -190,13 +190,13 @@ class IndexUsageTests(TestCase):
 
     async def plan(self, sql, params) -> str:
         txn = self.storage.transaction()
-        unit = await self.storage._unit(txn)
+        unit = await self.storage.unit(txn)
         rows, _ = await unit.execute("SET LOCAL enable_seqscan = off; EXPLAIN " + sql, params)
         await txn.rollback()
         return "\n".join(r[0] for r in rows)
 
     async def assert_index_walk(self, query: Query, what="o.data", sort_free=True):
-        sql, params = _build_select(
+        sql, params = build_select(
             what, R, "/buckets/b/collections/c3", query, listing=what == "o.data"
         )
         plan = await self.plan(sql, params)
@@ -232,7 +232,7 @@ class IndexUsageTests(TestCase):
         )
 
     async def test_count(self):
-        sql, params = _build_select(
+        sql, params = build_select(
             "count(*)", R, "/buckets/b/collections/c3", Query(), listing=False
         )
         plan = await self.plan(sql, params)

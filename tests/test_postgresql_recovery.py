@@ -11,7 +11,7 @@ sessions with C{pg_terminate_backend}.
 from __future__ import annotations
 
 import time
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from twisted.internet import protocol, reactor
 from twisted.internet.task import deferLater
@@ -21,17 +21,10 @@ from txpostgres.txpostgres import Connection
 
 from jsonsync.errors import BackendUnavailable
 from jsonsync.query import Query
-from tests.test_storage_postgresql import SKIP, URL, open_backend, scratch_url, with_query
+from tests.pg import SKIP, URL, open_backend, scratch_url, with_port, with_query
 
 R = "record"
 P = "/buckets/b/collections/recovery"
-
-
-def with_port(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0] + "@" if len(netloc) == 2 else ""
-    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{port}"))
 
 
 class _TrackedProxyServer(ProxyServer):
@@ -176,7 +169,7 @@ class KilledSessionsTests(TestCase):
         await txn.rollback()
         # Every connection heals, not just the first one.
         await sleep(1)
-        self.assertTrue(all(c.usable() for c in storage._pool.connections))
+        self.assertTrue(all(c.usable() for c in storage.pool.connections))
 
 
 class OutageTests(TestCase):
@@ -216,7 +209,7 @@ class OutageTests(TestCase):
         started = time.monotonic()
         storage, permissions = await open_backend(self, proxy.url())
         self.assertLess(time.monotonic() - started, 5, "opening waited for the database")
-        self.assertFalse(storage._pool.schema_ready)
+        self.assertFalse(storage.pool.schema_ready)
         with self.assertRaises(BackendUnavailable):
             await round_trip(storage, 0)
         self.assertFalse(await storage.heartbeat())
@@ -225,7 +218,7 @@ class OutageTests(TestCase):
         seconds, _ = await wait_until_working(storage)
         print(f"\n  usable {seconds:.2f}s after the database came up")
         self.assertLess(seconds, 5)
-        self.assertTrue(storage._pool.schema_ready)
+        self.assertTrue(storage.pool.schema_ready)
         await storage.flush()
 
     async def test_heartbeat_times_out_on_a_silent_server(self):

@@ -9,8 +9,8 @@ commits less (or more) than the request meant.
     is held for that one round trip;
   - a refused create that carried other writes commits none of them.
 
-Round trips are counted at L{jsonsync.storage.postgresql._execute}, the one
-place every statement goes through; the database itself is real.
+Round trips are counted at L{jsonsync.storage.postgresql.driver.execute}, the
+one place every statement goes through (its documented hook point); the database itself is real.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from twisted.trial.unittest import TestCase
 
 from jsonsync.errors import ObjectExists
 from jsonsync.query import Query
-from jsonsync.storage import postgresql
+from jsonsync.storage.postgresql import driver
 from jsonsync.testing import ClientTestCase, basicauth_id
-from tests.test_storage_postgresql import SKIP, open_backend
+from tests.pg import SKIP, open_backend
 
 R, P = "record", "/buckets/b/collections/c"
 
@@ -32,13 +32,13 @@ class _Counting:
 
     def install(self, test: TestCase) -> list[str]:
         sent: list[str] = []
-        real = postgresql._execute
+        real = driver.execute
 
         async def counting(conn, sql, *args, **kwargs):
             sent.append(sql)
             return await real(conn, sql, *args, **kwargs)
 
-        test.patch(postgresql, "_execute", counting)
+        test.patch(driver, "execute", counting)
         return sent
 
 
@@ -364,7 +364,7 @@ class ObjectBodyTests(_Fixture):
         )
         await self.committed(lambda t: self.storage.create(t, R, P, {"id": "d"}))
         await self.committed(lambda t: self.storage.delete(t, R, P, "d"))
-        rows, _ = await self.storage._pool.run("SELECT id, body FROM objects")
+        rows, _ = await self.storage.pool.run("SELECT id, body FROM objects")
         self.assertEqual({oid for oid, body in rows if body is None}, set())  # every writer fills it
         listed = {o["id"]: o for o in await self.listed()}
         self.assertEqual(listed["a"], made)
@@ -375,7 +375,7 @@ class ObjectBodyTests(_Fixture):
 
     async def test_rows_written_before_version_2_are_read_from_jsonb(self):
         await self.committed(lambda t: self.storage.create(t, R, P, {"id": "old", "v": 1}))
-        await self.storage._pool.run("UPDATE objects SET body = NULL WHERE id = 'old'")
+        await self.storage.pool.run("UPDATE objects SET body = NULL WHERE id = 'old'")
         listed = {o["id"]: o for o in await self.listed()}
         self.assertEqual(listed["old"]["v"], 1)
         self.assertIn("last_modified", listed["old"])

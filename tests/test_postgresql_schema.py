@@ -9,36 +9,25 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
-from txpostgres.txpostgres import Connection
 
 from jsonsync.errors import BackendUnavailable
 from jsonsync.query import Query
-from jsonsync.storage.postgresql import _schema_scripts, migrate
-from tests.test_postgresql_recovery import with_port
-from tests.test_storage_postgresql import SKIP, URL, open_backend, with_query
+from jsonsync.storage.postgresql import migrate
+from jsonsync.storage.postgresql.schema import schema_scripts
+from tests.pg import SKIP, URL, open_backend, scratch_schema, with_port
 
 
 class SchemaTests(TestCase):
     skip = SKIP
 
     async def setUp(self):
-        self.schema = "jsonsync_test_" + uuid.uuid4().hex[:10]
-        self.admin = Connection(reactor)
-        await self.admin.connect(URL)
-        self.addCleanup(self.admin.close)
-        await self.admin.runOperation(f"CREATE SCHEMA {self.schema}")
-
-        async def drop():
-            await self.admin.runOperation(f"DROP SCHEMA {self.schema} CASCADE")
-
-        self.addCleanup(drop)
-        self.url = with_query(URL, options=f"-csearch_path%3D{self.schema}")
+        scratch = await scratch_schema(self)
+        self.schema, self.url, self.admin = scratch.schema, scratch.url, scratch.admin
 
     async def tables(self) -> set[str]:
         rows = await self.admin.runQuery(
@@ -54,7 +43,7 @@ class SchemaTests(TestCase):
         return [r[0] for r in rows]
 
     async def test_migrate_is_idempotent(self):
-        latest = _schema_scripts()[-1][0]
+        latest = schema_scripts()[-1][0]
         self.assertEqual(await migrate(self.url, reactor), latest)
         self.assertEqual(await migrate(self.url, reactor), latest)
         self.assertEqual(
@@ -67,15 +56,15 @@ class SchemaTests(TestCase):
                 "user_principals",
             },
         )
-        self.assertEqual(await self.versions(), [v for v, _, _ in _schema_scripts()])
+        self.assertEqual(await self.versions(), [v for v, _, _ in schema_scripts()])
 
     async def test_concurrent_migrations_apply_each_script_once(self):
         results = await gatherResults(
             [Deferred.fromCoroutine(migrate(self.url, reactor)) for _ in range(4)]
         )
-        latest = _schema_scripts()[-1][0]
+        latest = schema_scripts()[-1][0]
         self.assertEqual(results, [latest] * 4)
-        self.assertEqual(await self.versions(), [v for v, _, _ in _schema_scripts()])
+        self.assertEqual(await self.versions(), [v for v, _, _ in schema_scripts()])
 
     async def test_backends_opening_together(self):
         """Several servers starting at once on an empty database."""
@@ -83,13 +72,13 @@ class SchemaTests(TestCase):
             [Deferred.fromCoroutine(open_backend(self, self.url)) for _ in range(3)]
         )
         for storage, _ in opened:
-            self.assertTrue(storage._pool.schema_ready)
+            self.assertTrue(storage.pool.schema_ready)
             txn = storage.transaction()
             self.assertEqual(await storage.count(txn, "record", "/x", Query()), 0)
             await txn.rollback()
 
     async def test_older_schema_is_upgraded_in_place(self):
-        scripts = _schema_scripts() + [
+        scripts = schema_scripts() + [
             (
                 9001,
                 "9001_test_upgrade.sql",

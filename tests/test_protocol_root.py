@@ -11,7 +11,6 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import SkipTest as unittest_skip
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Request
@@ -21,6 +20,7 @@ from jsonsync import jsonutil, testing
 from jsonsync.interfaces import IResourceListener
 from jsonsync.service import make_site, settle_collector
 from jsonsync.testing import basic, build_app, with_postgresql_variants
+from tests import pg
 
 
 class _Served(TestCase):
@@ -223,12 +223,8 @@ class HangUpInQueryTests(TestCase):
     memory_only = True  # PostgreSQL itself, below
 
     async def setUp(self):
-        from jsonsync.testing import TEST_POSTGRESQL_URL, postgresql_unavailable
-
-        reason = postgresql_unavailable()
-        if reason:
-            raise unittest_skip(reason)
-        self.url = TEST_POSTGRESQL_URL
+        pg.require(self)
+        self.url = pg.URL
         self.app = await build_app({"storage_backend": "postgresql", "permission_backend": "postgresql",
                                     "storage_url": self.url, "storage_pool_size": "2"})
         # Like the OnPostgreSQL variants: flushed and closed after the test.

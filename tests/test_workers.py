@@ -10,8 +10,8 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from tests.pg import SKIP, scratch_url
 from tests.test_postgresql_processes import TWIST, free_port
-from tests.test_storage_postgresql import SKIP, scratch_url
 
 
 def children_of(pid: int) -> list[int]:

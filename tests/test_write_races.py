@@ -18,9 +18,9 @@ from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
+from tests.pg import SKIP, scratch_url
 from tests.race import Race
 from tests.test_postgresql_processes import ServerProcesses, free_port
-from tests.test_storage_postgresql import SKIP, scratch_url
 
 
 class _Servers(ServerProcesses):

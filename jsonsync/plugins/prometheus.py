@@ -54,8 +54,8 @@ class _PoolCollector:
         seen = {}
         for name in ("storage", "permissions"):
             backend = getattr(self._registry, name, None)
-            pool = getattr(backend, "_pool", None)
-            if pool is not None and id(pool) not in seen:
+            pool = getattr(backend, "pool", None)
+            if hasattr(pool, "idle_count") and id(pool) not in seen:
                 seen[id(pool)] = (name, pool)
         return seen.values()
 
@@ -71,9 +71,9 @@ class _PoolCollector:
             in_use = sum(1 for c in conns if getattr(c, "checked_out", False))
             down = sum(1 for c in conns if not getattr(c, "ready", False))
             connections.add_metric([name, "in_use"], in_use)
-            connections.add_metric([name, "idle"], len(getattr(pool, "_idle", ())))
+            connections.add_metric([name, "idle"], pool.idle_count())
             connections.add_metric([name, "down"], down)
-            waiting.add_metric([name], len(getattr(pool, "_waiters", ())))
+            waiting.add_metric([name], pool.waiting_count())
         yield connections
         yield waiting
 

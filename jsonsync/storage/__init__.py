@@ -31,6 +31,10 @@ def next_timestamp(list_ts: int, wanted: Any = None, now: int | None = None) -> 
     A client-supplied integer (replication) is kept: bumped by one when it
     equals the list timestamp, becoming the list timestamp when greater,
     and left in the past (without moving the list) when smaller.
+
+    The PostgreSQL backend applies the common case (no C{wanted}) in SQL,
+    within its one-statement write, where the list timestamp is read under
+    the list's lock; see L{jsonsync.storage.postgresql.group} for why.
     """
     if isinstance(wanted, int) and not isinstance(wanted, bool):
         if wanted == list_ts:

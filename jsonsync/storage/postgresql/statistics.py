@@ -49,8 +49,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from txpostgres.txpostgres import Connection
 
+from jsonsync.storage.postgresql import driver
+
 if TYPE_CHECKING:  # pragma: no cover
-    from jsonsync.storage.postgresql import _Pool
+    from jsonsync.storage.postgresql.pool import Pool
 
 _log = Logger()
 
@@ -65,7 +67,7 @@ GROWTH = 2.0
 MIN_PAGES = 16
 # pg_try_advisory_lock(int, int) key of the ANALYZE; the schema migrations
 # use (0x6A73, 0x7363), the lists bigint keys.
-_LOCK = (0x6A73, 0x7374)
+LOCK = (0x6A73, 0x7374)
 TABLES = ("objects", "access_control_entries", "timestamps", "user_principals")
 
 # Table names resolve through the session's search_path, as the storage's do.
@@ -87,7 +89,7 @@ def grown(rows) -> list[str]:
 class StatisticsKeeper:
     """Analyses the storage tables of one pool's database as they grow."""
 
-    def __init__(self, pool: _Pool):
+    def __init__(self, pool: Pool):
         self.pool = pool
         self.running: Deferred | None = None
         self.enabled = True
@@ -125,14 +127,12 @@ class StatisticsKeeper:
 
     async def check(self) -> None:
         """One size check, and the ANALYZE it calls for; never raises."""
-        from jsonsync.storage.postgresql import _execute
-
         try:
             conn = self.pool.try_checkout()
             if conn is None:
                 return  # every connection is serving requests: next time
             try:
-                rows, _ = await _execute(conn, _CHECK_SQL)
+                rows, _ = await driver.execute(conn, _CHECK_SQL)
             finally:
                 self.pool.release(conn, poke=False)
             tables = grown(rows)
@@ -147,7 +147,7 @@ class StatisticsKeeper:
             await conn.connect(self.pool.url, application_name="jsonsync-statistics")
             if self.pool.closed:
                 return
-            rows = await conn.runQuery("SELECT pg_try_advisory_lock(%s, %s)", _LOCK)
+            rows = await conn.runQuery("SELECT pg_try_advisory_lock(%s, %s)", LOCK)
             if not rows[0][0]:
                 return  # another process is analysing
             try:
@@ -155,7 +155,7 @@ class StatisticsKeeper:
                 await conn.runOperation("ANALYZE " + ", ".join(tables))
                 self.analysed += 1
             finally:
-                await conn.runQuery("SELECT pg_advisory_unlock(%s, %s)", _LOCK)
+                await conn.runQuery("SELECT pg_advisory_unlock(%s, %s)", LOCK)
         finally:
             self._maintenance = None
             self._close(conn)
