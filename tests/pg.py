@@ -22,30 +22,17 @@ from twisted.trial.unittest import SkipTest, TestCase
 from txpostgres.txpostgres import Connection
 
 from jsonsync.storage.postgresql import PostgresBackend
+from jsonsync.testclient import TEST_POSTGRESQL_URL, postgresql_skip
 
-URL = os.environ.get("JSONSYNC_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test")
+URL = TEST_POSTGRESQL_URL
 ACCOUNTS_URL = os.environ.get(
     "JSONSYNC_TEST_ACCOUNTS_POSTGRESQL_URL",
     urlunsplit(urlsplit(URL)._replace(path="/jsonsync_accounts_test")),
 )
 
-
-def _skip_reason(reason: str | None) -> str | None:
-    # Under CI a missing database must fail the run, not skip it silently.
-    return reason if reason and not os.environ.get("CI") else None
-
-
-def _unreachable_reason(url: str) -> str | None:
-    """Why PostgreSQL cannot be used (checked once, blocking, at import)."""
-    try:
-        psycopg2.connect(url, connect_timeout=3).close()
-    except psycopg2.Error as exc:
-        return f"PostgreSQL not reachable at {url}: {str(exc).strip()}"
-    return None
-
-
-# The C{skip} of every PostgreSQL test case (C{None}: run).
-SKIP = _skip_reason(_unreachable_reason(URL))
+# The C{skip} of every PostgreSQL test case (C{None}: run): the same rule as
+# the HTTP suites' PostgreSQL variants (jsonsync.testclient).
+SKIP = postgresql_skip(URL)
 
 
 def require(test: TestCase) -> None:
@@ -71,7 +58,7 @@ def prepare_accounts_database() -> str | None:
         finally:
             conn.close()
     except psycopg2.Error as exc:
-        return _skip_reason(f"PostgreSQL not reachable at {URL}: {str(exc).strip()}")
+        return None if os.environ.get("CI") else f"PostgreSQL not reachable at {URL}: {str(exc).strip()}"
     return None
 
 

@@ -5,7 +5,7 @@ from zope.interface import implementer
 
 from jsonsync.errors import ListenerRejected
 from jsonsync.interfaces import IResourceListener
-from jsonsync.testing import StubClient, build_app, with_postgresql_variants
+from jsonsync.testclient import StubClient, build_app, with_postgresql_variants
 
 RECS = "/v1/buckets/b/collections/c/records"
 

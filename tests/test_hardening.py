@@ -2,7 +2,7 @@
 
 from twisted.trial.unittest import TestCase
 
-from jsonsync.testing import StubClient, build_app, with_postgresql_variants
+from jsonsync.testclient import StubClient, build_app, with_postgresql_variants
 
 RECS = "/v1/buckets/b/collections/c/records"
 

@@ -17,7 +17,7 @@ from twisted.web.client import HTTPConnectionPool
 from jsonsync import jsonutil
 from jsonsync.plugins import accounts
 from jsonsync.service import make_site
-from jsonsync.testing import basic, build_app
+from jsonsync.testclient import basic, build_app
 
 SETTINGS = {
     "includes": "accounts",

@@ -23,7 +23,7 @@ from twisted.web.http import HTTPChannel
 from jsonsync.channel import LimitedChannel
 from jsonsync.config import ConfigurationError, SettingsSchema, load
 from jsonsync.service import make_site
-from jsonsync.testing import StubClient, basic, build_app
+from jsonsync.testclient import StubClient, basic, build_app
 
 RECS = "/v1/buckets/b/collections/c/records"
 AUTH = basic("alice")

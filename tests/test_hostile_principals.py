@@ -12,7 +12,7 @@ from twisted.trial.unittest import TestCase
 
 from jsonsync import jsonutil
 from jsonsync.resources.model import MAX_ID_LENGTH, MAX_PRINCIPAL_LENGTH
-from jsonsync.testing import (
+from jsonsync.testclient import (
     basic,
     basicauth_id,
     serve_over_tcp,

@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from jsonsync import jsonutil
 from jsonsync.resources.model import MAX_ID_LENGTH
-from jsonsync.testing import basic, serve_over_tcp, with_postgresql_variants
+from jsonsync.testclient import basic, serve_over_tcp, with_postgresql_variants
 
 B = "/v1/buckets/b"
 C = B + "/collections/c"

@@ -21,7 +21,7 @@ from twisted.web.client import HTTPConnectionPool
 from jsonsync import jsonutil
 from jsonsync.resources.model import MAX_ID_LENGTH
 from jsonsync.service import make_site
-from jsonsync.testing import basic, basicauth_id, build_app, with_postgresql_variants
+from jsonsync.testclient import basic, basicauth_id, build_app, with_postgresql_variants
 
 SETTINGS = {
     "includes": "accounts default_bucket history",

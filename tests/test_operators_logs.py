@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from jsonsync.service import make_site
-from jsonsync.testing import basic, basicauth_id, build_app
+from jsonsync.testclient import basic, basicauth_id, build_app
 
 
 class _Collect(ProcessProtocol):

@@ -11,7 +11,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from jsonsync import jsonutil
 from jsonsync.service import make_site
-from jsonsync.testing import basic, basicauth_id, build_app, with_postgresql_variants
+from jsonsync.testclient import basic, basicauth_id, build_app, with_postgresql_variants
 
 
 class ProtocolTests(TestCase):

@@ -14,7 +14,7 @@ from twisted.web.client import HTTPConnectionPool
 from jsonsync import jsonutil
 from jsonsync.config import ConfigurationError
 from jsonsync.service import make_site
-from jsonsync.testing import basic, build_app
+from jsonsync.testclient import basic, build_app
 
 
 class ProxyTests(TestCase):

@@ -1,6 +1,6 @@
 """
 The C{accounts} plugin and the C{account} authentication policy, through
-HTTP (L{jsonsync.testing.StubClient}).
+HTTP (L{jsonsync.testclient.StubClient}).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 from jsonsync.config import ConfigurationError
 from jsonsync.plugins import accounts
 from jsonsync.registry import discover
-from jsonsync.testing import StubClient, build_app
+from jsonsync.testclient import StubClient, build_app
 from tests import pg
 
 SETTINGS = {

@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from jsonsync.service import make_site
-from jsonsync.testing import build_app, with_postgresql_variants
+from jsonsync.testclient import build_app, with_postgresql_variants
 
 REC = "/v1/buckets/b/collections/c/records"
 

@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from jsonsync.errors import ListenerRejected
 from jsonsync.interfaces import IResourceListener
-from jsonsync.testing import ClientTestCase, StubClient, basicauth_id, build_app
+from jsonsync.testclient import ClientTestCase, StubClient, basicauth_id, build_app
 from tests import pg
 
 uid = basicauth_id

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jsonsync import config
 from jsonsync.registry import configure, discover
-from jsonsync.testing import StubClient, build_app
+from jsonsync.testclient import StubClient, build_app
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE = os.path.join(os.path.dirname(HERE), "examples", "jsonsync-hello")

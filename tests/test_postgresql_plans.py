@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import TestCase
 
-from jsonsync import testing
+from jsonsync import testclient
 from jsonsync.storage.postgresql import driver, group, statistics
 from jsonsync.storage.postgresql.statements import PLACEHOLDER, array_literal, pieces, prepared_form
 from tests.pg import SKIP, scratch_url
@@ -64,7 +64,7 @@ class FreshDataPlanTests(TestCase):
         # once a second): the test then needs no clock.
         self.patch(statistics, "CHECK_INTERVAL", 0)
         url = await scratch_url(self)
-        self.app = await testing.build_app(
+        self.app = await testclient.build_app(
             {
                 "storage_backend": "postgresql",
                 "permission_backend": "postgresql",
@@ -74,10 +74,10 @@ class FreshDataPlanTests(TestCase):
                 "storage_pool_size": "1",
             }
         )
-        self.addCleanup(testing._close_apps)
+        self.addCleanup(testclient._close_apps)
         self.storage = self.app.registry.storage
         self.pool = self.storage.pool
-        self.alice = testing.StubClient(self.app).as_user("alice")
+        self.alice = testclient.StubClient(self.app).as_user("alice")
 
     async def ok(self, response, status=(200, 201)):
         r = await response
@@ -160,10 +160,10 @@ class StatisticsKeeperTests(TestCase):
 
     async def setUp(self):
         url = await scratch_url(self)
-        self.app = await testing.build_app(
+        self.app = await testclient.build_app(
             {"storage_backend": "postgresql", "permission_backend": "postgresql", "storage_url": url}
         )
-        self.addCleanup(testing._close_apps)
+        self.addCleanup(testclient._close_apps)
         self.pool = self.app.registry.storage.pool
         self.keeper = self.pool.statistics
         await self.keeper.idle()

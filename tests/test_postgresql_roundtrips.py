@@ -21,7 +21,7 @@ from twisted.trial.unittest import TestCase
 from jsonsync.errors import ObjectExists
 from jsonsync.query import Query
 from jsonsync.storage.postgresql import driver
-from jsonsync.testing import ClientTestCase, basicauth_id
+from jsonsync.testclient import ClientTestCase, basicauth_id
 from tests.pg import SKIP, open_backend
 
 R, P = "record", "/buckets/b/collections/c"
@@ -238,10 +238,10 @@ class RequestRoundTripTests(ClientTestCase):
     async def setUp(self):
         if SKIP:
             raise self.skipTest(SKIP)
-        from jsonsync import testing
+        from jsonsync import testclient
 
-        testing._current["backend"] = "postgresql"
-        self.addCleanup(testing._close_apps)
+        testclient._current["backend"] = "postgresql"
+        self.addCleanup(testclient._close_apps)
         await super().setUp()
         await self.app.registry.storage.flush()
         await self.app.registry.permissions.flush()

@@ -9,7 +9,7 @@ import json
 from twisted.internet import defer
 
 from jsonsync.errors import BackendUnavailable
-from jsonsync.testing import ClientTestCase, basic, basicauth_id
+from jsonsync.testclient import ClientTestCase, basic, basicauth_id
 
 uid = basicauth_id
 
@@ -546,6 +546,6 @@ class OneUnitTests(_Base):
             self.assertIn(len(r.data), (0, 20), "a reader saw a partial batch")
 
 
-from jsonsync.testing import with_postgresql_variants  # noqa: E402
+from jsonsync.testclient import with_postgresql_variants  # noqa: E402
 
 with_postgresql_variants(globals())

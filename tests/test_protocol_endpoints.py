@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 
-from jsonsync.testing import ClientTestCase, StubClient, basicauth_id, build_app
+from jsonsync.testclient import ClientTestCase, StubClient, basicauth_id, build_app
 
 ERROR_TITLES = {
     400: "Invalid parameters",
@@ -576,6 +576,6 @@ class CollectionParentTests(ProtocolCase):
         self.assertEqual(r.status, 200, r)
 
 
-from jsonsync.testing import with_postgresql_variants  # noqa: E402
+from jsonsync.testclient import with_postgresql_variants  # noqa: E402
 
 with_postgresql_variants(globals())

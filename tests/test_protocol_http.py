@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 
-from jsonsync.testing import ClientTestCase
+from jsonsync.testclient import ClientTestCase
 
 B = "/v1/buckets/b"
 C = B + "/collections/c"
@@ -572,6 +572,6 @@ class NeverCrashTests(_Base):
         self.assertJsonError(r, 404)
 
 
-from jsonsync.testing import with_postgresql_variants  # noqa: E402
+from jsonsync.testclient import with_postgresql_variants  # noqa: E402
 
 with_postgresql_variants(globals())

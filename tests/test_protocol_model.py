@@ -9,7 +9,7 @@ import re
 import time
 from email.utils import parsedate_to_datetime
 
-from jsonsync.testing import ClientTestCase
+from jsonsync.testclient import ClientTestCase
 
 B = "/v1/buckets/b"
 C = B + "/collections/c"
@@ -630,6 +630,6 @@ class GroupPrincipalTests(ProtocolCase):
         self.assertNotIn(self.G, await self.principals(self.bob))
 
 
-from jsonsync.testing import with_postgresql_variants  # noqa: E402
+from jsonsync.testclient import with_postgresql_variants  # noqa: E402
 
 with_postgresql_variants(globals())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from jsonsync.testing import ClientTestCase, basicauth_id
+from jsonsync.testclient import ClientTestCase, basicauth_id
 
 uid = basicauth_id
 
@@ -697,6 +697,6 @@ class PermissionsEndpointTests(_Base):
         self.assertIn("read", got["/buckets/b"]["permissions"])
 
 
-from jsonsync.testing import with_postgresql_variants  # noqa: E402
+from jsonsync.testclient import with_postgresql_variants  # noqa: E402
 
 with_postgresql_variants(globals())

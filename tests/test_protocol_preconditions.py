@@ -8,7 +8,7 @@ import hmac
 
 from twisted.trial.unittest import TestCase
 
-from jsonsync.testing import StubClient, build_app
+from jsonsync.testclient import StubClient, build_app
 
 B = "/v1/buckets/b"
 C = B + "/collections/c"
@@ -459,6 +459,6 @@ class AuthorizationBeforePreconditionTests(PreconditionCase):
         self.assertEqual(r.status, 401, r)
 
 
-from jsonsync.testing import with_postgresql_variants  # noqa: E402
+from jsonsync.testclient import with_postgresql_variants  # noqa: E402
 
 with_postgresql_variants(globals())

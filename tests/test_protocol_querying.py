@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from twisted.trial.unittest import TestCase
 
-from jsonsync.testing import ClientTestCase, StubClient, build_app
+from jsonsync.testclient import ClientTestCase, StubClient, build_app
 
 B = "/v1/buckets/b"
 C = B + "/collections/c"
@@ -654,6 +654,6 @@ class DefaultBucketPaginationTests(TestCase):
         self.assertEqual([o["id"] for o in r.data], ["a"])
 
 
-from jsonsync.testing import with_postgresql_variants  # noqa: E402
+from jsonsync.testclient import with_postgresql_variants  # noqa: E402
 
 with_postgresql_variants(globals())

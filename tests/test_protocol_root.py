@@ -16,10 +16,10 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from jsonsync import jsonutil, testing
+from jsonsync import jsonutil, testclient
 from jsonsync.interfaces import IResourceListener
 from jsonsync.service import make_site, settle_collector
-from jsonsync.testing import basic, build_app, with_postgresql_variants
+from jsonsync.testclient import basic, build_app, with_postgresql_variants
 from tests import pg
 
 
@@ -228,7 +228,7 @@ class HangUpInQueryTests(TestCase):
         self.app = await build_app({"storage_backend": "postgresql", "permission_backend": "postgresql",
                                     "storage_url": self.url, "storage_pool_size": "2"})
         # Like the OnPostgreSQL variants: flushed and closed after the test.
-        self.addCleanup(testing._close_apps)
+        self.addCleanup(testclient._close_apps)
         self.port = reactor.listenTCP(0, make_site(self.app, self.app.settings), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from jsonsync.testing import ClientTestCase, StubClient, basicauth_id, build_app
+from jsonsync.testclient import ClientTestCase, StubClient, basicauth_id, build_app
 
 JSON_PATCH = {"Content-Type": "application/json-patch+json"}
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
@@ -513,6 +513,6 @@ class ConcurrencyOnWritesTests(_Base):
         self.assertEqual(r.status, 404, r)
 
 
-from jsonsync.testing import with_postgresql_variants  # noqa: E402
+from jsonsync.testclient import with_postgresql_variants  # noqa: E402
 
 with_postgresql_variants(globals())

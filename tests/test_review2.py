@@ -10,7 +10,7 @@ import json
 
 import treq
 
-from jsonsync.testing import basic, with_postgresql_variants
+from jsonsync.testclient import basic, with_postgresql_variants
 from tests.test_hostile_http import _Served as _RawServed
 from tests.test_hostile_http import parse_responses
 from tests.test_hostile_querying import RECS, q

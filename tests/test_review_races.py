@@ -8,7 +8,7 @@ lets it go on: a deterministic interleaving, no timing.
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
-from jsonsync.testing import StubClient, build_app, with_postgresql_variants
+from jsonsync.testclient import StubClient, build_app, with_postgresql_variants
 
 B = "/v1/buckets/b"
 C = B + "/collections/c"
