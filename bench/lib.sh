@@ -114,8 +114,8 @@ start_kinto() {
 }
 
 # start_jsonsync BACKEND(memory|postgresql) DBNAME WORKERS LOG -> sets JSONSYNC_PID
-start_jsonsync() {
-  local backend=$1 db=$2 workers=$3 logf=$4 args=()
+start_jsonsync() {  # start_jsonsync BACKEND DBNAME WORKERS LOG [more twist arguments...]
+  local backend=$1 db=$2 workers=$3 logf=$4 args=(); shift 4
   args=(jsonsync --listen "tcp:$JSONSYNC_PORT:interface=127.0.0.1" -s paginate_by=100
         -s "access_log=$([ "$ACCESS_LOG" = 1 ] && echo true || echo false)")
   if [ "$backend" = postgresql ]; then
@@ -123,6 +123,7 @@ start_jsonsync() {
            -s "storage_url=$PGBASE/$db" -s "storage_pool_size=$POOL_SIZE")
   fi
   [ "$workers" -gt 1 ] && args+=(--workers "$workers")
+  args+=("$@")
   # jsonsync reads JSONSYNC_<SETTING> variables: keep this script's own (JSONSYNC_WORKERS, ...) away
   local unset=(); local v; for v in $(compgen -e | grep '^JSONSYNC_' || true); do unset+=(-u "$v"); done
   env "${unset[@]}" "$JSONSYNC_TWIST" "${args[@]}" > "$logf" 2>&1 &
@@ -195,7 +196,7 @@ measure() {
   python3 "$BENCH/tools/cpumon.py" snap "$snap"
   env "$@" WL_NAME="$label" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --timeout "$TIMEOUT" --latency \
     -s "$BENCH/lua/$script" "$base" > "$raw" 2>&1 || true
-  local cpu; cpu=$(SERVER_MATCH="tcp:$JSONSYNC_PORT:|127\.0\.0\.1:$KINTO_PORT|--port $KINTO_PORT" \
+  local cpu; cpu=$(SERVER_MATCH="tcp:$JSONSYNC_PORT:|tcp:$KINTO_PORT:|127\.0\.0\.1:$KINTO_PORT|--port $KINTO_PORT" \
     python3 "$BENCH/tools/cpumon.py" diff "$snap" "$label/$server/r$round")
   echo "$cpu" >> "$OUT_DIR/cpu.log"
   local line; line=$(grep '^RESULT ' "$raw" | tail -1)

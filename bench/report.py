@@ -31,12 +31,14 @@ def main():
     out = []
     if env:
         out += ["```", env, "```", ""]
-    two = servers == ["jsonsync", "kinto"]
+    two = len(servers) == 2
+    first, second = (servers + ["", ""])[:2]
+    names = ("js", "Kinto") if servers == ["jsonsync", "kinto"] else (first, second)
     head = ["workload"]
     for s in servers:
         head += ["%s req/s" % s, "p50 ms", "p99 ms", "non-2xx"]
     if two:
-        head += ["req/s ratio js/Kinto", "p99 ratio js/Kinto"]
+        head += ["req/s ratio %s/%s" % names, "p99 ratio %s/%s" % names]
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "---|" * len(head))
     for group, wl in order:
@@ -66,7 +68,7 @@ def main():
                 spread = " (%s–%s)" % (fmt(min(r["rps"] for r in rs), 0), fmt(max(r["rps"] for r in rs), 0))
             cells += [fmt(a["rps"]) + spread, fmt(a["p50"], 2), fmt(a["p99"], 2), bad]
         if two:
-            j, k = agg.get("jsonsync"), agg.get("kinto")
+            j, k = agg.get(first), agg.get(second)
             cells.append("**%.2f**" % (j["rps"] / k["rps"]) if j and k and k["rps"] else "-")
             cells.append("%.2f" % (j["p99"] / k["p99"]) if j and k and k["p99"] else "-")
         out.append("| " + " | ".join(cells) + " |")

@@ -50,7 +50,8 @@ end
 
 function M.headers(with_body)
   local h = {}
-  h["Authorization"] = "Basic " .. M.base64(os.getenv("AUTH") or "bench:bench")
+  -- jsonsync addition: AUTH_HEADER (a whole Authorization value, e.g. "Bearer ...") wins over AUTH.
+  h["Authorization"] = os.getenv("AUTH_HEADER") or ("Basic " .. M.base64(os.getenv("AUTH") or "bench:bench"))
   h["Accept"] = "application/json"
   if with_body then h["Content-Type"] = "application/json" end
   return h
