@@ -458,6 +458,9 @@ ACCOUNT = ResourceType(
     on_delete=on_account_delete,
     present=_hide_password,
     grants_that_count=_grants_that_count,
+    data_schema={"password": {"type": "string", "minLength": 1}},
+    required_fields=("password",),
+    hidden_fields=("password",),
 )
 
 

@@ -132,13 +132,26 @@ def _registry(req) -> Registry:
 BUCKET = ResourceType(
     "bucket", "buckets", None, ("read", "write", "collection:create", "group:create"),
     validate=validate_bucket, on_delete=forget_bucket_groups,
+    data_schema={name: {"type": "object"} for name in SCHEMA_FIELDS},
 )
 COLLECTION = ResourceType(
-    "collection", "collections", "bucket", ("read", "write", "record:create"), validate=validate_collection
+    "collection", "collections", "bucket", ("read", "write", "record:create"), validate=validate_collection,
+    data_schema={"schema": {"type": "object"}, "cache_expires": {"type": "integer"}},
 )
 GROUP = ResourceType(
     "group", "groups", "bucket", ("read", "write"),
     validate=validate_group, on_write=sync_members, on_delete=forget_group,
+    data_schema={
+        "members": {
+            "type": "array",
+            "items": {
+                "type": "string",
+                "maxLength": MAX_PRINCIPAL_LENGTH,
+                # Groups hold users: neither everyone nor another group.
+                "pattern": r"^(?!system\.Everyone$)(?!/buckets/)",
+            },
+        },
+    },
 )
 RECORD = ResourceType(
     "record", "records", "collection", ("read", "write"), id_generator=uuid_id,

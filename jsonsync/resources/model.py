@@ -106,6 +106,11 @@ class ResourceType:
     @ivar grants_that_count: C{(settings, principals, object_id, permissions)
         -> permissions}: which stored ACEs really give something, for
         C{/permissions} (an account's reach only its owner and the admins).
+    @ivar data_schema: JSON Schema properties of the data fields the type
+        knows (C{/__api__} describes them; validation is C{validate}'s).
+    @ivar required_fields: data fields a create or replace must carry (the
+        account's password): C{/__api__} then requires a body.
+    @ivar hidden_fields: data fields never shown, so not filterable either.
     """
 
     name: str
@@ -123,6 +128,9 @@ class ResourceType:
     leaf_data: bool = False
     cache_expiry: Callable[..., Any] | None = None
     grants_that_count: Callable[..., Any] | None = None
+    data_schema: dict[str, Any] = field(default_factory=dict)
+    required_fields: tuple[str, ...] = ()
+    hidden_fields: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
