@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from jsonsync.auth import challenges
 from jsonsync.http import JSON, JSON_PATCH, MERGE_PATCH
 from jsonsync.registry import Registry, Route
 from jsonsync.resources.model import MAX_ID_LENGTH, MAX_PRINCIPAL_LENGTH
@@ -68,9 +69,10 @@ class _Builder:
         self.types = registry.resource_types
         self.schemas: dict[str, Any] = {}
         self.paths: dict[str, dict] = {}
-        self.auth = bool(
-            {"basicauth", "account"}.intersection(self.settings["multiauth.policies"])
-        )
+        # One HTTP security scheme per scheme the active policies challenge
+        # with (Basic for basicauth and account, Bearer for tokens, ...).
+        schemes = [c.split()[0].lower() for c in challenges(registry) if c.strip()]
+        self.schemes = list(dict.fromkeys(schemes))
 
     # -- schemas -------------------------------------------------------------------
     def common_schemas(self):
@@ -296,8 +298,8 @@ class _Builder:
             "tags": [route.resource.name if route.resource is not None else "utilities"],
             "parameters": list(params),
         }
-        if self.auth and route.authenticate:
-            op["security"] = [{"basicAuth": []}, {}]
+        if self.schemes and route.authenticate:
+            op["security"] = [*({f"{scheme}Auth": []} for scheme in self.schemes), {}]
         return op
 
     def add(self, path: str, method: str, op: dict):
@@ -416,8 +418,10 @@ class _Builder:
             "paths": self.paths,
             "components": {"schemas": self.schemas},
         }
-        if self.auth:
-            doc["components"]["securitySchemes"] = {"basicAuth": {"type": "http", "scheme": "basic"}}
+        if self.schemes:
+            doc["components"]["securitySchemes"] = {
+                f"{scheme}Auth": {"type": "http", "scheme": scheme} for scheme in self.schemes
+            }
         return doc
 
 
