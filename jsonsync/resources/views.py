@@ -300,7 +300,7 @@ class ServiceViews:
             selected = [querystring.project(e, listing.fields) for e in selected]
         return ApiResponse({"data": selected}, 200, headers)
 
-    def _grants_that_count(self, found: dict[str, set[str]], principals) -> dict[str, set[str]]:
+    def _grants_that_count(self, found: dict[str, set[str]], principals: list[str]) -> dict[str, set[str]]:
         """
         Leave out the ACL grants that give nothing: a resource type may say
         which of its ACEs count (the accounts plugin: an account's ACEs
