@@ -152,8 +152,8 @@ def configure(
     try:
         settings = config.load(schema, ini, environ, cli, source=ini_path)
     except config.ConfigurationError as e:
-        problems.extend(e.problems)
-        settings = None
+        # Reported with what was found before loading (one report for all).
+        raise config.ConfigurationError([*problems, *e.problems]) from None
     if problems:
         raise config.ConfigurationError(problems)
     # Plugins that check their settings together (the accounts plugin and
@@ -205,7 +205,7 @@ class Registry:
         self.body_limits: list[tuple[re.Pattern[bytes], int]] = []
         self.request_observers: list[Callable] = []
         self.plugins: list[IJsonSyncPlugin] = []
-        self._match: Callable[[str, str], tuple[Route, dict]] | None = None
+        self._match: Callable[[str, str], tuple[Route, Mapping[str, str]]] | None = None
 
     # -- extension points (IRegistry) ---------------------------------------------
     def add_route(self, route: Route) -> None:
@@ -254,7 +254,7 @@ class Registry:
     def add_request_observer(self, observer: Callable) -> None:
         self.request_observers.append(observer)
 
-    def set_router(self, match: Callable[[str, str], tuple[Route, dict]]) -> None:
+    def set_router(self, match: Callable[[str, str], tuple[Route, Mapping[str, str]]]) -> None:
         """The server's route matcher (set once every route is mounted), for L{dispatch}."""
         self._match = match
 

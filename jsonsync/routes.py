@@ -6,7 +6,7 @@ from the path and hand it to the engine's verbs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ class Route:
 
 def lineage(registry, rt: ResourceType) -> list[ResourceType]:
     """The types above C{rt}, top first."""
-    chain = []
+    chain: list[ResourceType] = []
     parent = rt.parent
     while parent is not None:
         parent_type = registry.resource_types[parent]
@@ -47,7 +47,7 @@ def lineage(registry, rt: ResourceType) -> list[ResourceType]:
     return chain
 
 
-def locate(registry, rt: ResourceType, params: dict, object_id: str | None) -> Location:
+def locate(registry, rt: ResourceType, params: Mapping[str, str], object_id: str | None) -> Location:
     parent_uri = ""
     ancestors = []
     for parent_type in lineage(registry, rt):
