@@ -15,6 +15,7 @@ to a temporary file, and the multipart parser below reads it in pieces
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import hashlib
 import mimetypes
 import os
@@ -36,12 +37,12 @@ from jsonsync import jsonutil
 from jsonsync.config import ConfigurationError, Setting
 from jsonsync.errors import (
     InvalidParameters,
-    ObjectNotFound,
     RequestTooLarge,
     WriteConflict,
 )
 from jsonsync.http import ApiRequest, ApiResponse, check_accept, check_preconditions, validators
 from jsonsync.interfaces import IFileStore, IResourceListener
+from jsonsync.plugins.attachment_types import HEAD, mismatch
 from jsonsync.registry import Route
 from jsonsync.resources.core import locate
 
@@ -50,6 +51,13 @@ _log = Logger()
 FIELD = "attachment"
 DOCS_URL = "https://github.com/Kinto/kinto-attachment/"
 RULE = "/buckets/<bucket_id>/collections/<collection_id>/records/<record_id>/attachment"
+DEFAULT_RULE = "/buckets/default/collections/<collection_id>/records/<record_id>/attachment"
+GZIP_TYPE = "application/x-gzip"
+# attachment.resources.<bucket>[.<collection>].<name>: the settings that
+# may differ per bucket or collection, and how each is read.
+RESOURCE_SETTINGS = ("gzipped",)
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
 # The raw request target of an upload, for the channel's body limit (the
 # record id may be percent-encoded; anything that does not route is refused
 # by the app's own limit).
@@ -151,8 +159,12 @@ class Upload:
     file: object = None
     size: int = 0
     sha256: str = ""
-    # The name the file was stored under (once, whatever the attempts).
+    # The file's first bytes, for the check of its real type.
+    head: bytes = b""
+    # The name the file was stored under (once, whatever the attempts), and
+    # the record's attachment field describing it.
     stored: str | None = None
+    described: dict | None = None
 
     def close(self):
         if self.file is not None:
@@ -312,7 +324,11 @@ def _read_file(reader, delimiter, upload, params, headers, max_size, spool_dir):
     upload.file = out
     size = [0]
 
+    head = []
+
     def write(data):
+        if size[0] < HEAD:
+            head.append(data[:HEAD - size[0]])
         size[0] += len(data)
         if size[0] > max_size:
             raise RequestTooLarge(f"File size exceeds the maximum of {max_size} bytes.")
@@ -323,6 +339,7 @@ def _read_file(reader, delimiter, upload, params, headers, max_size, spool_dir):
     out.flush()
     upload.size = size[0]
     upload.sha256 = digest.hexdigest()
+    upload.head = b"".join(head)
 
 
 def clean_filename(raw: str) -> str:
@@ -340,6 +357,88 @@ def clean_filename(raw: str) -> str:
 def extension_of(filename: str) -> str:
     ext = os.path.splitext(filename)[1].lower()
     return ext if _EXTENSION.match(ext) else ""
+
+
+class _HashingSink:
+    """A write-only file that counts and hashes what goes through it."""
+
+    def __init__(self, out):
+        self.out = out
+        self.size = 0
+        self.digest = hashlib.sha256()
+
+    def write(self, data):
+        self.size += len(data)
+        self.digest.update(data)
+        self.out.write(data)
+        return len(data)
+
+    def flush(self):
+        self.out.flush()
+
+
+def gzip_copy(source, spool_dir: str | None = None):
+    """
+    C{(file, size, sha256)}: C{source} compressed into a new temporary file,
+    piece by piece (blocking: called in a thread).
+    """
+    out = tempfile.TemporaryFile(dir=spool_dir)
+    try:
+        sink = _HashingSink(out)
+        source.seek(0)
+        # No name and a fixed time in the header: the same file always
+        # gives the same bytes, so its hash only depends on its content.
+        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0) as compressed:
+            shutil.copyfileobj(source, compressed, CHUNK * 16)
+        out.flush()
+    except BaseException:
+        out.close()
+        raise
+    return out, sink.size, sink.digest.hexdigest()
+
+
+def parse_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def resource_settings(settings) -> dict[str, dict[str, object]]:
+    """
+    The per-bucket and per-collection settings (kinto-attachment's
+    C{attachment.resources.<bid>.<name>} and C{...<bid>.<cid>.<name>}), as
+    C{{"/buckets/b" or "/buckets/b/collections/c": {name: value}}}.
+    """
+    found: dict[str, dict[str, object]] = {}
+    problems = []
+    for key in settings:
+        if not key.startswith("attachment.resources."):
+            continue
+        parts = key[len("attachment.resources."):].split(".")
+        if len(parts) == 2:
+            uri = f"/buckets/{parts[0]}"
+        elif len(parts) == 3:
+            uri = f"/buckets/{parts[0]}/collections/{parts[1]}"
+        else:
+            problems.append(f"{key}: expected attachment.resources.<bucket>[.<collection>].<setting>")
+            continue
+        name = parts[-1]
+        if name not in RESOURCE_SETTINGS or not all(_PREFIX.match(p) for p in parts[:-1]):
+            problems.append(f"{key}: {name!r} is not a per-resource attachment setting "
+                            f"(known: {', '.join(RESOURCE_SETTINGS)})")
+            continue
+        try:
+            found.setdefault(uri, {})[name] = parse_bool(settings[key])
+        except ValueError as e:
+            problems.append(f"bad value for {key}: {e}")
+    if problems:
+        raise ConfigurationError(problems)
+    return found
 
 
 # --- the plugin ----------------------------------------------------------------
@@ -425,6 +524,15 @@ class AttachmentPlugin:
         "attachment.mimetypes": Setting(
             "attachment.mimetypes", "list", [], "(plugin attachment) allowed media types, * allowed (empty: any)"
         ),
+        "attachment.gzipped": Setting(
+            "attachment.gzipped", "bool", False,
+            "(plugin attachment) store files gzipped (per resource: attachment.resources.<bid>[.<cid>].gzipped)",
+        ),
+        "attachment.check_type": Setting(
+            "attachment.check_type", "bool", True,
+            "(plugin attachment) refuse a file whose bytes do not match its media type",
+        ),
+        "attachment.resources.*": None,
     }
 
     @staticmethod
@@ -438,6 +546,10 @@ class AttachmentPlugin:
             )
         if settings.get("attachment.max_size", 1) < 1:
             problems.append("attachment.max_size must be a positive number of bytes")
+        try:
+            resource_settings(settings)
+        except ConfigurationError as e:
+            problems.extend(e.problems)
         if problems:
             raise ConfigurationError(problems)
 
@@ -450,6 +562,9 @@ class AttachmentPlugin:
             "." + e.lower().lstrip(".") for e in settings["attachment.extensions"] if e.strip(".")
         )
         self.mimetypes = tuple(m.lower() for m in settings["attachment.mimetypes"])
+        self.gzipped = settings["attachment.gzipped"]
+        self.check_type = settings["attachment.check_type"]
+        self.resources = resource_settings(settings)
         base_url = settings["attachment.base_url"]
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.record_type = registry.resource_types["record"]
@@ -460,13 +575,29 @@ class AttachmentPlugin:
                       "Attach a file to a record, or remove it")
         route.streams_body = True
         registry.add_route(route)
+        # The default bucket's routes read JSON bodies only: its uploads get
+        # a streaming route of their own, more specific than both.
+        route = Route(DEFAULT_RULE, ("POST", "PUT", "DELETE"), self.default_bucket_view,
+                      "attachment-default-bucket", "service",
+                      "Attach a file to a record of the user's personal bucket, or remove it")
+        route.streams_body = True
+        registry.add_route(route)
         # Room for the file plus the form's other fields and headers.
         limits = list(getattr(registry, "body_limits", ()))
         limits.append((TARGET, self.max_size + FIELD_LIMIT + HEAD_LIMIT))
         registry.body_limits = limits
         registry.add_capability(
-            "attachments", "Add file attachments to records", DOCS_URL, base_url=self.base_url
+            "attachments", "Add file attachments to records", DOCS_URL,
+            base_url=self.base_url, gzipped=self.gzipped,
         )
+
+    def setting(self, params: dict, name: str):
+        """A setting's value for a bucket and collection (the most specific wins)."""
+        value = getattr(self, name)
+        bucket_uri = f"/buckets/{params['bucket_id']}"
+        for uri in (bucket_uri, f"{bucket_uri}/collections/{params['collection_id']}"):
+            value = self.resources.get(uri, {}).get(name, value)
+        return value
 
     # -- threads ------------------------------------------------------------------
     async def _blocking(self, fn, *args):
@@ -500,20 +631,43 @@ class AttachmentPlugin:
             )
         return data
 
-    # -- the view -------------------------------------------------------------------
+    # -- the views ------------------------------------------------------------------
     async def view(self, req: ApiRequest) -> ApiResponse:
         check_accept(req)
         loc = locate(self.registry, self.record_type, req.params, req.params["record_id"])
         if req.method == "DELETE":
             return await self.detach(req, loc)
+        if getattr(req, "in_batch", False):
+            # A /batch sub-request's body is JSON (as in Kinto, whose batch
+            # sends every sub-request as application/json): no file can come
+            # through it. DELETE does work there.
+            raise InvalidParameters(
+                "header", "Content-Type",
+                "Content-Type should be multipart/form-data (a file cannot be sent through /batch)",
+            )
         return await self.attach(req, loc)
+
+    async def default_bucket_view(self, req: ApiRequest) -> ApiResponse:
+        """
+        C{/buckets/default/...}: through the default_bucket plugin (which
+        creates the user's bucket and the collection, then routes to the
+        real bucket's URL, landing in L{view} with the body still spooled),
+        or, without it, as the bucket named C{default}.
+        """
+        through = self.registry.app.routes.get("default-bucket-sub")
+        if through is None:
+            req.params = {**req.params, "bucket_id": "default"}
+            return await self.view(req)
+        sub = f"collections/{req.params['collection_id']}/records/{req.params['record_id']}/attachment"
+        req.params = {"subpath": sub}
+        return await through.view(req)
 
     async def parse(self, req: ApiRequest) -> Upload:
         boundary = boundary_of(req.header("Content-Type"))
         source = getattr(req, "upload", None)
         if source is None:
-            # Reached without the spooled body (through the default bucket):
-            # the body was read under the JSON size limit.
+            # Not a network request (a test's, or another plugin's): the
+            # body is in memory.
             source = BytesIO(req.body)
         source.seek(0, os.SEEK_END)
         size = source.tell()
@@ -524,7 +678,7 @@ class AttachmentPlugin:
             upload = await self._blocking(parse_upload, source, boundary, self.max_size, spool)
         if upload.file is None:
             upload.close()
-            raise InvalidParameters("body", FIELD, "the attachment file is missing")
+            raise InvalidParameters("body", FIELD, "Attachment missing.")
         return upload
 
     def describe(self, upload: Upload, location: str) -> dict:
@@ -552,6 +706,10 @@ class AttachmentPlugin:
         mimetype = self.describe(upload, "")["mimetype"]
         if self.mimetypes and not any(fnmatch.fnmatchcase(mimetype, m) for m in self.mimetypes):
             raise InvalidParameters("body", FIELD, f"File type not allowed: {mimetype}")
+        if self.check_type:
+            why = mismatch(mimetype, upload.head, complete=upload.size <= len(upload.head))
+            if why is not None:
+                raise InvalidParameters("body", FIELD, f"File content does not match its type: {why}")
         return ext, mimetype
 
     def json_field(self, upload: Upload, name: str):
@@ -561,7 +719,7 @@ class AttachmentPlugin:
         try:
             value = jsonutil.loads(raw)
         except jsonutil.JSONError as e:
-            raise InvalidParameters("body", name, f"{name} is not valid JSON: {e}") from None
+            raise InvalidParameters("body", name, f"body: {name} is not valid JSON ({e})") from None
         if not isinstance(value, dict):
             raise InvalidParameters("body", name, f"{name} should be a JSON object")
         return value
@@ -585,10 +743,35 @@ class AttachmentPlugin:
                 await self.delete_file(name)
             raise
 
+    async def store_upload(self, req: ApiRequest, upload: Upload, ext: str) -> dict:
+        """Store the file (gzipped if so configured): the record's attachment field."""
+        params = req.params
+        described = self.describe(upload, "")
+        source, gzipped = upload.file, self.setting(params, "gzipped")
+        if gzipped:
+            # As kinto-attachment did: the stored file, its name, hash, size
+            # and type are the gzip's; "original" describes what was sent.
+            original = {k: described[k] for k in ("filename", "hash", "mimetype", "size")}
+            source, size, digest = await self._blocking(gzip_copy, upload.file)
+            upload.close()
+            upload.file = source
+            described = {**described, "filename": described["filename"] + ".gz", "hash": digest,
+                         "mimetype": GZIP_TYPE, "size": size, "original": original}
+            ext = ".gz"
+        name = f"{params['bucket_id']}/{params['collection_id']}/{uuid.uuid4().hex}{ext}"
+        await self._blocking(self.store.save, name, source)
+        upload.stored = name
+        upload.close()
+        described["location"] = self.store.url(name)
+        return described
+
     async def _attach(self, req: ApiRequest, loc, upload: Upload) -> ApiResponse:
         engine = self.registry.engine
         rt = loc.resource
         ext, _ = self.check_upload(upload)
+        unknown = sorted(set(upload.fields) - {"data", "permissions"})
+        if unknown:
+            raise InvalidParameters("body", unknown[0], f"body: {unknown[0]!r} not in ('data', 'permissions')")
         data = self.json_field(upload, "data") or {}
         perms = engine.clean_permissions(rt, self.json_field(upload, "permissions"))
         checks = [(loc.uri, "write"), (loc.parent_uri, rt.create_permission)]
@@ -599,13 +782,9 @@ class AttachmentPlugin:
         if missing is not None:
             raise missing
         check_preconditions(req, existing["last_modified"] if existing else None, existing)
-        if upload.stored is None:
-            bucket_id, collection_id = req.params["bucket_id"], req.params["collection_id"]
-            name = f"{bucket_id}/{collection_id}/{uuid.uuid4().hex}{ext}"
-            await self._blocking(self.store.save, name, upload.file)
-            upload.stored = name
-            upload.close()
-        attachment = self.describe(upload, self.store.url(upload.stored))
+        if upload.described is None:
+            upload.described = await self.store_upload(req, upload, ext)
+        attachment = dict(upload.described)
         req.attachment_write = True
         try:
             if existing is None:
@@ -619,16 +798,24 @@ class AttachmentPlugin:
         finally:
             req.attachment_write = False
         obj = response.body["data"]
-        return ApiResponse(obj[FIELD], 201, validators(obj["last_modified"]))
+        headers = validators(obj["last_modified"])
+        headers.append(("Location", self.record_url(req)))
+        # As kinto-attachment answers: 201 when the record was created.
+        return ApiResponse(obj[FIELD], 201 if existing is None else 200, headers)
+
+    def record_url(self, req: ApiRequest) -> str:
+        p = req.params
+        return (f"{req.scheme}://{req.host}/v1/buckets/{p['bucket_id']}/collections/{p['collection_id']}"
+                f"/records/{p['record_id']}")
 
     async def detach(self, req: ApiRequest, loc) -> ApiResponse:
         engine = self.registry.engine
         existing = await engine.existing_for_write(req, loc)
-        if existing.get(FIELD) is None:
-            if FIELD not in existing:
-                raise ObjectNotFound("attachment", loc.object_id)
+        if FIELD in existing and existing[FIELD] is None:
             return ApiResponse(None, 204)
-        base = {k: v for k, v in existing.items() if k not in ("last_modified", FIELD)}
+        # As kinto-attachment does, the field stays, set to null.
+        base = {k: v for k, v in existing.items() if k != "last_modified"}
+        base[FIELD] = None
         req.attachment_write = True
         try:
             new = await engine.validate(req, loc, base, existing)
