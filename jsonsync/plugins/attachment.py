@@ -97,9 +97,17 @@ class LocalFileStore:
 
     def save(self, name, source):
         path = self._path(name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         partial = f"{path}.{uuid.uuid4().hex}.part"
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        for attempt in range(3):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                break
+            except FileNotFoundError:
+                # The emptied directory was removed meanwhile (a purge, the
+                # cleanup command): make it again.
+                if attempt == 2:
+                    raise
         try:
             with os.fdopen(fd, "wb") as out:
                 source.seek(0)
