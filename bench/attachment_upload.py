@@ -98,6 +98,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=1024, help="file size in MiB (default 1024)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--gzipped", action="store_true", help="with attachment.gzipped = true")
     args = parser.parse_args(argv)
     size = args.size_mb * BLOCK
     work = tempfile.mkdtemp(prefix="jsonsync-attachment-bench-")
@@ -111,6 +112,7 @@ def main(argv=None) -> int:
             "[jsonsync]\nincludes = attachment\n"
             f"attachment.base_path = {files}\nattachment.base_url = http://files.invalid/\n"
             f"attachment.max_size = {size + BLOCK}\n"
+            f"attachment.gzipped = {'true' if args.gzipped else 'false'}\n"
         )
     twist = os.path.join(os.path.dirname(sys.executable), "twist")
     port = free_port()
@@ -165,13 +167,15 @@ def main(argv=None) -> int:
             sampler.join()
         peak = max(status_kb(server.pid, "VmHWM"), max(sampled))
         after = status_kb(server.pid, "VmRSS")
-        if status != 201 or body.get("hash") != sent_hash or body.get("size") != size:
+        sent = body.get("original", body)
+        if status != 201 or sent.get("hash") != sent_hash or sent.get("size") != size:
             print(f"upload failed: {status} {body}", file=sys.stderr)
             return 1
         stored = os.path.join(files, body["location"])
-        assert os.path.getsize(stored) == size
+        assert os.path.getsize(stored) == body["size"]
         mb = size / 1e6
-        print(f"file: {args.size_mb} MiB ({size} bytes), stored with the right sha256")
+        how = f", gzipped to {body['size']} bytes" if args.gzipped else ""
+        print(f"file: {args.size_mb} MiB ({size} bytes), stored with the right sha256{how}")
         print(f"server RSS idle (after a warm-up upload): {idle / 1024:.1f} MiB")
         print(f"server RSS peak during the upload: {peak / 1024:.1f} MiB  (+{(peak - idle) / 1024:.1f} MiB above idle)")
         print(f"  (VmRSS sampled every 20 ms: {len(sampled)} samples, max {max(sampled) / 1024:.1f} MiB)")

@@ -40,7 +40,14 @@ from jsonsync.errors import (
     RequestTooLarge,
     WriteConflict,
 )
-from jsonsync.http import ApiRequest, ApiResponse, check_accept, check_preconditions, validators
+from jsonsync.http import (
+    API_PREFIX,
+    ApiRequest,
+    ApiResponse,
+    check_accept,
+    check_preconditions,
+    validators,
+)
 from jsonsync.interfaces import IFileStore, IResourceListener
 from jsonsync.plugins.attachment_types import HEAD, mismatch
 from jsonsync.registry import Route
@@ -184,7 +191,7 @@ def boundary_of(content_type: str | None) -> bytes:
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media != "multipart/form-data":
         raise InvalidParameters(
-            "header", "Content-Type", "Content-Type header should be multipart/form-data"
+            "header", "Content-Type", "Content-Type should be multipart/form-data"
         )
     found = _BOUNDARY.search(content_type or "")
     if found is None:
@@ -396,7 +403,8 @@ def gzip_copy(source, spool_dir: str | None = None):
         source.seek(0)
         # No name and a fixed time in the header: the same file always
         # gives the same bytes, so its hash only depends on its content.
-        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0) as compressed:
+        # Level 6, the gzip command's default (GzipFile's is 9, the slowest).
+        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6) as compressed:
             shutil.copyfileobj(source, compressed, CHUNK * 16)
         out.flush()
     except BaseException:
@@ -813,7 +821,7 @@ class AttachmentPlugin:
 
     def record_url(self, req: ApiRequest) -> str:
         p = req.params
-        return (f"{req.scheme}://{req.host}/v1/buckets/{p['bucket_id']}/collections/{p['collection_id']}"
+        return (f"{req.scheme}://{req.host}{API_PREFIX}/buckets/{p['bucket_id']}/collections/{p['collection_id']}"
                 f"/records/{p['record_id']}")
 
     async def detach(self, req: ApiRequest, loc) -> ApiResponse:
