@@ -311,6 +311,9 @@ def parse_upload(source, boundary: bytes, max_size: int, spool_dir: str | None) 
                     raise InvalidParameters("body", FIELD, "only one file may be attached")
                 _read_file(reader, delimiter, upload, params, headers, max_size, spool_dir)
             else:
+                if params.get("filename") is not None:
+                    # As kinto-attachment: only the attachment is a file.
+                    raise InvalidParameters("body", name, f"body: {name!r} field should be passed as form data, not files")
                 chunks: list[bytes] = []
                 size = [0]
 
