@@ -356,6 +356,8 @@ def cmd_purge_deleted(args) -> str:
 def cmd_attachments_cleanup(args) -> str:
     from jsonsync.errors import BackendUnavailable
     from jsonsync.plugins import attachment_cleanup
+    from jsonsync.plugins.attachment import make_store
+    from jsonsync.plugins.attachment_s3 import S3Error
 
     settings, discovered = _settings(args)
     if "attachment" not in settings["includes"]:
@@ -372,13 +374,14 @@ def cmd_attachments_cleanup(args) -> str:
         registry = Registry(settings, reactor, discovered)
         try:
             await registry.open_backends()
-            return await attachment_cleanup.cleanup(
-                registry.storage, settings["attachment.base_path"], args.grace, args.dry_run
-            )
+            store = make_store(settings)
+            return await attachment_cleanup.cleanup(registry.storage, store, args.grace, args.dry_run)
         except ValueError as e:
             raise Failed(str(e)) from None
         except BackendUnavailable as e:
             raise Failed(f"database unreachable: {e.__cause__ or e}") from None
+        except (OSError, S3Error) as e:
+            raise Failed(f"the attachment store failed: {e}") from None
         finally:
             await registry.close()
 

@@ -13,6 +13,7 @@ import uuid
 
 from jsonsync import testing
 from jsonsync.plugins import attachment_cleanup
+from jsonsync.plugins.attachment import LocalFileStore
 from jsonsync.testing import with_postgresql_variants
 from tests.test_operators_cli import JSONSYNC, run
 from tests.test_plugin_attachment import REC, _Served
@@ -48,13 +49,13 @@ class CleanupTests(_Served):
     async def test_sweep_removes_old_unreferenced_files_only(self):
         kept, orphans, young, stale_part, fresh_part, foreign = await self.scenario()
         before = self.stored()
-        report = await attachment_cleanup.cleanup(self.app.registry.storage, self.base_path, 600, dry_run=True)
+        report = await attachment_cleanup.cleanup(self.app.registry.storage, LocalFileStore(self.base_path), 600, dry_run=True)
         self.assertEqual(sorted(report.removed), orphans)
         self.assertEqual(report.partial, [stale_part])
         self.assertEqual((report.kept, report.young), (1, 1))
         self.assertEqual(self.stored(), before)  # a dry run removes nothing
 
-        report = await attachment_cleanup.cleanup(self.app.registry.storage, self.base_path, 600)
+        report = await attachment_cleanup.cleanup(self.app.registry.storage, LocalFileStore(self.base_path), 600)
         self.assertEqual(sorted(report.removed), orphans)
         self.assertIn("removed 3 unreferenced file(s) and 1 unfinished save(s)", report.summary(False))
         left = self.stored()
@@ -76,7 +77,7 @@ class CleanupTests(_Served):
         orphan = self.plant(f"b/c/{uuid.uuid4().hex}.txt")
         # Pages of two records: every page of the collection is read.
         self.patch(attachment_cleanup, "PAGE", 2)
-        report = await attachment_cleanup.cleanup(self.app.registry.storage, self.base_path, 0)
+        report = await attachment_cleanup.cleanup(self.app.registry.storage, LocalFileStore(self.base_path), 0)
         self.assertEqual(report.removed, [orphan])
         self.assertEqual(report.kept, 5)
         self.assertEqual(sorted(self.stored()), sorted(atts))
@@ -92,7 +93,7 @@ class CleanupTests(_Served):
         path = os.path.join(self.base_path, att["location"])
         os.utime(path, (OLD, OLD))
         self.assertEqual(self.stored(), [att["location"]])
-        report = await attachment_cleanup.cleanup(self.app.registry.storage, self.base_path, 60)
+        report = await attachment_cleanup.cleanup(self.app.registry.storage, LocalFileStore(self.base_path), 60)
         self.assertEqual(report.removed, [att["location"]])
         self.assertEqual(self.stored(), [])
 

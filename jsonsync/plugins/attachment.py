@@ -21,6 +21,7 @@ import mimetypes
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 import unicodedata
@@ -73,6 +74,8 @@ TARGET = re.compile(rb"^/v1/buckets/[^/?]+/collections/[^/?]+/records/[^/?]+/att
 # location that does not look like this is never deleted.
 STORED_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*/[a-zA-Z0-9][a-zA-Z0-9_-]*/[0-9a-f]{32}(\.[a-z0-9]{1,16})?$")
 _PREFIX = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*(/[a-zA-Z0-9][a-zA-Z0-9_-]*)?$")
+# What LocalFileStore.save writes before renaming it: <name>.<uuid hex>.part
+PARTIAL = re.compile(r"^(.+)\.[0-9a-f]{32}\.part$")
 _EXTENSION = re.compile(r"^\.[a-z0-9]{1,16}$")
 _BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,70})"|([^;\s"]{1,70}))', re.IGNORECASE)
 _PARAM = re.compile(r';\s*([a-zA-Z0-9_*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;]*))')
@@ -142,6 +145,59 @@ class LocalFileStore:
     def url(self, name):
         return name
 
+    def stored(self):
+        """
+        C{(name, time stored)} of every file the plugin made under
+        base_path, and of the C{.part} leftovers of saves in progress or
+        that never finished (for the cleanup command).
+        """
+        for bid in sorted(_listdir(self.base_path)):
+            bdir = os.path.join(self.base_path, bid)
+            if not _is_dir(bdir):
+                continue
+            for cid in sorted(_listdir(bdir)):
+                cdir = os.path.join(bdir, cid)
+                if not _is_dir(cdir):
+                    continue
+                for entry in sorted(_listdir(cdir)):
+                    name = f"{bid}/{cid}/{entry}"
+                    partial = PARTIAL.match(entry)
+                    if not STORED_NAME.match(f"{bid}/{cid}/{partial.group(1)}" if partial else name):
+                        continue
+                    try:
+                        st = os.lstat(os.path.join(cdir, entry))
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISREG(st.st_mode):
+                        yield name, st.st_mtime
+
+    def discard(self, name):
+        """Remove the C{.part} leftover C{name} (as L{stored} gives it)."""
+        directory, _, entry = name.rpartition("/")
+        partial = PARTIAL.match(entry)
+        if partial is None or not STORED_NAME.match(f"{directory}/{partial.group(1)}"):
+            raise ValueError(f"not an unfinished save: {name!r}")
+        try:
+            os.unlink(os.path.join(self.base_path, *name.split("/")))
+        except FileNotFoundError:
+            pass
+
+    def tidy(self):
+        """Remove the emptied bucket and collection directories."""
+        for bid in _listdir(self.base_path):
+            bdir = os.path.join(self.base_path, bid)
+            if not _is_dir(bdir):
+                continue
+            for cid in _listdir(bdir):
+                try:
+                    os.rmdir(os.path.join(bdir, cid))
+                except OSError:
+                    pass  # not empty, or not a directory
+            try:
+                os.rmdir(bdir)
+            except OSError:
+                pass
+
     def purge(self, prefix, before):
         if not _PREFIX.match(prefix):
             raise ValueError(f"not a bucket or collection prefix: {prefix!r}")
@@ -160,6 +216,30 @@ class LocalFileStore:
                 os.rmdir(root)
             except OSError:
                 pass  # not empty
+
+
+def _listdir(path):
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _is_dir(path):
+    return os.path.isdir(path) and not os.path.islink(path)
+
+
+def make_store(settings) -> IFileStore:
+    """The store the settings choose: S3 when C{attachment.s3.endpoint} is set, else local disk."""
+    if settings.get("attachment.s3.endpoint"):
+        from jsonsync.plugins.attachment_s3 import S3FileStore
+
+        return S3FileStore(
+            settings["attachment.s3.endpoint"], settings.get("attachment.s3.bucket") or "",
+            settings.get("attachment.s3.region") or "us-east-1",
+            settings.get("attachment.s3.access_key") or "", settings.get("attachment.s3.secret_key") or "",
+        )
+    return LocalFileStore(settings["attachment.base_path"])
 
 
 # --- multipart/form-data -------------------------------------------------------
@@ -551,14 +631,37 @@ class AttachmentPlugin:
             "attachment.check_type", "bool", True,
             "(plugin attachment) refuse a file whose bytes do not match its media type",
         ),
+        "attachment.s3.endpoint": Setting(
+            "attachment.s3.endpoint", "opt_str", None,
+            "(plugin attachment) store files in S3 at this URL instead of base_path",
+        ),
+        "attachment.s3.bucket": Setting(
+            "attachment.s3.bucket", "opt_str", None, "(plugin attachment) S3 bucket (empty: the endpoint is the bucket's URL)"
+        ),
+        "attachment.s3.region": Setting("attachment.s3.region", "str", "us-east-1", "(plugin attachment) S3 region"),
+        "attachment.s3.access_key": Setting("attachment.s3.access_key", "opt_str", None, "(plugin attachment) S3 access key"),
+        "attachment.s3.secret_key": Setting("attachment.s3.secret_key", "opt_str", None, "(plugin attachment) S3 secret key"),
         "attachment.resources.*": None,
     }
 
     @staticmethod
     def check_settings(settings):
         problems = []
-        if not settings.get("attachment.base_path"):
-            problems.append("plugin attachment needs attachment.base_path (where files are stored)")
+        s3 = settings.get("attachment.s3.endpoint")
+        if s3:
+            from urllib.parse import urlsplit
+
+            if urlsplit(s3).scheme not in ("http", "https") or not urlsplit(s3).hostname:
+                problems.append(f"attachment.s3.endpoint must be an http(s) URL, got {s3!r}")
+            for name in ("attachment.s3.access_key", "attachment.s3.secret_key"):
+                if not settings.get(name):
+                    problems.append(f"plugin attachment needs {name} to store files in S3")
+            if settings.get("attachment.max_size", 1) > 5 * 1024**3:
+                problems.append("attachment.max_size cannot be over 5 GiB with S3 (the most one PUT takes)")
+        elif not settings.get("attachment.base_path"):
+            problems.append(
+                "plugin attachment needs attachment.base_path (where files are stored) or attachment.s3.endpoint"
+            )
         if not settings.get("attachment.base_url"):
             problems.append(
                 "plugin attachment needs attachment.base_url (the URL at which a web server serves base_path)"
@@ -575,7 +678,7 @@ class AttachmentPlugin:
     def install(self, registry, settings):
         self.check_settings(settings)
         self.registry = registry
-        self.store: IFileStore = LocalFileStore(settings["attachment.base_path"])
+        self.store: IFileStore = make_store(settings)
         self.max_size = settings["attachment.max_size"]
         self.extensions = frozenset(
             "." + e.lower().lstrip(".") for e in settings["attachment.extensions"] if e.strip(".")

@@ -12,16 +12,14 @@ read is always younger than it.
 
 from __future__ import annotations
 
-import os
-import re
 import time
 from dataclasses import dataclass, field
 
-from jsonsync.plugins.attachment import STORED_NAME, _location
+from twisted.internet.threads import deferToThread
+
+from jsonsync.plugins.attachment import PARTIAL, _location
 from jsonsync.query import Filter, Op, Query, Sort
 
-# What LocalFileStore.save writes before renaming it: <name>.<uuid hex>.part
-_PARTIAL = re.compile(r"^(.+)\.[0-9a-f]{32}\.part$")
 # Records read per query, to keep memory flat on a large collection.
 PAGE = 1000
 DEFAULT_GRACE = 3600
@@ -41,22 +39,6 @@ class CleanupReport:
             f"{verb} {len(self.removed)} unreferenced file(s) and {len(self.partial)} unfinished save(s); "
             f"kept {self.kept} referenced and {self.young} within the grace period"
         )
-
-
-def _collections(base_path: str):
-    """The C{(bucket, collection, directory)} under base_path that hold files."""
-    try:
-        buckets = sorted(os.listdir(base_path))
-    except FileNotFoundError:
-        return
-    for bid in buckets:
-        bdir = os.path.join(base_path, bid)
-        if not os.path.isdir(bdir) or os.path.islink(bdir):
-            continue
-        for cid in sorted(os.listdir(bdir)):
-            cdir = os.path.join(bdir, cid)
-            if os.path.isdir(cdir) and not os.path.islink(cdir):
-                yield bid, cid, cdir
 
 
 async def referenced(storage, bid: str, cid: str) -> set[str]:
@@ -81,64 +63,47 @@ async def referenced(storage, bid: str, cid: str) -> set[str]:
     return found
 
 
-async def cleanup(storage, base_path: str, grace: float = DEFAULT_GRACE, dry_run: bool = False,
-                  now: float | None = None, remove=os.unlink) -> CleanupReport:
+async def cleanup(storage, store, grace: float = DEFAULT_GRACE, dry_run: bool = False,
+                  now: float | None = None) -> CleanupReport:
     """
-    Remove (or, with C{dry_run}, list) the files under C{base_path} that no
-    live record of C{storage} points to and that are older than C{grace}
-    seconds. Only names the plugin makes are ever touched. The directory
-    walk blocks: an operator command runs this, not the server.
+    Remove (or, with C{dry_run}, list) the files of C{store} (its
+    C{stored()} listing) that no live record of C{storage} points to and
+    that are older than C{grace} seconds, and the leftovers of saves that
+    never finished (C{discard}, on stores that leave such files). Only
+    names the plugin makes are ever touched. The store's calls block (disk,
+    network): they run in threads.
     """
     cutoff = (time.time() if now is None else now) - grace
     report = CleanupReport()
-    base_path = os.path.abspath(base_path)
-    for bid, cid, cdir in list(_collections(base_path)):
-        names = [n for n in sorted(os.listdir(cdir)) if STORED_NAME.match(f"{bid}/{cid}/{_unfinished(n) or n}")]
-        if not names:
-            continue
+    by_collection: dict[tuple[str, str], list[tuple[str, float]]] = {}
+    for name, stored_at in await deferToThread(lambda: list(store.stored())):
+        bid, cid, _ = name.split("/", 2)
+        by_collection.setdefault((bid, cid), []).append((name, stored_at))
+    for (bid, cid), entries in sorted(by_collection.items()):
         # The cut-off is before this read: a file stored since is younger.
-        pointed = await referenced(storage, bid, cid) if any(not _unfinished(n) for n in names) else set()
-        for name in names:
-            path = os.path.join(cdir, name)
-            relative = f"{bid}/{cid}/{name}"
-            partial = _unfinished(name) is not None
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            if not os.path.isfile(path) or os.path.islink(path):
-                continue
-            if partial:
-                if st.st_mtime < cutoff:
-                    report.partial.append(relative)
+        complete = [e for e in entries if _unfinished(e[0]) is None]
+        pointed = await referenced(storage, bid, cid) if complete else set()
+        for name, stored_at in sorted(entries):
+            if _unfinished(name) is not None:
+                if stored_at < cutoff:
+                    report.partial.append(name)
                     if not dry_run:
-                        _remove(remove, path)
-                continue
-            if relative in pointed:
+                        await deferToThread(store.discard, name)
+            elif name in pointed:
                 report.kept += 1
-            elif st.st_mtime >= cutoff:
+            elif stored_at >= cutoff:
                 report.young += 1
             else:
-                report.removed.append(relative)
+                report.removed.append(name)
                 if not dry_run:
-                    _remove(remove, path)
-        if not dry_run:
-            for directory in (cdir, os.path.dirname(cdir)):
-                try:
-                    os.rmdir(directory)
-                except OSError:
-                    pass  # not empty
+                    await deferToThread(store.delete, name)
+    tidy = getattr(store, "tidy", None)
+    if tidy is not None and not dry_run:
+        await deferToThread(tidy)
     return report
 
 
 def _unfinished(name: str) -> str | None:
     """The name a C{.part} file was to be renamed to, or C{None} for another file."""
-    found = _PARTIAL.match(name)
+    found = PARTIAL.match(name.rpartition("/")[2])
     return found.group(1) if found else None
-
-
-def _remove(remove, path):
-    try:
-        remove(path)
-    except FileNotFoundError:
-        pass
