@@ -23,9 +23,12 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 
+from jsonsync import testing
+from jsonsync.config import ConfigurationError
 from jsonsync.plugins import attachment_cleanup
 from jsonsync.plugins.attachment_s3 import S3Error, S3FileStore, sign
-from jsonsync.testing import with_postgresql_variants
+from jsonsync.testing import build_app, with_postgresql_variants
+from tests.test_operators_cli import JSONSYNC, run
 from tests.test_plugin_attachment import PNG, REC, _Served
 
 AK, SK = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -312,6 +315,50 @@ class PluginOnS3Tests(_Served):
         self.assertEqual(report.removed, [orphan])
         self.assertEqual((report.kept, report.young), (1, 1))
         self.assertEqual(sorted(self.fake.objects), sorted([kept["location"], young]))
+
+    async def test_the_command_on_s3(self):
+        if self.app.settings["storage_backend"] == "memory":
+            raise self.skipTest("the command reads the records of a database (the PostgreSQL variant runs it)")
+        _, kept, _ = await self.upload("r1", [("attachment", "a.txt", "text/plain", b"kept")])
+        orphan = f"b/c/{'e' * 32}.bin"
+        store = S3FileStore(self.extra["attachment.s3.endpoint"], "files", "eu-west-3", AK, SK)
+        await deferToThread(store.save, orphan, io.BytesIO(b"orphan"))
+        self.fake.age(orphan, 7200)
+        command = [JSONSYNC, "-s", "includes=attachment", "-s", "attachment.base_url=http://f/",
+                   "-s", "storage_backend=postgresql",
+                   "-s", "permission_backend=postgresql", "-s", f"storage_url={testing.TEST_POSTGRESQL_URL}"]
+        for name, value in self.extra.items():
+            command += ["-s", f"{name}={value}"]
+        status, out = await run(command + ["attachments-cleanup", "--grace", "600"])
+        self.assertEqual(status, 0, out)
+        self.assertIn(f"removed {orphan}", out)
+        self.assertEqual(list(self.fake.objects), [kept["location"]])
+        self.fake.fail = 500
+        status, out = await run(command + ["attachments-cleanup"])
+        self.assertEqual(status, 1, out)
+        self.assertIn("the attachment store failed: S3 GET", out)
+
+
+class S3SettingsTests(TestCase):
+    memory_only = True
+
+    async def test_s3_settings(self):
+        base = {"includes": "attachment", "attachment.base_url": "http://f/"}
+        for extra, expected in [
+            ({}, "attachment.base_path"),
+            ({"attachment.s3.endpoint": "http://127.0.0.1:9"}, "attachment.s3.access_key"),
+            ({"attachment.s3.endpoint": "ftp://x", "attachment.s3.access_key": "a", "attachment.s3.secret_key": "s"},
+             "http(s) URL"),
+            ({"attachment.s3.endpoint": "http://127.0.0.1:9", "attachment.s3.access_key": "a",
+              "attachment.s3.secret_key": "s", "attachment.max_size": str(6 * 1024**3)}, "5 GiB"),
+        ]:
+            with self.assertRaises(ConfigurationError) as caught:
+                await build_app({**base, **extra})
+            self.assertIn(expected, str(caught.exception.problems))
+        # No base_path needed with S3.
+        app = await build_app({**base, "attachment.s3.endpoint": "http://127.0.0.1:9", "attachment.s3.bucket": "f",
+                               "attachment.s3.access_key": "a", "attachment.s3.secret_key": "s"})
+        await app.registry.close()
 
 
 with_postgresql_variants(globals())
