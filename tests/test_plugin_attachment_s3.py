@@ -362,3 +362,83 @@ class S3SettingsTests(TestCase):
 
 
 with_postgresql_variants(globals())
+
+
+def _s3rver() -> str:
+    """The s3rver command (a fake S3 server for node, from npm), installed once in the temporary directory."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from twisted.trial.unittest import SkipTest
+
+    if not (shutil.which("node") and shutil.which("npm")):
+        raise SkipTest("node and npm are not installed")
+    prefix = os.path.join(tempfile.gettempdir(), "jsonsync-s3rver-3.7.1")
+    command = os.path.join(prefix, "node_modules", ".bin", "s3rver")
+    if not os.path.exists(command):
+        try:
+            subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent", "--no-save", "--prefix", prefix,
+                            "s3rver@3.7.1"], check=True, capture_output=True, timeout=300)
+        except (subprocess.SubprocessError, OSError) as e:
+            raise SkipTest(f"s3rver cannot be installed: {e}") from None
+    return command
+
+
+class S3rverTests(TestCase):
+    """
+    The store against another implementation of the S3 protocol: s3rver
+    (its XML, its status codes; it does not check V4 signatures, the tests
+    above do).
+    """
+
+    memory_only = True
+    timeout = 300
+
+    async def test_the_store_against_s3rver(self):
+        import shutil
+        import subprocess
+        import tempfile
+
+        from tests.test_postgresql_processes import free_port
+
+        command = await deferToThread(_s3rver)
+        data = tempfile.mkdtemp(prefix="jsonsync-s3rver-")
+        self.addCleanup(shutil.rmtree, data, True)
+        port = free_port()
+        proc = subprocess.Popen([command, "-d", data, "-a", "127.0.0.1", "-p", str(port), "-s",
+                                 "--configure-bucket", "files"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def stop():
+            proc.terminate()
+            proc.wait(10)
+
+        self.addCleanup(stop)
+        store = S3FileStore(f"http://127.0.0.1:{port}", "files", "us-east-1", "S3RVER", "S3RVER", timeout=10)
+
+        def scenario():
+            for _ in range(200):
+                try:
+                    list(store.stored())
+                    break
+                except S3Error:
+                    time.sleep(0.05)
+            content = os.urandom(3 << 20)
+            names = [f"b/c/{i:032x}.bin" for i in range(3)] + [f"b/d/{9:032x}.txt"]
+            for name in names:
+                store.save(name, io.BytesIO(content))
+            assert store.exists(names[0]) and not store.exists(f"b/c/{7:032x}.bin")
+            listed = sorted(n for n, _ in store.stored())
+            assert listed == sorted(names), listed
+            assert sorted(n for n, _ in store.stored("b/c/")) == names[:3]
+            assert all(abs(t - time.time()) < 120 for _, t in store.stored())
+            store.delete(names[0])
+            store.delete(names[0])
+            assert not store.exists(names[0])
+            store.purge("b/c", time.time() + 5)
+            assert [n for n, _ in store.stored()] == [names[3]]
+            with open(os.path.join(data, "files", *names[3].split("/")) + "._S3rver_object", "rb") as f:
+                assert f.read() == content
+            return True
+
+        self.assertTrue(await deferToThread(scenario))
