@@ -338,12 +338,15 @@ class UploadTests(_Served):
              {"Content-Type": "multipart/form-data; boundary=xYzZY"}),
             (b"anything", {"Content-Type": "multipart/form-data"}),
             (b'{"data": {}}', {"Content-Type": "application/json"}),
-            multipart([("data", None, None, b"{}")]),  # no file
         ]
         for raw, headers in cases:
             self.assertKintoError(await self.call("POST", path, raw=raw, headers=headers), 400, 107)
+        # A well-formed form that lacks the file, or whose data is not JSON:
+        # kinto-attachment's INVALID_POSTED_DATA.
+        raw, headers = multipart([("data", None, None, b"{}")])
+        self.assertKintoError(await self.call("POST", path, raw=raw, headers=headers), 400, 109)
         self.assertKintoError(
-            await self.upload("r1", [("attachment", "a.txt", None, b"x"), ("data", None, None, b"{nope")]), 400, 107
+            await self.upload("r1", [("attachment", "a.txt", None, b"x"), ("data", None, None, b"{nope")]), 400, 109
         )
         self.assertKintoError(
             await self.upload("r1", [("attachment", "a.txt", None, b"x"), ("permissions", None, None, b'{"eat": []}')]),

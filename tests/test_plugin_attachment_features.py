@@ -98,19 +98,24 @@ class TypeCheckTests(_Served):
 class FormFieldTests(_Served):
     async def test_only_data_and_permissions_as_plain_fields(self):
         result = await self.upload("r1", [("attachment", "a.txt", "text/plain", b"x"), ("my_field", None, None, b"v")])
-        self.assertKintoError(result, 400, 107)
+        self.assertKintoError(result, 400, 109)  # kinto-attachment's INVALID_POSTED_DATA
         self.assertIn("'my_field' not in ('data', 'permissions')", result[1]["message"])
         result = await self.upload(
             "r1", [("attachment", "a.txt", "text/plain", b"x"), ("data", "data.json", "application/json", b"{}")]
         )
-        self.assertKintoError(result, 400, 107)
+        self.assertKintoError(result, 400, 109)  # kinto-attachment's INVALID_POSTED_DATA
         self.assertIn("'data' field should be passed as form data, not files", result[1]["message"])
         result = await self.upload("r1", [("attachment", "a.txt", "text/plain", b"x"), ("data", None, None, b"{x")])
-        self.assertKintoError(result, 400, 107)
+        self.assertKintoError(result, 400, 109)  # kinto-attachment's INVALID_POSTED_DATA
         self.assertIn("body: data is not valid JSON", result[1]["message"])
         self.assertEqual(self.stored(), [])
         code, _, _ = await self.call("GET", f"{REC}/r1")
         self.assertEqual(code, 404)
+
+    async def test_a_form_without_the_file_is_invalid_posted_data(self):
+        result = await self.upload("r1", [("data", None, None, b'{"a": 1}')])
+        self.assertKintoError(result, 400, 109)
+        self.assertIn("Attachment missing", result[1]["message"])
 
 
 class TypeCheckOffTests(_Served):

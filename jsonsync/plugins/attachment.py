@@ -40,6 +40,7 @@ from jsonsync import jsonutil
 from jsonsync.config import ConfigurationError, Setting
 from jsonsync.errors import (
     InvalidParameters,
+    InvalidPostedData,
     RequestTooLarge,
     WriteConflict,
 )
@@ -395,7 +396,7 @@ def parse_upload(source, boundary: bytes, max_size: int, spool_dir: str | None) 
             else:
                 if params.get("filename") is not None:
                     # As kinto-attachment: only the attachment is a file.
-                    raise InvalidParameters("body", name, f"body: {name!r} field should be passed as form data, not files")
+                    raise InvalidPostedData("body", name, f"body: {name!r} field should be passed as form data, not files")
                 chunks: list[bytes] = []
                 size = [0]
 
@@ -798,7 +799,7 @@ class AttachmentPlugin:
             upload = await self._blocking(parse_upload, source, boundary, self.max_size, spool)
         if upload.file is None:
             upload.close()
-            raise InvalidParameters("body", FIELD, "Attachment missing.")
+            raise InvalidPostedData("body", FIELD, "Attachment missing.")
         return upload
 
     def describe(self, upload: Upload, location: str) -> dict:
@@ -839,7 +840,7 @@ class AttachmentPlugin:
         try:
             value = jsonutil.loads(raw)
         except jsonutil.JSONError as e:
-            raise InvalidParameters("body", name, f"body: {name} is not valid JSON ({e})") from None
+            raise InvalidPostedData("body", name, f"body: {name} is not valid JSON ({e})") from None
         if not isinstance(value, dict):
             raise InvalidParameters("body", name, f"{name} should be a JSON object")
         return value
@@ -891,7 +892,7 @@ class AttachmentPlugin:
         ext, _ = self.check_upload(upload)
         unknown = sorted(set(upload.fields) - {"data", "permissions"})
         if unknown:
-            raise InvalidParameters("body", unknown[0], f"body: {unknown[0]!r} not in ('data', 'permissions')")
+            raise InvalidPostedData("body", unknown[0], f"body: {unknown[0]!r} not in ('data', 'permissions')")
         data = self.json_field(upload, "data") or {}
         perms = engine.clean_permissions(rt, self.json_field(upload, "permissions"))
         checks = [(loc.uri, "write"), (loc.parent_uri, rt.create_permission)]
