@@ -181,6 +181,10 @@ async def resolve(reactor, host: str, port: int, timeout: float) -> list[str]:
     return seen
 
 
+class DeliveryTimeout(Exception):
+    """No complete answer within C{webhooks.timeout_seconds}."""
+
+
 class TargetRefused(Exception):
     """The host resolves only to addresses webhooks may not reach."""
 
@@ -507,11 +511,7 @@ class Worker:
             status, error = None, None
             try:
                 status = await self._post(hook, message)
-            except CancelledError:
-                if self._stopped:
-                    raise
-                error = f"timed out after {self.config.timeout:g} s"
-            except TargetRefused as exc:
+            except (TargetRefused, DeliveryTimeout) as exc:
                 error = str(exc)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"[:500]
@@ -571,8 +571,11 @@ class Worker:
             await finished
             return response.code
 
+        def timed_out(result, timeout):
+            raise DeliveryTimeout(f"timed out after {timeout:g} s")
+
         d = Deferred.fromCoroutine(exchange())
-        d.addTimeout(self.config.timeout, self.reactor)
+        d.addTimeout(self.config.timeout, self.reactor, onTimeoutCancel=timed_out)
         return await d
 
     async def stop(self) -> None:

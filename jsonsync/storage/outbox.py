@@ -68,32 +68,31 @@ class MemoryOutbox(CloseHooks):
     async def append(self, txn, messages):
         if not messages:
             return
-        journal = await self._storage._journal(txn)
-        now = self._clock()
-        added = []
-        for message in messages:
-            row = {
-                "id": message["id"],
-                "target": message["target"],
-                "body": message["body"],
-                "status": "pending",
-                "attempts": 0,
-                "created": now,
-                "since": now,
-                "due": now,
-                "token": None,
-                "ended": None,
-                "log": [],
-                "seq": next(self._order),
-            }
-            self._rows[row["id"]] = row
-            added.append(row["id"])
+        # Taking the writers' lock orders the messages with the change; they
+        # become claimable only once the transaction committed (memory reads
+        # see uncommitted writes), and a rollback never publishes them.
+        await self._storage._journal(txn)
+        staged = list(messages)
 
-        def undo():
-            for message_id in added:
-                self._rows.pop(message_id, None)
+        def publish():
+            now = self._clock()
+            for message in staged:
+                self._rows[message["id"]] = {
+                    "id": message["id"],
+                    "target": message["target"],
+                    "body": message["body"],
+                    "status": "pending",
+                    "attempts": 0,
+                    "created": now,
+                    "since": now,
+                    "due": now,
+                    "token": None,
+                    "ended": None,
+                    "log": [],
+                    "seq": next(self._order),
+                }
 
-        journal.undo.append(undo)
+        txn.after_commit(publish)
 
     async def claim(self, limit, lease, worker):
         now = self._clock()
