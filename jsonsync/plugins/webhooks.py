@@ -463,8 +463,9 @@ class Worker:
                     for message in claimed:
                         await self._release(message)
                     break
+                hooks = await self._webhooks([m["target"] for m in claimed]) if claimed else {}
                 for message in claimed:
-                    d = Deferred.fromCoroutine(self._deliver(message))
+                    d = Deferred.fromCoroutine(self._deliver(message, hooks.get(message["target"])))
                     self.inflight[message["id"]] = d
                     d.addBoth(self._delivered, message["id"])
                 if len(claimed) < free and not self._again:
@@ -490,20 +491,26 @@ class Worker:
         except Exception:
             pass  # the lease ends by itself
 
-    async def _webhook(self, target: str) -> dict | None:
-        parts = target.strip("/").split("/")
-        if len(parts) != 4:
-            return None
-        storage = self.plugin.registry.storage
-        txn = storage.transaction()
-        try:
-            return await storage.get(txn, "webhook", f"/buckets/{parts[1]}", parts[3])
-        finally:
-            await txn.rollback()
+    async def _webhooks(self, targets) -> dict[str, dict | None]:
+        """The webhooks of C{targets} (their URIs), in one look-up."""
+        keys, uris = [], []
+        for target in set(targets):
+            parts = target.strip("/").split("/")
+            if len(parts) == 4:
+                keys.append(("webhook", f"/buckets/{parts[1]}", parts[3]))
+                uris.append(target)
+        found: dict[str, dict | None] = dict.fromkeys(targets)
+        if keys:
+            storage = self.plugin.registry.storage
+            txn = storage.transaction()
+            try:
+                found.update(zip(uris, await storage.get_many(txn, keys), strict=True))
+            finally:
+                await txn.rollback()
+        return found
 
-    async def _deliver(self, message) -> None:
+    async def _deliver(self, message, hook: dict | None) -> None:
         try:
-            hook = await self._webhook(message["target"])
             if hook is None:
                 await self.outbox.discard(message["id"], message["token"])
                 return
