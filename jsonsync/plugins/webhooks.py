@@ -176,8 +176,9 @@ async def resolve(reactor, host: str, port: int, timeout: float) -> list[str]:
     infos = await d
     seen: list[str] = []
     for family, _, _, _, sockaddr in infos:
-        if family in (socket.AF_INET, socket.AF_INET6) and sockaddr[0] not in seen:
-            seen.append(sockaddr[0])
+        address = str(sockaddr[0])
+        if family in (socket.AF_INET, socket.AF_INET6) and address not in seen:
+            seen.append(address)
     return seen
 
 
@@ -226,7 +227,7 @@ def _parsed_filters(filters: dict) -> list:
 class WebhookTypes:
     """The webhook resource type and its validation (which needs the plugin's settings)."""
 
-    def __init__(self, plugin: WebhooksPlugin):
+    def __init__(self, plugin: Installation):
         self.plugin = plugin
 
     async def validate(self, req: ApiRequest, loc, data: dict, existing: dict | None) -> dict:
@@ -295,7 +296,7 @@ class OutboxListener:
     actions = frozenset(ACTIONS)
     resource_names = DELIVERED_TYPES
 
-    def __init__(self, plugin: WebhooksPlugin):
+    def __init__(self, plugin: Installation):
         self.plugin = plugin
         self.registry = plugin.registry
         # The bucket's webhooks, read once per transaction.
@@ -409,7 +410,7 @@ class Worker:
     appended messages or a retry falls due.
     """
 
-    def __init__(self, plugin: WebhooksPlugin):
+    def __init__(self, plugin: Installation):
         self.plugin = plugin
         self.reactor = plugin.registry.reactor
         self.outbox: IOutbox = plugin.outbox
