@@ -231,6 +231,9 @@ class WebhookTypes:
         self.plugin = plugin
 
     async def validate(self, req: ApiRequest, loc, data: dict, existing: dict | None) -> dict:
+        listener = getattr(self.plugin, "listener", None)
+        if listener is not None:
+            listener.forget(req.txn, loc.parent_uri.rsplit("/", 1)[-1])
         unknown = sorted(set(data) - FIELDS)
         if unknown:
             raise _bad(unknown[0], "unknown field (a webhook has url, actions, collection, filters, description, secret)")
@@ -302,6 +305,25 @@ class OutboxListener:
         # The bucket's webhooks, read once per transaction.
         self._seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._filters: dict[str, list] = {}
+
+    async def prefetch(self, req, loc, data, existing):
+        """
+        A validator of the delivered types: reads the bucket's webhooks
+        before the write, while the request holds no list lock yet (on
+        PostgreSQL the write takes its list's lock until the commit: a read
+        there would keep the list's other writers waiting one more round
+        trip).
+        """
+        bucket_id = next((oid for rt, oid in loc.ancestors if rt.name == "bucket"), None)
+        if bucket_id is not None:
+            await self._webhooks(req.txn, bucket_id)
+        return data
+
+    def forget(self, txn, bucket_id: str) -> None:
+        """The bucket's webhooks change in C{txn}: read them again."""
+        memo = self._seen.get(txn)
+        if memo is not None:
+            memo.pop(bucket_id, None)
 
     async def _webhooks(self, txn, bucket_id: str) -> list[dict]:
         memo = self._seen.setdefault(txn, {})
@@ -773,7 +795,10 @@ class Installation:
         rt = self.types.resource_type()
         for route in registry.add_resource_type(rt):
             route.view = self._guarded(route.view, plural=route.name.endswith("-plural"))
-        registry.add_listener(OutboxListener(self))
+        self.listener = OutboxListener(self)
+        registry.add_listener(self.listener)
+        for name in DELIVERED_TYPES:
+            registry.resource_types[name].validators.append(self.listener.prefetch)
         registry.add_route(
             Route(
                 "/buckets/<bucket_id>/webhooks/<webhook_id>/deliveries",
