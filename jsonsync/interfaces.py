@@ -364,6 +364,17 @@ class IOutbox(Interface):
     another worker claimed since changes nothing.
     """
 
+    def fan_out():
+        """
+        Ask the backend to write the messages of webhooks itself, in the
+        statement that writes each change (a database trigger), for every
+        created, updated or deleted collection, group or record of a bucket
+        holding live C{webhook} objects whose C{collection} and C{actions}
+        match: bodies as the C{webhooks} plugin writes them. Returns whether
+        it will (otherwise the plugin's listener calls L{append}).
+        @rtype: C{Awaitable[bool]}
+        """
+
     def append(txn, messages):
         """
         Write C{messages} (mappings with C{id}, C{target}, C{body}) within

@@ -216,6 +216,35 @@ def verify(secret: str, headers: dict[str, str], body: bytes, tolerance: float =
 # -- the resource type ------------------------------------------------------------
 
 
+_FILTERS: dict[str, list] = {}
+
+
+def filters_of(hook: dict) -> list:
+    """A webhook's filters, parsed (and remembered)."""
+    filters = hook.get("filters")
+    if not filters:
+        return []
+    key = jsonutil.dumps(filters).decode("utf-8")
+    parsed = _FILTERS.get(key)
+    if parsed is None:
+        if len(_FILTERS) > 10000:
+            _FILTERS.clear()
+        try:
+            parsed = _parsed_filters(filters)
+        except InvalidParameters:
+            parsed = []
+        _FILTERS[key] = parsed
+    return parsed
+
+
+def outgoing(message_id: str, stored: str) -> tuple[dict, dict]:
+    """C{(event, subject)}: the event to send (the stored body with its id) and the object its filters judge."""
+    event = jsonutil.loads(stored)
+    old = event.pop("old", None)
+    subject = old if event.get("action") == "delete" and isinstance(old, dict) else event.get("data")
+    return {"id": message_id, **event}, subject if isinstance(subject, dict) else {}
+
+
 def _parsed_filters(filters: dict) -> list:
     out = []
     for name, value in filters.items():
@@ -304,7 +333,6 @@ class OutboxListener:
         self.registry = plugin.registry
         # The bucket's webhooks, read once per transaction.
         self._seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._filters: dict[str, list] = {}
 
     async def prefetch(self, req, loc, data, existing):
         """
@@ -334,22 +362,6 @@ class OutboxListener:
             )
         return found
 
-    def _filters_of(self, hook: dict) -> list:
-        filters = hook.get("filters")
-        if not filters:
-            return []
-        key = jsonutil.dumps(filters).decode("utf-8")
-        parsed = self._filters.get(key)
-        if parsed is None:
-            if len(self._filters) > 10000:
-                self._filters.clear()
-            try:
-                parsed = _parsed_filters(filters)
-            except InvalidParameters:
-                parsed = []
-            self._filters[key] = parsed
-        return parsed
-
     async def before_commit(self, event, txn):
         bucket_id = event.payload.get("bucket_id")
         if not bucket_id:
@@ -365,7 +377,6 @@ class OutboxListener:
                 collection_id = obj["id"]
             else:
                 collection_id = event.payload.get("collection_id")
-            subject = impacted.get("old") or obj if event.action == "delete" else obj
             shown = rt.present(obj) if rt.present else obj
             uri = f"{event.parent_id}/{rt.plural}/{obj['id']}"
             for hook in hooks:
@@ -373,28 +384,23 @@ class OutboxListener:
                     continue
                 if hook.get("collection") is not None and hook["collection"] != collection_id:
                     continue
-                filters = self._filters_of(hook)
-                if filters and not matches_all(subject, filters):
-                    continue
-                message_id = str(uuid.uuid4())
+                # The body the PostgreSQL trigger writes too (schema 0004):
+                # no id (the worker adds it), "old" for the filters of a deletion.
                 body = {
-                    "id": message_id,
                     "action": event.action,
                     "resource_name": event.resource_name,
                     "uri": uri,
                     "bucket_id": bucket_id,
                     "collection_id": collection_id,
-                    "user_id": event.user_id,
                     "timestamp": obj.get("last_modified", event.timestamp),
-                    "webhook": f"/buckets/{bucket_id}/webhooks/{hook['id']}",
                     "data": shown,
                 }
+                if event.action == "delete" and impacted.get("old") is not None:
+                    body["old"] = impacted["old"]
+                target = f"/buckets/{bucket_id}/webhooks/{hook['id']}"
+                body["webhook"] = target
                 messages.append(
-                    {
-                        "id": message_id,
-                        "target": body["webhook"],
-                        "body": jsonutil.dumps(body).decode("utf-8"),
-                    }
+                    {"id": str(uuid.uuid4()), "target": target, "body": jsonutil.dumps(body).decode("utf-8")}
                 )
         if messages:
             await self.plugin.outbox.append(txn, messages)
@@ -537,10 +543,16 @@ class Worker:
             if hook is None:
                 await self.outbox.discard(message["id"], message["token"])
                 return
+            event, subject = outgoing(message["id"], message["body"])
+            filters = filters_of(hook)
+            if filters and not matches_all(subject, filters):
+                await self.outbox.discard(message["id"], message["token"])
+                return
+            body = jsonutil.dumps(event)
             started = time.monotonic()
             status, error = None, None
             try:
-                status = await self._post(hook, message)
+                status = await self._post(hook, message, body)
             except (TargetRefused, DeliveryTimeout) as exc:
                 error = str(exc)
             except Exception as exc:
@@ -570,7 +582,7 @@ class Worker:
         except Exception:
             _log.failure("webhooks: delivering {id} failed", id=message["id"])
 
-    async def _post(self, hook: dict, message) -> int:
+    async def _post(self, hook: dict, message, body: bytes) -> int:
         target = parse_target(hook.get("url"))
         addresses = await resolve(self.reactor, target.host, target.port, self.config.timeout)
         if not self.config.allow_private:
@@ -579,7 +591,6 @@ class Worker:
                 raise TargetRefused(f"{target.host} resolves to no address webhooks may reach")
         if not addresses:
             raise TargetRefused(f"{target.host} does not resolve")
-        body = message["body"].encode("utf-8")
         timestamp = str(int(time.time()))
         headers = {
             b"Content-Type": [b"application/json"],
@@ -706,7 +717,7 @@ class Config:
             retry_base=number("retry_base_seconds", 0.01, "2"),
             retry_max_delay=number("retry_max_delay_seconds", 0.01, "3600"),
             concurrency=int(settings.get("webhooks.concurrency", 16)),
-            poll_interval=number("poll_interval_seconds", 0.01, "1"),
+            poll_interval=number("poll_interval_seconds", 0.01, "0.5"),
             lease=number("lease_seconds", 1, "60"),
             retention=number("log_retention_seconds", 0, "604800"),
             worker=bool(settings.get("webhooks.worker", True)),
@@ -740,16 +751,16 @@ class WebhooksPlugin:
         "webhooks.retry_base_seconds": "2",
         "webhooks.retry_max_delay_seconds": "3600",
         "webhooks.concurrency": 16,
-        "webhooks.poll_interval_seconds": "1",
+        "webhooks.poll_interval_seconds": "0.5",
         "webhooks.lease_seconds": "60",
         "webhooks.log_retention_seconds": "604800",
         "webhooks.worker": True,
     }
 
-    def install(self, registry, settings):
+    async def install(self, registry, settings):
         # One plugin object serves every app of a process (tests build many):
         # the per-server state lives in an installation.
-        Installation(registry, settings).install()
+        await Installation(registry, settings).install()
 
 
 class Installation:
@@ -763,6 +774,7 @@ class Installation:
             )
         self.outbox: IOutbox = outbox
         self.worker: Worker | None = None
+        self.listener: OutboxListener | None = None
         self.types = WebhookTypes(self)
 
     # -- what the rest calls --------------------------------------------------------
@@ -790,15 +802,19 @@ class Installation:
         if self.worker is not None:
             txn.after_commit(self.worker.poke)
 
-    def install(self) -> None:
+    async def install(self) -> None:
         registry = self.registry
         rt = self.types.resource_type()
         for route in registry.add_resource_type(rt):
             route.view = self._guarded(route.view, plural=route.name.endswith("-plural"))
-        self.listener = OutboxListener(self)
-        registry.add_listener(self.listener)
-        for name in DELIVERED_TYPES:
-            registry.resource_types[name].validators.append(self.listener.prefetch)
+        # A backend that fans changes out itself (PostgreSQL: a trigger, in
+        # the statement of the write) needs no listener: writes keep carrying
+        # their commit. Otherwise the listener appends, in the transaction.
+        if not await self.outbox.fan_out():
+            self.listener = OutboxListener(self)
+            registry.add_listener(self.listener)
+            for name in DELIVERED_TYPES:
+                registry.resource_types[name].validators.append(self.listener.prefetch)
         registry.add_route(
             Route(
                 "/buckets/<bucket_id>/webhooks/<webhook_id>/deliveries",
@@ -904,7 +920,7 @@ class Installation:
         data = []
         for row in rows:
             try:
-                event = jsonutil.loads(row["body"])
+                event, _ = outgoing(row["id"], row["body"])
             except jsonutil.JSONError:
                 event = None
             data.append(

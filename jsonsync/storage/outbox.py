@@ -65,6 +65,9 @@ class MemoryOutbox(CloseHooks):
         self._rows: dict[str, dict] = {}
         self._order = itertools.count()
 
+    async def fan_out(self):
+        return False  # the plugin's listener appends the messages
+
     async def append(self, txn, messages):
         if not messages:
             return

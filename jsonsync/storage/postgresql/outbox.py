@@ -28,6 +28,9 @@ from jsonsync.storage.outbox import CloseHooks, new_token
 if TYPE_CHECKING:  # pragma: no cover
     from jsonsync.storage.postgresql.storage import PostgresStorage
 
+# pg_advisory_xact_lock(int, int) key of the trigger's creation.
+FANOUT_LOCK = (0x6A73, 0x7768)
+
 _CLAIM = """
 UPDATE jsonsync_outbox o
    SET due_at = clock_timestamp() + make_interval(secs => %(lease)s),
@@ -96,6 +99,25 @@ class PostgresOutbox(CloseHooks):
         super().__init__()
         self.storage = storage
         self.pool = storage.pool
+
+    async def fan_out(self):
+        """
+        Creates the trigger that writes the messages of changes itself (the
+        function is schema 4), once per database, under an advisory lock so
+        that processes starting together create it once.
+        """
+        await self.pool.run(
+            "SELECT pg_advisory_xact_lock(%s, %s);"
+            " DO $$ BEGIN"
+            " IF NOT EXISTS (SELECT 1 FROM pg_trigger"
+            "  WHERE tgname = 'jsonsync_webhook_fanout' AND tgrelid = 'objects'::regclass) THEN"
+            "  CREATE TRIGGER jsonsync_webhook_fanout AFTER INSERT OR UPDATE ON objects FOR EACH ROW"
+            "  WHEN (NEW.resource_name IN ('record', 'collection', 'group'))"
+            "  EXECUTE FUNCTION jsonsync_webhook_fanout();"
+            " END IF; END $$",
+            FANOUT_LOCK,
+        )
+        return True
 
     async def append(self, txn, messages):
         if not messages:

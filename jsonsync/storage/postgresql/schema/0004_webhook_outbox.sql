@@ -37,3 +37,72 @@ CREATE TABLE jsonsync_outbox_attempts (
     worker TEXT,
     PRIMARY KEY (message_id, attempt)
 );
+
+-- The fan-out of changes to webhooks, as a trigger on objects (created by
+-- the webhooks plugin at start, see jsonsync/storage/postgresql/outbox.py):
+-- it writes a change's messages in the very statement that writes the
+-- object, so a write keeps carrying its commit and sharing its list's group
+-- commit. One message per live webhook of the object's bucket whose
+-- collection (if any) and actions match; record filters are the worker's.
+-- The body is the event without its id (the worker adds it): for a deletion
+-- "old" carries the object before it, for the filters, and is not sent.
+CREATE OR REPLACE FUNCTION jsonsync_webhook_fanout() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    bucket text;
+    coll text;
+    act text;
+    plural text;
+    head text;
+BEGIN
+    bucket := split_part(NEW.parent_id, '/', 3);
+    IF bucket = '' OR NOT EXISTS (
+        SELECT 1 FROM objects
+         WHERE resource_name = 'webhook' AND parent_id = '/buckets/' || bucket AND NOT deleted
+    ) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.deleted THEN
+            RETURN NULL;
+        END IF;
+        act := 'create';
+    ELSIF NEW.deleted THEN
+        IF OLD.deleted THEN
+            RETURN NULL;
+        END IF;
+        act := 'delete';
+    ELSIF OLD.deleted THEN
+        act := 'create';
+    ELSE
+        act := 'update';
+    END IF;
+    IF NEW.resource_name = 'record' THEN
+        coll := split_part(NEW.parent_id, '/', 5);
+        plural := 'records';
+    ELSIF NEW.resource_name = 'collection' THEN
+        coll := NEW.id;
+        plural := 'collections';
+    ELSE
+        coll := NULL;
+        plural := 'groups';
+    END IF;
+    head := '{"action":"' || act || '","resource_name":"' || NEW.resource_name
+        || '","uri":' || to_json(NEW.parent_id || '/' || plural || '/' || NEW.id)::text
+        || ',"bucket_id":' || to_json(bucket)::text
+        || ',"collection_id":' || coalesce(to_json(coll)::text, 'null')
+        || ',"timestamp":' || NEW.last_modified
+        || ',"data":' || coalesce(NEW.body, NEW.data::text);
+    IF act = 'delete' THEN
+        head := head || ',"old":' || coalesce(OLD.body, OLD.data::text);
+    END IF;
+    INSERT INTO jsonsync_outbox (id, target, body)
+    SELECT gen_random_uuid()::text, '/buckets/' || bucket || '/webhooks/' || w.id,
+           head || ',"webhook":' || to_json('/buckets/' || bucket || '/webhooks/' || w.id)::text || '}'
+      FROM objects w
+     WHERE w.resource_name = 'webhook' AND w.parent_id = '/buckets/' || bucket AND NOT w.deleted
+       AND (w.data->>'collection' IS NULL OR w.data->>'collection' = coll)
+       AND (w.data->'actions' IS NULL OR w.data->'actions' ? act);
+    RETURN NULL;
+END
+$$;
