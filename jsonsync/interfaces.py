@@ -401,6 +401,13 @@ class IOutbox(Interface):
         @rtype: C{Awaitable[bool]}
         """
 
+    def complete_many(completions):
+        """
+        L{complete} for several C{(message_id, token, attempt)} at once (one
+        statement where the backend can); returns how many claims held.
+        @rtype: C{Awaitable[int]}
+        """
+
     def reschedule(message_id, token, delay, attempt):
         """Log C{attempt} and make the message due again in C{delay} seconds. @rtype: C{Awaitable[bool]}"""
 

@@ -453,6 +453,8 @@ class Worker:
         self._timers: set = set()
         self._stopped = False
         self._last_prune = 0.0
+        self._completions: list = []
+        self._flush_timer = None
 
     def start(self) -> None:
         self._loop = LoopingCall(self.poke)
@@ -564,7 +566,7 @@ class Worker:
                 "worker": self.name,
             }
             if status is not None and 200 <= status < 300:
-                await self.outbox.complete(message["id"], message["token"], attempt)
+                await self._complete(message, attempt)
                 return
             if attempt["error"] is None:
                 attempt["error"] = f"HTTP {status}"
@@ -581,6 +583,30 @@ class Worker:
             raise
         except Exception:
             _log.failure("webhooks: delivering {id} failed", id=message["id"])
+
+    async def _complete(self, message, attempt) -> None:
+        """Completions of one reactor turn go to the outbox together (one statement on PostgreSQL)."""
+        done: Deferred = Deferred()
+        self._completions.append((message["id"], message["token"], attempt, done))
+        if len(self._completions) == 1:
+            self._flush_timer = self.reactor.callLater(0, self._flush_completions)
+        await done
+
+    def _flush_completions(self) -> Deferred:
+        self._flush_timer = None
+        batch, self._completions = self._completions, []
+
+        async def flush():
+            try:
+                await self.outbox.complete_many([(i, t, a) for i, t, a, _ in batch])
+            except Exception:
+                # The leases end and the events are delivered again (at least once).
+                _log.failure("webhooks: recording {n} deliveries failed", n=len(batch))
+            for *_, done in batch:
+                if not done.called:
+                    done.callback(None)
+
+        return Deferred.fromCoroutine(flush())
 
     async def _post(self, hook: dict, message, body: bytes) -> int:
         target = parse_target(hook.get("url"))
@@ -634,6 +660,9 @@ class Worker:
                 await self._polling
             except Exception:
                 pass
+        if self._flush_timer is not None and self._flush_timer.active():
+            self._flush_timer.cancel()
+            await self._flush_completions()  # what was delivered is recorded before leaving
         pending = list(self.inflight.values())
         for d in pending:
             d.cancel()

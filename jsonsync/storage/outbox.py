@@ -146,6 +146,12 @@ class MemoryOutbox(CloseHooks):
         row.update(status="delivered", token=None, ended=self._clock())
         return True
 
+    async def complete_many(self, completions):
+        done = 0
+        for message_id, token, attempt in completions:
+            done += await self.complete(message_id, token, attempt)
+        return done
+
     async def reschedule(self, message_id, token, delay, attempt):
         row = self._held(message_id, token)
         if row is None:

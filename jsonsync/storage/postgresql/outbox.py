@@ -65,6 +65,22 @@ _COMPLETE = _ending("status = 'delivered', ended_at = clock_timestamp()")
 _FAIL = _ending("status = 'failed', ended_at = clock_timestamp()")
 _RESCHEDULE = _ending("due_at = clock_timestamp() + make_interval(secs => %(delay)s)")
 
+_COMPLETE_MANY = """
+WITH input AS (
+  SELECT * FROM unnest(%(ids)s::text[], %(tokens)s::text[], %(codes)s::int[], %(latencies)s::float8[],
+                       %(workers)s::text[]) AS i(id, token, status_code, latency_ms, worker)),
+ended AS (
+  UPDATE jsonsync_outbox o SET status = 'delivered', token = NULL, ended_at = clock_timestamp()
+    FROM input i
+   WHERE o.id = i.id AND o.token = i.token AND o.status = 'pending'
+  RETURNING o.id, o.attempts, i.status_code, i.latency_ms, i.worker),
+logged AS (
+  INSERT INTO jsonsync_outbox_attempts (message_id, attempt, status_code, latency_ms, error, worker)
+  SELECT id, attempts, status_code, latency_ms, NULL, worker FROM ended
+  ON CONFLICT (message_id, attempt) DO NOTHING)
+SELECT count(*) FROM ended
+"""
+
 _DELIVERIES = """
 SELECT o.id, o.status, o.attempts,
        (extract(epoch FROM o.created_at) * 1000)::bigint,
@@ -143,6 +159,21 @@ class PostgresOutbox(CloseHooks):
 
     async def complete(self, message_id, token, attempt):
         return await self._end(_COMPLETE, {"id": message_id, "token": token, **_attempt_params(attempt)})
+
+    async def complete_many(self, completions):
+        if not completions:
+            return 0
+        rows, _ = await self.pool.run(
+            _COMPLETE_MANY,
+            {
+                "ids": [c[0] for c in completions],
+                "tokens": [c[1] for c in completions],
+                "codes": [c[2].get("status_code") for c in completions],
+                "latencies": [c[2].get("latency_ms") for c in completions],
+                "workers": [c[2].get("worker") for c in completions],
+            },
+        )
+        return int(rows[0][0]) if rows else 0
 
     async def reschedule(self, message_id, token, delay, attempt):
         return await self._end(
