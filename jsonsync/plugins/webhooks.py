@@ -515,8 +515,8 @@ class Worker:
 
     def _delivered(self, result, message_id):
         self.inflight.pop(message_id, None)
-        if not self._stopped:
-            self.poke()  # a slot is free
+        if not self._stopped and len(self.inflight) <= self.config.concurrency // 2:
+            self.poke()  # half the slots are free: claim a batch
         return None
 
     async def _release(self, message) -> None:
@@ -565,6 +565,8 @@ class Worker:
                 status = await self._post(hook, message, body)
             except (TargetRefused, DeliveryTimeout) as exc:
                 error = str(exc)
+            except CancelledError:
+                raise  # the worker is stopping
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"[:500]
             attempt = {
