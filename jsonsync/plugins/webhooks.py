@@ -318,6 +318,18 @@ class WebhookTypes:
             validate=self.validate,
             present=_hide_secret,
             strict_fields=SHOWN_FIELDS,
+            # For /__api__ (validate() is the check): the URL is required,
+            # the secret is never shown.
+            data_schema={
+                "url": {"type": "string", "format": "uri"},
+                "collection": {"type": "string", "nullable": True},
+                "actions": {"type": "array", "items": {"type": "string", "enum": sorted(ACTIONS)}},
+                "filters": {"type": "object"},
+                "description": {"type": "string"},
+                "secret": {"type": "string", "writeOnly": True},
+            },
+            required_fields=("url",),
+            hidden_fields=("secret",),
         )
 
 
