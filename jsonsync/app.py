@@ -54,6 +54,8 @@ from jsonsync.http import (
     validators,
 )
 from jsonsync.registry import Registry, Route
+from jsonsync.streaming import StreamingResponse
+from jsonsync.streaming import start as start_stream
 
 _log = Logger()
 
@@ -117,7 +119,12 @@ class _Root(Resource):
             return app.crash(request, Failure())
 
     @staticmethod
-    def _respond(body: bytes, request):
+    def _respond(body: bytes | StreamingResponse, request):
+        if isinstance(body, StreamingResponse):
+            # Status and headers are set; the transaction has ended.
+            if not request.finished and not request._disconnected:
+                start_stream(body, request)
+            return
         if not request.finished and not request._disconnected:
             request.write(body)
             request.finish()
@@ -249,7 +256,7 @@ class JsonSyncApp:
         request.jsonsync = req
         return req
 
-    async def _serve(self, request, route: Route, params: dict) -> bytes:
+    async def _serve(self, request, route: Route, params: dict) -> bytes | StreamingResponse:
         req = self._api_request(request)
         try:
             req.query = parse_query(req.raw_query)
@@ -268,10 +275,13 @@ class JsonSyncApp:
         return self._write(request, req, response)
 
     def _write(self, request, req: ApiRequest, response: ApiResponse) -> bytes:
-        body = response.encoded_body()
         request.setResponseCode(response.status)
         for name, value in response.headers:
             request.responseHeaders.addRawHeader(name, value)
+        if isinstance(response, StreamingResponse):
+            # Written by _Root._respond as the view's writer produces it.
+            return response  # type: ignore[return-value]
+        body = response.encoded_body()
         if response.status != 304:
             request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
         return body
@@ -361,7 +371,7 @@ class JsonSyncApp:
         if self.settings["readonly"] and req.method in WRITE_METHODS:
             raise MethodNotAllowed([m for m in route.methods if m not in WRITE_METHODS])
         if route.kind == "resource":
-            check_accept(req)
+            check_accept(req, route.accepts)
             if req.method in ("POST", "PUT"):
                 check_content_type(req)
         if route.authenticate:

@@ -31,6 +31,9 @@ class Route:
     # True: the view reads the body itself from twisted.web's spooled file
     # (C{request.upload}), for bodies beyond the JSON limit (see add_body_limit).
     streams_body: bool = False
+    # Media types a "resource" route answers besides JSON (the live plugin
+    # adds text/event-stream to record lists).
+    accepts: tuple[str, ...] = ()
     # Made by resource_routes: the engine's verbs, switched off per type and
     # verb by the <kind>_<type>_<verb>_enabled settings.
     generic: bool = False
