@@ -86,6 +86,8 @@ class _Root(Resource):
     def render(self, request):
         try:
             result = self._dispatch(request)
+            if result is NOT_DONE_YET:
+                return NOT_DONE_YET  # a protocol upgrade took the connection over
             if isinstance(result, bytes):
                 self._respond(result, request)
                 return NOT_DONE_YET
@@ -112,6 +114,9 @@ class _Root(Resource):
             return app.bad_url(request, "Invalid character 0x00 in the URL path")
         try:
             route, params = app.match(path, request.method.decode("ascii", "replace"))
+            if route.upgrade is not None and (request.getHeader(b"upgrade") or b"").lower() == b"websocket":
+                # The route's own twisted.web resource takes the connection (WebSocket).
+                return route.upgrade(request)
             return app.klein.execute_endpoint(route.name, request, **params)
         except JsonSyncError as exc:
             return app.routing_error(request, exc)

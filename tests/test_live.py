@@ -10,6 +10,7 @@ mid-stream, back-pressure, the sync horizon (list and feed), and bad input
 from __future__ import annotations
 
 import treq
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
@@ -73,7 +74,7 @@ class SSEClient(Protocol):
         self.transport.stopProducing()
 
 
-class LiveTests(TestCase):
+class LiveCase(TestCase):
     settings: dict = {"includes": "live", "live.heartbeat_seconds": "0.2", "live.poll_seconds": "60"}
 
     async def setUp(self) -> None:  # type: ignore[override]
@@ -135,7 +136,9 @@ class LiveTests(TestCase):
     async def ready(self, client):
         await self.until(lambda: any(e["event"] == "ready" for e in client.events))
 
-    # -- the tests -----------------------------------------------------------------
+
+
+class LiveTests(LiveCase):
     async def test_backlog_then_live_in_commit_order_with_tombstones(self):
         r1 = await self.write("r1", {"n": 1})
         await self.write("r2", {"n": 2})
@@ -197,7 +200,7 @@ class LiveTests(TestCase):
         self.assertEqual(ids[-20:], [w["id"] for w in writes])
 
     async def make_small_pages(self):
-        for name, value in (("live.page_size", 7),):
+        for _name, value in (("live.page_size", 7),):
             self.app.registry.live_hub.page = value
 
     async def test_filters_and_fields_apply(self):
@@ -311,6 +314,110 @@ class LiveTests(TestCase):
         live = body["capabilities"]["live"]
         self.assertTrue(live["sse"])
         self.assertIn("tombstones_retention_days", live)
+
+
+class WSClient(WebSocketClientProtocol):
+    def onOpen(self):
+        self.factory.opened.callback(self)
+
+    def onMessage(self, payload, isBinary):
+        self.factory.messages.append(jsonutil.loads(payload))
+
+    def onClose(self, wasClean, code, reason):
+        if not self.factory.closed.called:
+            self.factory.closed.callback(None)
+
+
+class WebSocketTests(LiveCase):
+    async def connect(self, auth=ALICE):
+        url = self.base.replace("http", "ws") + "/v1/live"
+        headers = {"Authorization": auth} if auth else {}
+        factory = WebSocketClientFactory(url, headers=headers)
+        factory.protocol = WSClient
+        factory.messages = []
+        factory.opened = Deferred()
+        factory.closed = Deferred()
+        connector = reactor.connectTCP("127.0.0.1", int(self.base.rsplit(":", 1)[1]), factory)
+        client = await factory.opened
+
+        async def close():
+            if not factory.closed.called:
+                client.sendClose()
+                await factory.closed
+            connector.disconnect()
+            await sleep(0.01)
+
+        self.addCleanup(close)
+        client.messages = factory.messages
+        return client
+
+    def send(self, client, message):
+        client.sendMessage(jsonutil.dumps(message), isBinary=False)
+
+    def of(self, client, sid, kind):
+        return [m for m in client.messages if m.get("id") == sid and m["type"] == kind]
+
+    def data(self, client, sid):
+        return [obj for m in self.of(client, sid, "changes") for obj in m["data"]]
+
+    async def test_many_collections_each_with_its_cursor_and_filters(self):
+        await self.call("PUT", "/v1/buckets/b/collections/d", {})
+        a1 = await self.write("a1", {"k": 1})
+        await self.write("a2", {"k": 2})
+        client = await self.connect()
+        self.send(client, {"type": "subscribe", "id": "c", "bucket": "b", "collection": "c", "since": a1["last_modified"]})
+        self.send(client, {"type": "subscribe", "id": "d", "bucket": "b", "collection": "d",
+                           "filters": {"k": 5}, "fields": ["k"]})
+        await self.until(lambda: self.of(client, "c", "ready") and self.of(client, "d", "ready"))
+        self.assertEqual([o["id"] for o in self.data(client, "c")], ["a2"])
+        self.assertEqual(self.data(client, "d"), [])
+        await self.call("PUT", "/v1/buckets/b/collections/d/records/x", {"data": {"k": 4, "z": 1}})
+        y = (await self.call("PUT", "/v1/buckets/b/collections/d/records/y", {"data": {"k": 5, "z": 1}}))[1]["data"]
+        a3 = await self.write("a3", {"k": 3})
+        await self.until(lambda: len(self.data(client, "d")) == 1 and len(self.data(client, "c")) == 2)
+        self.assertEqual(self.data(client, "d"), [{"id": "y", "last_modified": y["last_modified"], "k": 5}])
+        self.assertEqual(self.data(client, "c")[-1], a3)
+        self.send(client, {"type": "unsubscribe", "id": "c"})
+        await self.until(lambda: self.of(client, "c", "unsubscribed"))
+        await self.write("a4", {})
+        await self.call("PUT", "/v1/buckets/b/collections/d/records/w", {"data": {"k": 5}})
+        await self.until(lambda: len(self.data(client, "d")) == 2)
+        self.assertEqual(len(self.data(client, "c")), 2)
+
+    async def test_bad_messages_get_kinto_errors(self):
+        client = await self.connect()
+        for bad in (b"not json", b"[1]", b'{"type":"nope"}', b'{"type":"subscribe"}',
+                    b'{"type":"subscribe","id":"x","bucket":"b","collection":"c","since":"yesterday"}',
+                    b'{"type":"subscribe","id":"x","bucket":"b/../c","collection":"c"}'):
+            client.sendMessage(bad, isBinary=False)
+        await self.until(lambda: len(client.messages) == 6)
+        for message in client.messages:
+            self.assertEqual(message["type"], "error")
+            self.assertEqual(message["error"]["code"], 400)
+            self.assertEqual(message["error"]["errno"], 107)
+        self.send(client, {"type": "subscribe", "id": "u", "bucket": "b", "collection": "unknown"})
+        self.send(client, {"type": "subscribe", "id": "s", "bucket": "b", "collection": "c", "filters": {"_sort": "x"}})
+        await self.until(lambda: self.of(client, "u", "end") and (self.of(client, "s", "end") or len(client.messages) > 7))
+        self.assertIn(self.of(client, "u", "end")[0]["error"]["code"], (403, 404))
+
+    async def test_permission_from_an_auth_message_and_revocation(self):
+        client = await self.connect(auth=None)
+        self.send(client, {"type": "subscribe", "id": "c", "bucket": "b", "collection": "c"})
+        await self.until(lambda: self.of(client, "c", "end"))
+        self.assertEqual(self.of(client, "c", "end")[0]["error"]["code"], 401)
+        await self.call("PATCH", "/v1/buckets/b/collections/c", {"permissions": {"read": [basicauth_id("bob")]}})
+        self.send(client, {"type": "auth", "authorization": BOB})
+        self.send(client, {"type": "subscribe", "id": "c2", "bucket": "b", "collection": "c"})
+        await self.until(lambda: self.of(client, "c2", "ready"))
+        await self.write("r", {})
+        await self.until(lambda: len(self.data(client, "c2")) == 1)
+        await self.call("PATCH", "/v1/buckets/b/collections/c", {"permissions": {"read": []}})
+        await self.until(lambda: self.of(client, "c2", "end"))
+        self.assertEqual(self.of(client, "c2", "end")[0]["error"]["code"], 403)
+
+    async def test_plain_get_is_told_to_upgrade(self):
+        code, body, _ = await self.call("GET", "/v1/live", status=426)
+        self.assertEqual(body["errno"], 107)
 
 
 async def purge_on_postgresql(app, before: int) -> None:

@@ -526,14 +526,16 @@ class LivePlugin:
         "live.poll_seconds": 30.0,
         "live.buffer_bytes": 1_000_000,
         "live.page_size": 500,
-        "live.websocket": False,
+        "live.websocket": True,
     }
 
     def install(self, registry, settings):
         hub = Hub(registry, settings)
         registry.add_listener(_Publisher(hub.notifier))
+        records_view = None
         for route in registry.routes:
             if route.name == "record-plural":
+                records_view = route.view
                 route.accepts = (*route.accepts, EVENT_STREAM)
                 route.view = _wrap(hub, route.view)
         extra: dict[str, Any] = {
@@ -544,7 +546,7 @@ class LivePlugin:
         if settings["live.websocket"]:
             from jsonsync.plugins import live_ws
 
-            live_ws.install(registry, hub)
+            live_ws.install(registry, hub, records_view)
             extra["websocket"] = "/v1/live"
         registry.add_capability(
             "live",

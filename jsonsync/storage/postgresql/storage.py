@@ -17,8 +17,8 @@ from jsonsync.interfaces import IStorage, ISyncHorizon
 from jsonsync.jsonutil import Encoded, EncodedPage
 from jsonsync.storage import check_expected, next_timestamp, now_ms
 from jsonsync.storage.postgresql.base import PostgresProvider, acl_from_entries
-from jsonsync.storage.postgresql.notify import PostgresNotifier
 from jsonsync.storage.postgresql.group import GROUP_WRITE, GroupItem, ListWriter, group_params
+from jsonsync.storage.postgresql.notify import PostgresNotifier
 from jsonsync.storage.postgresql.pool import Pool
 from jsonsync.storage.postgresql.select import build_select, escape_like
 from jsonsync.storage.postgresql.statements import dumps
