@@ -14,7 +14,7 @@ a writer that waits keeps its memory bounded.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -34,7 +34,7 @@ class StreamingResponse(ApiResponse):
 
     streaming = True
 
-    def __init__(self, run: Callable[[Stream], Awaitable[Any]], status: int = 200, headers=None):
+    def __init__(self, run: Callable[[Stream], Coroutine[Any, Any, Any]], status: int = 200, headers=None):
         super().__init__(b"", status, headers)
         self.run = run
 
@@ -117,7 +117,7 @@ def start(response: StreamingResponse, request) -> Deferred:
     """
     stream = Stream(request)
     request.registerProducer(stream, True)
-    running = Deferred.fromCoroutine(response.run(stream))
+    running: Deferred[Any] = Deferred.fromCoroutine(response.run(stream))
 
     def gone(_):
         stream.close()

@@ -398,10 +398,10 @@ class Hub:
         self._unsubscribe()
 
     # -- opening a feed ------------------------------------------------------------
-    def feed_query(self, req: ApiRequest) -> list[tuple[str, str]]:
-        """The request's filters and C{_fields}, checked: what every read of the feed adds."""
+    def feed_query(self, query: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """A feed's filters and C{_fields}, checked: what every read of the feed adds."""
         base = []
-        for name, value in req.query:
+        for name, value in query:
             if name in _NOT_IN_FEEDS:
                 raise InvalidParameters("querystring", name, f"{name} does not apply to a live feed")
             if name != "_since":
@@ -414,7 +414,7 @@ class Hub:
         a refusal is an ordinary error response): C{(reader, events,
         cursor, more)}.
         """
-        base = self.feed_query(req)
+        base = self.feed_query(req.query)
         reader = Reader(self.registry, view, req, base, self.page)
         original = req.query
         req.query = reader.query(cursor)

@@ -133,7 +133,7 @@ class LiveProtocol(WebSocketServerProtocol):
         template = ApiRequest("GET", path, [], headers, b"", host=self.host)
         template.params = {"bucket_id": bucket, "collection_id": collection}
         try:
-            base = hub.feed_query(_query_holder(query))
+            base = hub.feed_query(query)
             reader = Reader(hub.registry, self.view, template, base, hub.page)
             events, position, more = await _first(reader, cursor)
         except FeedEnded as refused:
@@ -180,13 +180,6 @@ class LiveProtocol(WebSocketServerProtocol):
         self.subscriptions[sid] = sub
         self.send({"type": "ready", "id": sid, "cursor": position})
         hub.join(sub, lambda: None)
-
-
-class _query_holder:
-    """Just what L{Hub.feed_query} reads of a request."""
-
-    def __init__(self, query):
-        self.query = query
 
 
 async def _first(reader: Reader, cursor: int | None):
