@@ -21,6 +21,7 @@ from jsonsync.errors import (
     Forbidden,
     HeaderFieldsTooLarge,
     InvalidParameters,
+    InvalidPostedData,
     JsonSyncError,
     ListenerRejected,
     MethodNotAllowed,
@@ -377,6 +378,7 @@ def parse_query(raw: bytes | str) -> list[tuple[str, str]]:
 ERRORS: dict[type, tuple[int, int]] = {
     NotAcceptable: (406, 107),
     UnsupportedMediaType: (415, 107),
+    InvalidPostedData: (400, 109),
     InvalidParameters: (400, 107),
     Unauthenticated: (401, 104),
     Forbidden: (403, 121),

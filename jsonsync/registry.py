@@ -266,6 +266,12 @@ class Registry:
         request.params = params
         return await route.view(request)
 
+    def route(self, name: str) -> Route | None:
+        for route in self.routes:
+            if route.name == name:
+                return route
+        return None
+
     def location(self, uri: str) -> Location | None:
         by_plural = {rt.plural: rt for rt in self.resource_types.values()}
         parts = uri.strip("/").split("/")
