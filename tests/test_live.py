@@ -20,6 +20,7 @@ from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 
 from jsonsync import jsonutil
+from jsonsync.plugins.live import hub_of
 from jsonsync.testclient import basic, basicauth_id, serve_over_tcp, with_postgresql_variants
 
 RECORDS = "/v1/buckets/b/collections/c/records"
@@ -201,7 +202,9 @@ class LiveTests(LiveCase):
 
     async def make_small_pages(self):
         for _name, value in (("live.page_size", 7),):
-            self.app.registry.live_hub.page = value
+            hub = hub_of(self.app.registry)
+            assert hub is not None
+            hub.page = value
 
     async def test_filters_and_fields_apply(self):
         client = await self.open("?status=done&_fields=title")
@@ -265,7 +268,9 @@ class LiveTests(LiveCase):
         self.assertEqual(body, {"data": []})
 
     async def test_slow_consumer_ends_with_a_resumable_error(self):
-        self.app.registry.live_hub.buffer_bytes = 20_000
+        hub = hub_of(self.app.registry)
+        assert hub is not None
+        hub.buffer_bytes = 20_000
         client = await self.open()
         await self.ready(client)
         client.transport.pauseProducing()  # the client stops reading its socket

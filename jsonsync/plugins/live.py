@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall
@@ -532,12 +533,13 @@ class LivePlugin:
     def install(self, registry, settings):
         hub = Hub(registry, settings)
         registry.add_listener(_Publisher(hub.notifier))
-        records_view = None
-        for route in registry.routes:
-            if route.name == "record-plural":
-                records_view = route.view
-                route.accepts = (*route.accepts, EVENT_STREAM)
-                route.view = _wrap(hub, route.view)
+        route = registry.route("record-plural")
+        if route is None:
+            raise ValueError("the live plugin needs the records list route (record-plural)")
+        records_view = route.view
+        # The same route answers text/event-stream: a feed is a GET of the list.
+        route.accepts = (*route.accepts, EVENT_STREAM)
+        route.view = _wrap(hub, route.view)
         extra: dict[str, Any] = {
             "sse": True,
             "heartbeat_seconds": hub.heartbeat_seconds,
@@ -555,7 +557,15 @@ class LivePlugin:
             "https://github.com/jsonsync/jsonsync/blob/main/docs/live-changes.md",
             **extra,
         )
-        registry.live_hub = hub
+        _hubs[registry] = hub
+
+
+_hubs: WeakKeyDictionary[Any, Hub] = WeakKeyDictionary()
+
+
+def hub_of(registry) -> Hub | None:
+    """The live feed of a server (tests and tools tune or inspect it)."""
+    return _hubs.get(registry)
 
 
 def _wrap(hub: Hub, view: Callable) -> Callable:
