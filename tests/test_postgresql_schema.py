@@ -54,6 +54,7 @@ class SchemaTests(TestCase):
                 "timestamps",
                 "access_control_entries",
                 "user_principals",
+                "sync_horizons",
             },
         )
         self.assertEqual(await self.versions(), [v for v, _, _ in schema_scripts()])
