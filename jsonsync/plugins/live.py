@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -112,7 +113,7 @@ class Reader:
         self.page = page
 
     def request(self, query: list[tuple[str, str]]) -> ApiRequest:
-        raw = "&".join(f"{k}={v}" for k, v in query)
+        raw = urlencode(query)
         req = ApiRequest("GET", self.path, list(query), dict(self.headers), b"",
                          scheme=self.scheme, host=self.host, raw_query=raw)
         req.params = dict(self.params)
@@ -467,6 +468,10 @@ async def sse_view(hub: Hub, req: ApiRequest, view: Callable) -> ApiResponse:
     except _Refused as refused:
         return refused.response
     loc_parent = "/buckets/{bucket_id}/collections/{collection_id}".format(**req.params)
+    # The request lives as long as its stream: keep none of the first read there.
+    req.page_ahead = None
+    req.acl_cache = {}
+    pending_first = [first]
     key = (("record", loc_parent), req.header("Authorization"), tuple(reader.base_query))
 
     async def run(stream: Stream) -> None:
@@ -484,8 +489,10 @@ async def sse_view(hub: Hub, req: ApiRequest, view: Callable) -> ApiResponse:
         sub = Subscriber(hub, key, ("record", loc_parent), reader, cursor, send, end, lambda: stream.unsent)
         stream.on_close(lambda: sub.end(None))
         stream.write(b"retry: 2000\n\n")
-        if first:
-            stream.write(sse_events(first))
+        page = pending_first.pop()
+        if page:
+            stream.write(sse_events(page))
+        del page
         position, pending = cursor, more
         try:
             while pending and not stream.closed:
