@@ -115,7 +115,11 @@ class _Root(Resource):
         try:
             route, params = app.match(path, request.method.decode("ascii", "replace"))
             if route.upgrade is not None and (request.getHeader(b"upgrade") or b"").lower() == b"websocket":
-                # The route's own twisted.web resource takes the connection (WebSocket).
+                # The route's own twisted.web resource takes the connection
+                # (WebSocket), which then has its own keep-alive (pings).
+                channel = getattr(request, "channel", None)
+                if channel is not None and hasattr(channel, "setTimeout"):
+                    channel.setTimeout(None)
                 return route.upgrade(request)
             return app.klein.execute_endpoint(route.name, request, **params)
         except JsonSyncError as exc:

@@ -109,6 +109,12 @@ class Stream:
                 _log.failure("stream close callback failed")
 
 
+def _no_idle_timeout(request) -> None:
+    channel = getattr(request, "channel", None)
+    if channel is not None and hasattr(channel, "setTimeout"):
+        channel.setTimeout(None)
+
+
 def start(response: StreamingResponse, request) -> Deferred:
     """
     Run C{response}'s body on C{request} (whose status and headers are
@@ -117,6 +123,10 @@ def start(response: StreamingResponse, request) -> Deferred:
     """
     stream = Stream(request)
     request.registerProducer(stream, True)
+    # A stream may stay quiet on the client's side for hours: twisted.web's
+    # idle timeout (reset by what the client sends) must not cut it. A dead
+    # peer shows when a write (a heartbeat) fails.
+    _no_idle_timeout(request)
     running: Deferred[Any] = Deferred.fromCoroutine(response.run(stream))
 
     def gone(_):

@@ -319,6 +319,8 @@ class LiveTests(LiveCase):
         live = body["capabilities"]["live"]
         self.assertTrue(live["sse"])
         self.assertIn("tombstones_retention_days", live)
+        self.assertTrue(live["sync_horizon"])
+        self.assertEqual(live["websocket"], "/v1/live")
 
 
 class WSClient(WebSocketClientProtocol):

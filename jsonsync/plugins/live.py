@@ -551,6 +551,8 @@ class LivePlugin:
             "sse": True,
             "heartbeat_seconds": hub.heartbeat_seconds,
             "tombstones_retention_days": settings.get("tombstones_retention_days"),
+            # A _since below a list's sync horizon (purged tombstones) is refused: 410, errno 107.
+            "sync_horizon": True,
         }
         if settings["live.websocket"]:
             from jsonsync.plugins import live_ws
