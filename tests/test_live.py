@@ -422,6 +422,30 @@ class WebSocketTests(LiveCase):
         await self.until(lambda: self.of(client, "c2", "end"))
         self.assertEqual(self.of(client, "c2", "end")[0]["error"]["code"], 403)
 
+    async def test_slow_reader_gets_a_resumable_end(self):
+        hub = hub_of(self.app.registry)
+        assert hub is not None
+        hub.buffer_bytes = 20_000
+        client = await self.connect()
+        self.send(client, {"type": "subscribe", "id": "c", "bucket": "b", "collection": "c"})
+        await self.until(lambda: self.of(client, "c", "ready"))
+        client.transport.pauseProducing()
+        big = "x" * 100_000
+        for i in range(80):
+            await self.write(f"big{i}", {"blob": big})
+        client.transport.resumeProducing()
+        await self.until(lambda: self.of(client, "c", "end"), timeout=20)
+        end = self.of(client, "c", "end")[0]["error"]
+        self.assertEqual((end["code"], end["errno"]), (429, 117))
+        got = self.data(client, "c")
+        self.assertLess(len(got), 80)
+        # Subscribing again from the last cursor gives the rest, once.
+        since = self.of(client, "c", "changes")[-1]["cursor"] if got else self.of(client, "c", "ready")[0]["cursor"]
+        self.send(client, {"type": "subscribe", "id": "again", "bucket": "b", "collection": "c", "since": since})
+        await self.until(lambda: self.of(client, "again", "ready"), timeout=20)
+        ids = [o["id"] for o in got + self.data(client, "again")]
+        self.assertEqual(ids, [f"big{i}" for i in range(80)])
+
     async def test_plain_get_is_told_to_upgrade(self):
         code, body, _ = await self.call("GET", "/v1/live", status=426)
         self.assertEqual(body["errno"], 107)

@@ -188,7 +188,9 @@ class Subscriber:
     def deliver(self, events: list[tuple[int, bytes]], size: int) -> None:
         if self.ended:
             return
-        if self._unsent() + size > self.hub.buffer_bytes:
+        # What the client has not taken yet, before this delivery: memory
+        # stays under the bound plus one read's worth.
+        if self._unsent() > self.hub.buffer_bytes:
             self.end(overflow_body())
             return
         self._send(events)

@@ -17,7 +17,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from jsonsync import jsonutil
-from jsonsync.errors import InvalidParameters, JsonSyncError
+from jsonsync.errors import InvalidParameters, JsonSyncError, UnexpectedError
 from jsonsync.http import API_PREFIX, ApiRequest, ApiResponse, error_body
 from jsonsync.plugins.live import FeedEnded, Hub, Reader, Subscriber, _page, parse_cursor
 from jsonsync.registry import Route
@@ -54,7 +54,13 @@ class LiveProtocol(WebSocketServerProtocol):
     def send(self, message: dict | bytes) -> None:
         if self.state == WebSocketServerProtocol.STATE_OPEN:
             payload = message if isinstance(message, bytes) else jsonutil.dumps(message)
-            self.sendMessage(payload, isBinary=False)
+            # autobahn applies the (incoming) message limit to what we send
+            # as well; a page of large records is bigger, and bounded.
+            limit, self.maxMessagePayloadSize = self.maxMessagePayloadSize, 0
+            try:
+                self.sendMessage(payload, isBinary=False)
+            finally:
+                self.maxMessagePayloadSize = limit
 
     def unsent(self) -> int:
         """Bytes the transport holds unsent (twisted's buffers), for the subscribers' bound."""
@@ -124,7 +130,14 @@ class LiveProtocol(WebSocketServerProtocol):
         d = Deferred.fromCoroutine(self.start(sid, bucket, collection, cursor, query))
         if not d.called:
             self.starting[sid] = d
-        d.addErrback(lambda f: None if f.check(CancelledError) else _log.failure("live subscribe", f))
+
+        def failed(f):
+            self.starting.pop(sid, None)
+            if not f.check(CancelledError):
+                _log.failure("live subscription {sid} failed", f, sid=sid)
+                self.send({"type": "end", "id": sid, "error": _error(UnexpectedError())})
+
+        d.addErrback(failed)
 
     async def start(self, sid: str, bucket: str, collection: str, cursor: int | None, query) -> None:
         hub = self.hub
