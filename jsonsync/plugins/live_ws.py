@@ -56,7 +56,8 @@ class LiveProtocol(WebSocketServerProtocol):
             payload = message if isinstance(message, bytes) else jsonutil.dumps(message)
             # autobahn applies the (incoming) message limit to what we send
             # as well; a page of large records is bigger, and bounded.
-            limit, self.maxMessagePayloadSize = self.maxMessagePayloadSize, 0
+            limit: int = getattr(self, "maxMessagePayloadSize", 0)
+            self.maxMessagePayloadSize = 0
             try:
                 self.sendMessage(payload, isBinary=False)
             finally:
