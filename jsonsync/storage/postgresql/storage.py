@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from twisted.internet.defer import DeferredLock
 from zope.interface import implementer
 
 from jsonsync.errors import ObjectExists, ObjectNotFound, WriteConflict
@@ -52,6 +53,7 @@ class PostgresStorage(PostgresProvider):
         self.horizon_refresh = horizon_refresh
         self._max_horizon: int | None = None
         self._horizon_read: float | None = None
+        self._horizon_lock = DeferredLock()
 
     def change_notifier(self) -> PostgresNotifier:
         """Notices of committed list writes across the processes on this database (IChangeNotifier)."""
@@ -69,9 +71,15 @@ class PostgresStorage(PostgresProvider):
         """
         now = self.pool.reactor.seconds()
         if self._horizon_read is None or now - self._horizon_read >= self.horizon_refresh:
-            rows, _ = await self.pool.run("SELECT max(horizon) FROM sync_horizons")
-            self._max_horizon = rows[0][0] if rows else None
-            self._horizon_read = now
+            # One look-up at a time: those who waited for it use its answer.
+            await self._horizon_lock.acquire()
+            try:
+                if self._horizon_read is None or now - self._horizon_read >= self.horizon_refresh:
+                    rows, _ = await self.pool.run("SELECT max(horizon) FROM sync_horizons")
+                    self._max_horizon = rows[0][0] if rows else None
+                    self._horizon_read = now
+            finally:
+                self._horizon_lock.release()
         if self._max_horizon is None or (since is not None and since >= self._max_horizon):
             return None
         rows, _ = await self.pool.run(
