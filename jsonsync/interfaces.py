@@ -53,6 +53,12 @@ class ITransaction(Interface):
         " of a L{jsonsync.errors.WriteConflict}: taken in shared mode."
     )
 
+    snapshot = Attribute(
+        "True when every read of the transaction must see one state of the"
+        " storage (a read-only transaction whose reads decide together, such as"
+        " a permission check and the page it filters). Optional for a backend"
+        " whose reads of one transaction always agree; C{False} by default."
+    )
     lock_lists = Attribute(
         "C{(resource_name, parent_id)} lists the transaction is going to"
         " write, known before it starts (a request run again after a"

@@ -240,6 +240,29 @@ class LiveTests(LiveCase):
         self.assertEqual(end[0]["data"]["errno"], 121)
         self.assertIn("message", end[0]["data"])
 
+    async def test_each_read_sees_one_state(self):
+        """A feed's permission check and page come from one snapshot (PostgreSQL: REPEATABLE READ)."""
+        from jsonsync.storage.postgresql import driver
+
+        if self.app.settings["storage_backend"] != "postgresql":
+            self.assertFalse(self.app.registry.storage.transaction().snapshot)
+            return
+        await self.call("PUT", f"{RECORDS}/mine", {"data": {}, "permissions": {"read": [basicauth_id("bob")]}})
+        client = await self.open(auth=BOB)
+        await self.ready(client)
+        sent: list[str] = []
+        original = driver.execute
+
+        async def spy(conn, sql, params=None, generation=None, prepare=False, prefix=""):
+            sent.append(prefix + sql)
+            return await original(conn, sql, params, generation, prepare, prefix)
+
+        self.patch(driver, "execute", spy)
+        await self.call("PATCH", f"{RECORDS}/mine", {"data": {"v": 2}})
+        await self.until(lambda: len(client.records()) == 1)
+        snapshots = [s for s in sent if "ISOLATION LEVEL REPEATABLE READ" in s]
+        self.assertTrue(snapshots, sent)
+
     async def test_collection_deleted_ends_with_404(self):
         client = await self.open()
         await self.ready(client)

@@ -22,7 +22,10 @@ describes the protocol; the design in short:
     read for the group, from the oldest cursor among them, and each member
     gets the part after its own cursor. A subscriber first reads its backlog
     alone (page by page, at the pace its socket takes), then joins its group.
-  - B{Permissions at each read.} A read answered with an error (access
+  - B{Permissions at each read.} Each read sees one state of the storage
+    (C{ITransaction.snapshot}: one REPEATABLE READ transaction on
+    PostgreSQL), so a record shared between the permission check and the
+    page cannot fall behind the cursor. A read answered with an error (access
     revoked: 403; collection deleted: 404; ...) ends the stream with an
     C{end} event carrying Kinto's error body. Changes to the bucket, its
     collections or groups make every group below read again at once.
@@ -135,6 +138,9 @@ class Reader:
         """
         req = self.request(self.query(since))
         ctx = RequestContext(self.registry.storage.transaction())
+        # The permission check and the page it filters must see one state:
+        # a record shared between the two would else fall behind the cursor.
+        ctx.txn.snapshot = True
         req.ctx = ctx
         req.registry = self.registry
         try:
@@ -422,6 +428,7 @@ class Hub:
         reader = Reader(self.registry, view, req, base, self.page)
         original = req.query
         req.query = reader.query(cursor)
+        req.ctx.txn.snapshot = True  # (see Reader.read)
         try:
             response = await view(req)
         finally:

@@ -80,7 +80,8 @@ class _MemoryBase:
         the writers' lock before it reads, so that what it reads holds to
         its commit.
         """
-        if getattr(txn, "lock_lists", ()):
+        if getattr(txn, "lock_lists", ()) or getattr(txn, "snapshot", False):
+            # (A snapshot: no write comes between its reads.)
             await self._journal(txn)
 
 
