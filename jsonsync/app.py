@@ -54,6 +54,8 @@ from jsonsync.http import (
     validators,
 )
 from jsonsync.registry import Registry, Route
+from jsonsync.streaming import StreamingResponse
+from jsonsync.streaming import start as start_stream
 
 _log = Logger()
 
@@ -84,6 +86,8 @@ class _Root(Resource):
     def render(self, request):
         try:
             result = self._dispatch(request)
+            if result is NOT_DONE_YET:
+                return NOT_DONE_YET  # a protocol upgrade took the connection over
             if isinstance(result, bytes):
                 self._respond(result, request)
                 return NOT_DONE_YET
@@ -110,6 +114,13 @@ class _Root(Resource):
             return app.bad_url(request, "Invalid character 0x00 in the URL path")
         try:
             route, params = app.match(path, request.method.decode("ascii", "replace"))
+            if route.upgrade is not None and (request.getHeader(b"upgrade") or b"").lower() == b"websocket":
+                # The route's own twisted.web resource takes the connection
+                # (WebSocket), which then has its own keep-alive (pings).
+                channel = getattr(request, "channel", None)
+                if channel is not None and hasattr(channel, "setTimeout"):
+                    channel.setTimeout(None)
+                return route.upgrade(request)
             return app.klein.execute_endpoint(route.name, request, **params)
         except JsonSyncError as exc:
             return app.routing_error(request, exc)
@@ -117,7 +128,12 @@ class _Root(Resource):
             return app.crash(request, Failure())
 
     @staticmethod
-    def _respond(body: bytes, request):
+    def _respond(body: bytes | StreamingResponse, request):
+        if isinstance(body, StreamingResponse):
+            # Status and headers are set; the transaction has ended.
+            if not request.finished and not request._disconnected:
+                start_stream(body, request)
+            return
         if not request.finished and not request._disconnected:
             request.write(body)
             request.finish()
@@ -249,7 +265,7 @@ class JsonSyncApp:
         request.jsonsync = req
         return req
 
-    async def _serve(self, request, route: Route, params: dict) -> bytes:
+    async def _serve(self, request, route: Route, params: dict) -> bytes | StreamingResponse:
         req = self._api_request(request)
         try:
             req.query = parse_query(req.raw_query)
@@ -268,10 +284,13 @@ class JsonSyncApp:
         return self._write(request, req, response)
 
     def _write(self, request, req: ApiRequest, response: ApiResponse) -> bytes:
-        body = response.encoded_body()
         request.setResponseCode(response.status)
         for name, value in response.headers:
             request.responseHeaders.addRawHeader(name, value)
+        if isinstance(response, StreamingResponse):
+            # Written by _Root._respond as the view's writer produces it.
+            return response  # type: ignore[return-value]
+        body = response.encoded_body()
         if response.status != 304:
             request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
         return body
@@ -361,7 +380,7 @@ class JsonSyncApp:
         if self.settings["readonly"] and req.method in WRITE_METHODS:
             raise MethodNotAllowed([m for m in route.methods if m not in WRITE_METHODS])
         if route.kind == "resource":
-            check_accept(req)
+            check_accept(req, route.accepts)
             if req.method in ("POST", "PUT"):
                 check_content_type(req)
         if route.authenticate:

@@ -15,6 +15,7 @@ import getpass
 import os
 import secrets
 import sys
+import time
 
 from jsonsync import __version__, config
 
@@ -320,6 +321,47 @@ def _cutoff(args, settings) -> datetime.datetime:
     return now - datetime.timedelta(days=days)
 
 
+def purge_tombstones(url: str, before: int, wait: float) -> tuple[int, int]:
+    """
+    Remove the tombstones older than C{before} (ms since the epoch), keeping
+    the sync promise: first record, for each list, the newest tombstone
+    about to go (its sync horizon, schema 5) and commit; then wait C{wait}
+    seconds, the time every server takes to learn a new horizon
+    (C{sync_horizon_refresh_seconds}); only then remove them. From the
+    first step on, a C{_since} below a list's horizon is refused (410): a
+    client is never answered as if nothing had been deleted. Returns
+    C{(tombstones removed, lists whose horizon moved)}.
+    """
+    import psycopg2
+
+    conn = psycopg2.connect(url, connect_timeout=10)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO sync_horizons (resource_name, parent_id, horizon)"
+                " SELECT resource_name, parent_id, max(last_modified) FROM objects"
+                " WHERE deleted AND last_modified < %s GROUP BY resource_name, parent_id"
+                " ON CONFLICT (resource_name, parent_id)"
+                " DO UPDATE SET horizon = GREATEST(sync_horizons.horizon, EXCLUDED.horizon)",
+                (before,),
+            )
+            lists = cur.rowcount
+        if wait > 0 and lists:
+            time.sleep(wait)
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "DELETE FROM objects o USING sync_horizons h"
+                " WHERE o.deleted AND o.last_modified < %s"
+                " AND h.resource_name = o.resource_name AND h.parent_id = o.parent_id"
+                " AND o.last_modified <= h.horizon",
+                (before,),
+            )
+            count = cur.rowcount
+    finally:
+        conn.close()
+    return count, lists
+
+
 def cmd_purge_deleted(args) -> str:
     from jsonsync.storage import postgresql
 
@@ -336,18 +378,14 @@ def cmd_purge_deleted(args) -> str:
         raise Failed(str(e)) from None
     import psycopg2
 
-    # last_modified is in milliseconds since the epoch. Tombstones only: a
-    # client that syncs from before the cutoff no longer learns of those
-    # deletions (as with Kinto's purge).
     millis = int(cutoff.timestamp() * 1000)
+    wait = float(settings.get("sync_horizon_refresh_seconds", 5))
     try:
-        with psycopg2.connect(url, connect_timeout=10) as conn, conn.cursor() as cur:
-            cur.execute("DELETE FROM objects WHERE deleted AND last_modified < %s", (millis,))
-            count = cur.rowcount
-        conn.close()
+        count, lists = purge_tombstones(url, millis, wait + 1 if wait > 0 else 0)
     except psycopg2.Error as e:
         raise Failed(f"purge failed ({postgresql.redact(url)}): {str(e).strip()}") from None
-    return f"removed {count} tombstone(s) older than {cutoff.isoformat(timespec='seconds')}"
+    return (f"removed {count} tombstone(s) older than {cutoff.isoformat(timespec='seconds')}"
+            f" from {lists} list(s); a _since before their horizon is now refused (410)")
 
 
 # -- attachments-cleanup -----------------------------------------------------------

@@ -45,6 +45,25 @@ def _describe(item: dict) -> str:
     return f"{name} in {location}: {text}"
 
 
+class SyncHorizonPassed(InvalidParameters):
+    """
+    A C{_since} older than the list's sync horizon: tombstones after it
+    were purged, so the changes since then can no longer be told in full.
+    The client must synchronise again from scratch.
+    """
+
+    def __init__(self, since: int, horizon: int):
+        super().__init__(
+            "querystring", "_since",
+            f"_since={since} is older than the sync horizon ({horizon}) of this list: deletions"
+            " before it were purged. Synchronise again from scratch (a list without _since,"
+            " then its ETag as the new _since).",
+        )
+        self.details[0]["horizon"] = horizon
+        self.since = since
+        self.horizon = horizon
+
+
 class InvalidPostedData(InvalidParameters):
     """
     A posted form is not what the endpoint takes (Kinto's errno 109,

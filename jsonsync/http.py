@@ -35,6 +35,7 @@ from jsonsync.errors import (
     RequestTooLarge,
     RouteNotFound,
     ServiceDeprecated,
+    SyncHorizonPassed,
     Unauthenticated,
     UnexpectedError,
     UnsupportedMediaType,
@@ -330,7 +331,8 @@ def check_preconditions(
 
 # --- negotiation --------------------------------------------------------------
 
-def check_accept(req: ApiRequest) -> None:
+def check_accept(req: ApiRequest, also: tuple[str, ...] = ()) -> None:
+    """Refuse (406) an C{Accept} that takes neither JSON nor one of C{also} (a route's other media types)."""
     accept = req.header("Accept")
     if not accept:
         return
@@ -339,7 +341,7 @@ def check_accept(req: ApiRequest) -> None:
         media = media.strip().lower()
         if re.search(r"(^|;)\s*q\s*=\s*0(\.0*)?\s*($|;)", params):
             continue  # q=0 means "not this one"
-        if media in ("*/*", "application/*", JSON, ""):
+        if media in ("*/*", "application/*", JSON, "") or media in also:
             return
     raise NotAcceptable()
 
@@ -394,6 +396,7 @@ ERRORS: dict[type, tuple[int, int]] = {
     HeaderFieldsTooLarge: (431, 113),
     BackendUnavailable: (503, 201),
     ServiceDeprecated: (410, 202),
+    SyncHorizonPassed: (410, 107),
     ListenerRejected: (400, 107),
     UnexpectedError: (500, 999),
 }

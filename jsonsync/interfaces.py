@@ -53,6 +53,12 @@ class ITransaction(Interface):
         " of a L{jsonsync.errors.WriteConflict}: taken in shared mode."
     )
 
+    snapshot = Attribute(
+        "True when every read of the transaction must see one state of the"
+        " storage (a read-only transaction whose reads decide together, such as"
+        " a permission check and the page it filters). Optional for a backend"
+        " whose reads of one transaction always agree; C{False} by default."
+    )
     lock_lists = Attribute(
         "C{(resource_name, parent_id)} lists the transaction is going to"
         " write, known before it starts (a request run again after a"
@@ -444,6 +450,47 @@ class IOutbox(Interface):
         """
         C{hook()} (may return an awaitable) runs when the backend closes,
         before its connections go: a worker stops there.
+        """
+
+
+class IChangeNotifier(Interface):
+    """
+    Tells who subscribes that a list moved: C{(resource_name, parent_id,
+    timestamp)} after a write to it committed, in this process and (for a
+    shared database) in every process on it. A notification only says
+    "read again from your cursor": it carries no data, may come twice, late,
+    or (rarely: a process that died between its commit and the notice) not
+    at all, so subscribers also read again now and then. A storage offers
+    one through C{change_notifier()}.
+    """
+
+    def publish(resource_name, parent_id, timestamp):
+        """A write to the list committed (called after the commit)."""
+
+    def subscribe(callback):
+        """
+        C{callback(resource_name, parent_id, timestamp)} for each notice;
+        C{callback(None, None, None)} when notices may have been lost (a
+        reconnection): every list may have moved. Returns a function that
+        unsubscribes.
+        """
+
+    def close():
+        """Stop listening (may return a L{Deferred})."""
+
+
+class ISyncHorizon(Interface):
+    """
+    Where a storage forgot deletions: tombstones of a list up to its
+    horizon were purged, so a C{_since} below it cannot be answered in full.
+    """
+
+    def sync_horizon(resource_name, parent_id, since=None):
+        """
+        (Deferred) the list's horizon (a timestamp: tombstones up to it may
+        be gone), or C{None} when nothing was purged; with C{since}, C{None}
+        too when C{since} is at or above the horizon (a backend may answer
+        that without a look-up).
         """
 
 

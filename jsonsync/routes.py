@@ -31,6 +31,12 @@ class Route:
     # True: the view reads the body itself from twisted.web's spooled file
     # (C{request.upload}), for bodies beyond the JSON limit (see add_body_limit).
     streams_body: bool = False
+    # Media types a "resource" route answers besides JSON (the live plugin
+    # adds text/event-stream to record lists).
+    accepts: tuple[str, ...] = ()
+    # A twisted.web render function that takes over the connection of a
+    # request asking to upgrade to WebSocket (the live plugin's /live).
+    upgrade: Any = None
     # Made by resource_routes: the engine's verbs, switched off per type and
     # verb by the <kind>_<type>_<verb>_enabled settings.
     generic: bool = False

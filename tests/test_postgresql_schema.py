@@ -56,6 +56,7 @@ class SchemaTests(TestCase):
                 "user_principals",
                 "jsonsync_outbox",
                 "jsonsync_outbox_attempts",
+                "sync_horizons",
             },
         )
         self.assertEqual(await self.versions(), [v for v, _, _ in schema_scripts()])

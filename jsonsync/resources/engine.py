@@ -81,6 +81,7 @@ class Engine(Listing, Bodies):
             raise missing
         if listing is None:
             listing = self.list_request(req, loc)
+        await self.check_horizon(req, loc)
         if req.method == "HEAD":
             timestamp = await self.storage.list_timestamp(req.txn, loc.resource.name, loc.parent_uri)
             check_preconditions(req, timestamp)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from jsonsync.errors import (
     InvalidParameters,
+    SyncHorizonPassed,
 )
 from jsonsync.http import (
     ApiRequest,
     http_date,
 )
+from jsonsync.interfaces import ISyncHorizon
 from jsonsync.jsonutil import Encoded, EncodedPage, decoded
 from jsonsync.query import Query
 from jsonsync.resources import querystring
@@ -33,6 +35,24 @@ class Listing(Access):
             strict_fields=loc.resource.strict_fields,
             limits=querystring.QueryLimits.of(self.registry.settings),
         )
+
+    async def check_horizon(self, req: ApiRequest, loc: Location) -> None:
+        """
+        Refuse (410) a C{_since} below the list's sync horizon: tombstones
+        after it were purged, so the answer would leave deleted objects
+        alive on the client. C{_since} only: it is the sync cursor; other
+        C{last_modified} filters are answered as they are.
+        """
+        raw = None
+        for name, value in req.query:
+            if name == "_since" and value.strip() not in ("null", ""):
+                raw = value
+        if raw is None or not ISyncHorizon.providedBy(self.storage):
+            return
+        since = querystring.since_value(raw)
+        horizon = await self.storage.sync_horizon(loc.resource.name, loc.parent_uri, since)
+        if horizon is not None and since < horizon:
+            raise SyncHorizonPassed(since, horizon)
 
     @staticmethod
     def page_query(listing: querystring.ListRequest, ids: frozenset[str] | None) -> Query:

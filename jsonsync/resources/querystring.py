@@ -134,6 +134,11 @@ def _timestamp(name: str, raw: str) -> int:
     return value
 
 
+def since_value(raw: str) -> int:
+    """The timestamp of a C{_since} value (quoted or not)."""
+    return _timestamp("_since", raw)
+
+
 def _check_value(name: str, raw: str, value: Any, limits: QueryLimits) -> None:
     """Refuse a typed filter value no backend could handle alike."""
     if isinstance(value, (list, dict)) and not jsonutil.depth(value, limits.max_depth):

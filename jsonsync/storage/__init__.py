@@ -74,6 +74,8 @@ class Transaction:
         self.last_write = False
         self.lock_lists: tuple = ()
         self.lock_shared: tuple = ()
+        # Reads that must agree with each other (ITransaction.snapshot).
+        self.snapshot = False
 
     def only(self, key) -> bool:
         return all(k == key for k in self._resources)

@@ -26,7 +26,7 @@ from twisted.internet.defer import DeferredLock
 from zope.interface import implementer
 
 from jsonsync.errors import ObjectExists, ObjectNotFound, WriteConflict
-from jsonsync.interfaces import IPermissionStore, IStorage, IStorageBackend
+from jsonsync.interfaces import IPermissionStore, IStorage, IStorageBackend, ISyncHorizon
 from jsonsync.query import (
     Filter,
     Op,
@@ -35,6 +35,7 @@ from jsonsync.query import (
     ordering_key,
 )
 from jsonsync.storage import Transaction, check_expected, next_timestamp, now_ms
+from jsonsync.storage.notify import LocalNotifier
 from jsonsync.storage.outbox import MemoryOutbox
 
 
@@ -80,7 +81,8 @@ class _MemoryBase:
         the writers' lock before it reads, so that what it reads holds to
         its commit.
         """
-        if getattr(txn, "lock_lists", ()):
+        if getattr(txn, "lock_lists", ()) or getattr(txn, "snapshot", False):
+            # (A snapshot: no write comes between its reads.)
             await self._journal(txn)
 
 
@@ -110,12 +112,15 @@ class _List:
             del self.order[pos]
 
 
-@implementer(IStorage)
+@implementer(IStorage, ISyncHorizon)
 class MemoryStorage(_MemoryBase):
     def __init__(self, lock: DeferredLock | None = None):
         super().__init__(lock)
         self._lists: dict[tuple[str, str], _List] = {}
         self._outbox: MemoryOutbox | None = None
+        self._notifier: LocalNotifier | None = None
+        # (resource_name, parent_id) -> the newest purged tombstone (ISyncHorizon).
+        self._horizons: dict[tuple[str, str], int] = {}
 
     @property
     def outbox(self) -> MemoryOutbox:
@@ -127,6 +132,38 @@ class MemoryStorage(_MemoryBase):
     async def close(self):
         if self._outbox is not None:
             await self._outbox.run_close_hooks()
+
+    def change_notifier(self) -> LocalNotifier:
+        """Notices of committed list writes (IChangeNotifier), within the process."""
+        if self._notifier is None:
+            self._notifier = LocalNotifier()
+        return self._notifier
+
+    async def sync_horizon(self, resource_name, parent_id, since=None):
+        horizon = self._horizons.get((resource_name, parent_id))
+        if horizon is None or (since is not None and since >= horizon):
+            return None
+        return horizon
+
+    async def purge_tombstones(self, before: int) -> int:
+        """
+        Remove the tombstones older than C{before} (ms), and remember for
+        each list the newest one removed: its sync horizon.
+        """
+        await self._lock.acquire()
+        try:
+            count = 0
+            for key, lst in self._lists.items():
+                gone = [o for o in lst.objects.values() if o.get("deleted") and o["last_modified"] < before]
+                for obj in gone:
+                    lst.remove(obj["id"])
+                if gone:
+                    count += len(gone)
+                    newest = max(o["last_modified"] for o in gone)
+                    self._horizons[key] = max(self._horizons.get(key, newest), newest)
+            return count
+        finally:
+            self._lock.release()
 
     @overload
     def _list(self, resource_name: str, parent_id: str, create: Literal[True]) -> _List: ...
@@ -148,6 +185,7 @@ class MemoryStorage(_MemoryBase):
         self._lists.clear()
         if self._outbox is not None:
             self._outbox.flush()
+        self._horizons.clear()
 
     async def get(self, txn, resource_name, parent_id, object_id):
         await self._locked_read(txn)

@@ -40,6 +40,10 @@ class PostgresBackend:
         "permission_url": None,
         "storage_pool_size": 10,
         "storage_pool_timeout": 30,
+        # How stale a server's knowledge of the sync horizons may be, and so
+        # how long `jsonsync purge-deleted` waits between recording the new
+        # horizons and removing tombstones.
+        "sync_horizon_refresh_seconds": 5,
     }
 
     def _setting(self, settings, name):
@@ -69,7 +73,8 @@ class PostgresBackend:
 
     async def open_storage(self, settings, reactor):
         url = self._setting(settings, "storage_url")
-        return PostgresStorage(await self._open_pool(url, settings, reactor), True)
+        refresh = float(self._setting(settings, "sync_horizon_refresh_seconds"))
+        return PostgresStorage(await self._open_pool(url, settings, reactor), True, refresh)
 
     async def open_permissions(self, settings, reactor, storage):
         url = self._setting(settings, "permission_url") or self._setting(settings, "storage_url")

@@ -53,7 +53,7 @@ class PostgresProvider:
         pool = self.pool
 
         async def open_unit():
-            unit = Unit(pool, await pool.checkout())
+            unit = Unit(pool, await pool.checkout(), snapshot=getattr(txn, "snapshot", False))
             # A request run again after a write conflict locks the lists it
             # writes before its first read, in the canonical order (see
             # Unit.lock_statement): what it reads then stays true to its
@@ -108,7 +108,8 @@ class PostgresProvider:
         unit = enlisted(self.pool.key) if enlisted is not None else None
         locks = getattr(txn, "lock_lists", ()) if self.takes_list_locks else ()
         shared = getattr(txn, "lock_shared", ()) if self.takes_list_locks else ()
-        if unit is None and (enlisted is None or locks or shared):
+        if unit is None and (enlisted is None or locks or shared or getattr(txn, "snapshot", False)):
+            # (A snapshot: its reads share one REPEATABLE READ transaction.)
             unit = await self.unit(txn)
         elif (locks or shared) and unit is not None and not (
             unit.lists.issuperset(locks) and (unit.lists | unit.shared).issuperset(shared)

@@ -10,14 +10,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from twisted.internet.defer import DeferredLock
 from zope.interface import implementer
 
 from jsonsync.errors import ObjectExists, ObjectNotFound, WriteConflict
-from jsonsync.interfaces import IStorage
+from jsonsync.interfaces import IStorage, ISyncHorizon
 from jsonsync.jsonutil import Encoded, EncodedPage
 from jsonsync.storage import check_expected, next_timestamp, now_ms
 from jsonsync.storage.postgresql.base import PostgresProvider, acl_from_entries
 from jsonsync.storage.postgresql.group import GROUP_WRITE, GroupItem, ListWriter, group_params
+from jsonsync.storage.postgresql.notify import PostgresNotifier
 from jsonsync.storage.postgresql.outbox import PostgresOutbox
 from jsonsync.storage.postgresql.pool import Pool
 from jsonsync.storage.postgresql.select import build_select, escape_like
@@ -34,7 +36,7 @@ def _head(obj: dict) -> str:
     return ('{"last_modified":' if text == "{}" else text[:-1] + ',"last_modified":')
 
 
-@implementer(IStorage)
+@implementer(IStorage, ISyncHorizon)
 class PostgresStorage(PostgresProvider):
     """
     Objects in one C{objects} table (the whole object as JSONB, plus the
@@ -43,10 +45,17 @@ class PostgresStorage(PostgresProvider):
 
     takes_list_locks = True
 
-    def __init__(self, pool: Pool, owns_pool: bool):
+    def __init__(self, pool: Pool, owns_pool: bool, horizon_refresh: float = 5.0):
         super().__init__(pool, owns_pool)
         self._writers: dict[tuple[str, str, tuple], ListWriter] = {}
         self._outbox: PostgresOutbox | None = None
+        self._notifier: PostgresNotifier | None = None
+        # The newest horizon of any list, re-read at most every
+        # C{horizon_refresh} seconds: a _since above it needs no look-up.
+        self.horizon_refresh = horizon_refresh
+        self._max_horizon: int | None = None
+        self._horizon_read: float | None = None
+        self._horizon_lock = DeferredLock()
 
     @property
     def outbox(self) -> PostgresOutbox:
@@ -55,9 +64,45 @@ class PostgresStorage(PostgresProvider):
             self._outbox = PostgresOutbox(self)
         return self._outbox
 
+    def change_notifier(self) -> PostgresNotifier:
+        """Notices of committed list writes across the processes on this database (IChangeNotifier)."""
+        if self._notifier is None:
+            self._notifier = PostgresNotifier(self.pool.reactor, self.pool.url)
+        return self._notifier
+
+    async def sync_horizon(self, resource_name, parent_id, since=None):
+        """
+        L{ISyncHorizon}: the list's horizon (C{jsonsync purge-deleted}
+        records it, then waits for C{sync_horizon_refresh_seconds} before it
+        removes a tombstone, so that every server refuses an old C{_since}
+        before its answer could miss a deletion). With C{since}: C{None} at
+        once when C{since} is at or above every list's horizon.
+        """
+        now = self.pool.reactor.seconds()
+        if self._horizon_read is None or now - self._horizon_read >= self.horizon_refresh:
+            # One look-up at a time: those who waited for it use its answer.
+            await self._horizon_lock.acquire()
+            try:
+                if self._horizon_read is None or now - self._horizon_read >= self.horizon_refresh:
+                    rows, _ = await self.pool.run("SELECT max(horizon) FROM sync_horizons")
+                    self._max_horizon = rows[0][0] if rows else None
+                    self._horizon_read = now
+            finally:
+                self._horizon_lock.release()
+        if self._max_horizon is None or (since is not None and since >= self._max_horizon):
+            return None
+        rows, _ = await self.pool.run(
+            "SELECT horizon FROM sync_horizons WHERE resource_name = %s AND parent_id = %s",
+            (resource_name, parent_id),
+        )
+        return rows[0][0] if rows else None
+
     async def close(self) -> None:
         if self._outbox is not None:
             await self._outbox.run_close_hooks()
+        if self._notifier is not None:
+            self._notifier.close()
+            self._notifier = None
         await super().close()
 
     def _writer(self, key: tuple[str, str, tuple]) -> ListWriter:
@@ -70,7 +115,8 @@ class PostgresStorage(PostgresProvider):
         return writer
 
     async def flush(self):
-        await self.pool.run("TRUNCATE objects, timestamps, jsonsync_outbox, jsonsync_outbox_attempts")
+        await self.pool.run("TRUNCATE objects, timestamps, jsonsync_outbox, jsonsync_outbox_attempts, sync_horizons")
+        self._max_horizon = self._horizon_read = None
 
     async def prefetch(self, txn, keys, principals, checks, members=None, acl_uri=None, page=None):
         """L{IRequestPrefetch}: objects, grant checks, groups, one ACL (and a page) in one statement."""

@@ -67,9 +67,11 @@ class Unit:
         taken there is held for that one round trip only.
     """
 
-    def __init__(self, pool: Pool, conn: PooledConnection):
+    def __init__(self, pool: Pool, conn: PooledConnection, snapshot: bool = False):
         self.pool = pool
         self.conn = conn
+        # Every statement sees the state of the first (ITransaction.snapshot).
+        self._begin = "BEGIN ISOLATION LEVEL REPEATABLE READ; " if snapshot else "BEGIN; "
         self.generation = conn.detector.generation
         self._begun = False
         self._done = False
@@ -165,7 +167,7 @@ class Unit:
         if self._begun:
             return await driver.execute(self.conn, sql, params, self.generation, prepare, prefix)
         self._begun = True
-        prefix = "BEGIN; " + prefix
+        prefix = self._begin + prefix
         # When this first statement finds its connection dead (the server
         # restarted while it sat idle in the pool), nothing can have been
         # committed inside the BEGIN it carried: start over on another
