@@ -273,6 +273,10 @@ class Access:
         """
         permits = req.restriction.permits
         prefix = loc.list_uri + "/"
+        # What lists an object to a restricted request is the restriction's
+        # own read (or write): that a user who may create in an object sees
+        # it does not make a create-only token a reader.
+        wanted = tuple(p for p in wanted if not p.endswith(":create"))
         ids = {oid for oid in shared if any(permits(prefix + oid, p) for p in wanted)}
         tree, settings_acl = self.registry.tree, self.registry.acl
         for oid in req.restriction.named_children(prefix):

@@ -258,10 +258,6 @@ class ServiceViews:
         for uri, perms in (await self._settings_grants(req)).items():
             found.setdefault(uri, set()).update(perms)
         restriction = req.restriction
-        if restriction is not None:
-            # A scoped token sees what it may do, not all its user may.
-            found = {uri: {p for p in perms if restriction.permits(uri, p)} for uri, perms in found.items()}
-            found = {uri: perms for uri, perms in found.items() if perms}
         entries = []
         root_perms = sorted(
             p for p in tree.permissions_of("root")
@@ -271,6 +267,11 @@ class ServiceViews:
             entries.append({"uri": "/", "resource_name": "root", "id": None, "permissions": root_perms})
         for uri, perms in found.items():
             entry = self._permission_entry(uri, perms)
+            if entry is not None and restriction is not None:
+                # A scoped token sees what it may do, not all its user may.
+                entry["permissions"] = [p for p in entry["permissions"] if restriction.permits(uri, p)]
+                if not entry["permissions"]:
+                    entry = None
             if entry is not None:
                 entries.append(entry)
         listing = querystring.parse_list_request(
