@@ -11,6 +11,7 @@ import fnmatch
 import random
 import re
 import time
+from collections.abc import Mapping
 from urllib.parse import unquote
 
 from klein import Klein
@@ -22,6 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
+from werkzeug.routing import MapAdapter
 
 from jsonsync import events, jsonutil, logs, proxies
 from jsonsync.auth import authenticate
@@ -162,7 +164,7 @@ class JsonSyncApp:
         self.routes: dict[str, Route] = {}
         for route in registry.routes:
             self._mount(route)
-        self._adapter = None
+        self._adapter: MapAdapter | None = None
 
     # -- mounting ----------------------------------------------------------------
     def _mount(self, route: Route):
@@ -179,13 +181,13 @@ class JsonSyncApp:
     def resource(self):
         return _Root(self)
 
-    def adapter(self):
+    def adapter(self) -> MapAdapter:
         """The Klein application's werkzeug map, bound once (only path and method are matched)."""
         if self._adapter is None:
             self._adapter = self.klein.url_map.bind("localhost")
         return self._adapter
 
-    def match(self, path: str, method: str) -> tuple[Route, dict]:
+    def match(self, path: str, method: str) -> tuple[Route, Mapping[str, str]]:
         """
         C{(route, params)} for a path (with its C{/v1} prefix) and a method.
         The one place where werkzeug's routing errors become ours:

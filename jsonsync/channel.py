@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import fnmatch
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
+from twisted.internet.interfaces import IConsumer, ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -315,9 +317,9 @@ class LimitedChannel(HTTPChannel):
                 self._head_timer.cancel()
             self._head_timer = None
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_head_timer()
-        return super().connectionLost(reason)
+        super().connectionLost(reason)
 
     def allHeadersReceived(self):
         self._stop_head_timer()
@@ -346,6 +348,7 @@ class LimitedChannel(HTTPChannel):
         # twisted.web's one exit for what it cannot parse (request line,
         # header line, Content-Length, Transfer-Encoding, chunked body, too
         # many headers); it wrote an empty plain-text 400.
+        where: tuple[str, str | None, str]
         if self._stage is _REQUEST_LINE:
             where = ("path", None, "malformed request line: expected METHOD target HTTP/1.x")
         elif self._stage is _HEADER:
@@ -369,7 +372,8 @@ class LimitedChannel(HTTPChannel):
         Answer the request being read with C{exc} as a JSON error, then close
         the connection without reading the rest of the request.
         """
-        if self.refused is not None or self.transport is None:
+        transport = self.transport
+        if self.refused is not None or transport is None:
             return
         self.refused = exc
         self._held = None
@@ -387,18 +391,20 @@ class LimitedChannel(HTTPChannel):
         if allow:
             head.append(b"Access-Control-Allow-Origin: " + allow)
             head.append(b"Access-Control-Expose-Headers: " + _EXPOSED)
-        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + payload)
+        transport.write(b"\r\n".join(head) + b"\r\n\r\n" + payload)
         _log.info(
             "refused a request from {peer}: {status} {message}",
-            peer=str(self.transport.getPeer()), status=status, message=exc.message,
+            peer=str(transport.getPeer()), status=status, message=exc.message,
         )
         # Stop reading into a request, stop sending, and let the client read
-        # the answer (see linger_seconds).
-        self.transport.unregisterProducer()
+        # the answer (see linger_seconds). The channel registered itself as
+        # the transport's producer (HTTPChannel.connectionMade): a transport
+        # a channel runs on is a consumer as well.
+        cast(IConsumer, transport).unregisterProducer()
         self.setTimeout(self.linger_seconds)
-        half_close = getattr(self.transport, "loseWriteConnection", None)
+        half_close = getattr(transport, "loseWriteConnection", None)
         if half_close is None:
-            self.transport.loseConnection()
+            transport.loseConnection()
         else:
             half_close()
 
@@ -417,14 +423,19 @@ class LimitedChannel(HTTPChannel):
     def _drain(self, size: int):
         self._drained += size
         if self._drained > self.linger_bytes:
-            self.transport.abortConnection()
+            self._abort()
 
     def timeoutConnection(self):
         if self.refused is not None:
             # The linger is over: whatever the client still sends is refused.
-            self.transport.abortConnection()
+            self._abort()
         else:
             super().timeoutConnection()
+
+    def _abort(self) -> None:
+        # Called while connected (reading, or the timeout that
+        # connectionLost cancels), over TCP or TLS: both can abort.
+        cast(ITCPTransport, self.transport).abortConnection()
 
 
 # LimitedChannel hands line-mode input to LineReceiver at least this often.

@@ -2,7 +2,7 @@
 C{jsonsync}: the operator's command (C{twist jsonsync} stays the server).
 
 The verbs are Kinto's: C{init}, C{check}, C{migrate}, C{create-user},
-C{purge-deleted}, C{version}. Each reads the settings like a start would
+C{purge-deleted}, C{version}; and C{attachments-cleanup} (attachment plugin). Each reads the settings like a start would
 (C{--config}, C{JSONSYNC_*} variables, C{-s NAME=VALUE}) and ends with
 status 0 on success, 1 with the problems listed otherwise.
 """
@@ -350,6 +350,46 @@ def cmd_purge_deleted(args) -> str:
     return f"removed {count} tombstone(s) older than {cutoff.isoformat(timespec='seconds')}"
 
 
+# -- attachments-cleanup -----------------------------------------------------------
+
+
+def cmd_attachments_cleanup(args) -> str:
+    from jsonsync.errors import BackendUnavailable
+    from jsonsync.plugins import attachment_cleanup
+    from jsonsync.plugins.attachment import make_store
+    from jsonsync.plugins.attachment_s3 import S3Error
+
+    settings, discovered = _settings(args)
+    if "attachment" not in settings["includes"]:
+        raise Failed("the attachment plugin is not in includes: there are no attachment files to clean")
+    if settings["storage_backend"] == "memory":
+        raise Failed("the memory backend keeps no records once the server stops: "
+                     "every file would look unreferenced, so nothing is removed")
+    if args.grace < 0:
+        raise Failed("--grace needs a number of seconds (0 or more)")
+
+    async def sweep(reactor):
+        from jsonsync.registry import Registry
+
+        registry = Registry(settings, reactor, discovered)
+        try:
+            await registry.open_backends()
+            store = make_store(settings)
+            return await attachment_cleanup.cleanup(registry.storage, store, args.grace, args.dry_run)
+        except ValueError as e:
+            raise Failed(str(e)) from None
+        except BackendUnavailable as e:
+            raise Failed(f"database unreachable: {e.__cause__ or e}") from None
+        except (OSError, S3Error) as e:
+            raise Failed(f"the attachment store failed: {e}") from None
+        finally:
+            await registry.close()
+
+    report = _run(sweep)
+    verb = "would remove" if args.dry_run else "removed"
+    return "\n".join([f"{verb} {name}" for name in report.partial + report.removed] + [report.summary(args.dry_run)])
+
+
 # -- version ---------------------------------------------------------------------
 
 
@@ -396,6 +436,13 @@ def parser() -> argparse.ArgumentParser:
     when.add_argument("--older-than", type=int, metavar="DAYS")
     when.add_argument("--before", metavar="YYYY-MM-DD")
     c.set_defaults(func=cmd_purge_deleted)
+
+    c = commands.add_parser("attachments-cleanup",
+                            help="remove attachment files that no record points to (attachment plugin)")
+    c.add_argument("--grace", type=float, default=3600, metavar="SECONDS",
+                   help="spare files younger than this, uploads in flight (default: 3600)")
+    c.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    c.set_defaults(func=cmd_attachments_cleanup)
 
     c = commands.add_parser("version", help="print the version")
     c.set_defaults(func=cmd_version)

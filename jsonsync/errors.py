@@ -45,6 +45,14 @@ def _describe(item: dict) -> str:
     return f"{name} in {location}: {text}"
 
 
+class InvalidPostedData(InvalidParameters):
+    """
+    A posted form is not what the endpoint takes (Kinto's errno 109,
+    C{INVALID_POSTED_DATA}: kinto-attachment's answer to a missing file or
+    a bad form field).
+    """
+
+
 class ValueRefused(InvalidParameters):
     """
     A storage backend refused a value the JSON layer accepted (a NUL in a

@@ -7,9 +7,10 @@ bodies, conditional headers and content negotiation.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 from urllib.parse import parse_qsl, quote, urlencode
 
 from twisted.logger import Logger
@@ -20,6 +21,7 @@ from jsonsync.errors import (
     Forbidden,
     HeaderFieldsTooLarge,
     InvalidParameters,
+    InvalidPostedData,
     JsonSyncError,
     ListenerRejected,
     MethodNotAllowed,
@@ -40,6 +42,10 @@ from jsonsync.errors import (
     WriteConflict,
 )
 
+if TYPE_CHECKING:
+    from jsonsync.events import ResourceEvent
+    from jsonsync.interfaces import ITransaction
+
 _log = Logger()
 
 API_PREFIX = "/v1"
@@ -55,14 +61,15 @@ class RequestContext:
     events waiting for the listeners, and authentication results.
     """
 
-    def __init__(self, txn):
+    def __init__(self, txn: ITransaction):
         self.txn = txn
-        self.events: list = []
+        self.events: list[ResourceEvent] = []
         self.auth_cache: dict[Any, Any] = {}
         # True once a /batch runs its sub-requests in this transaction.
         self.shared = False
-        # Checks granted to the batch's sub-requests (Engine.fetch).
-        self.granted: set = set()
+        # Checks granted to the batch's sub-requests (Access.fetch): the
+        # parent URI, the first check, the principals.
+        self.granted: set[tuple[str, tuple[str, str], frozenset[str]]] = set()
 
 
 class ApiRequest:
@@ -76,7 +83,10 @@ class ApiRequest:
     @ivar query: C{[(name, value)]} in the order sent.
     @ivar headers: lower-cased header names to values.
     @ivar params: the route's path parameters.
-    @ivar ctx: the L{RequestContext} of the attempt (its transaction).
+    @ivar ctx: the L{RequestContext} of the attempt (its transaction): set
+        by the application before anything of the request runs, so every
+        view, hook and policy reads it as is. It is not set before (reading
+        it then raises L{AttributeError}).
     @ivar registry: the server's L{jsonsync.interfaces.IRegistry}.
     @ivar user_id: the prefixed user id, or C{None} when anonymous.
     @ivar principals: the user's principals (groups once loaded).
@@ -108,6 +118,10 @@ class ApiRequest:
         "restriction", "client",
     )
 
+    # Declared, not assigned in __init__: a slot left empty until the
+    # application sets it (see the ivar), so that it needs no Optional.
+    ctx: RequestContext
+
     def __init__(
         self,
         method: str,
@@ -127,7 +141,6 @@ class ApiRequest:
         self.scheme = scheme
         self.host = host
         self.raw_query = raw_query
-        self.ctx: RequestContext | None = None
         self.page_ahead: Any = None
         self.registry: Any = None
         self.user_id: str | None = None
@@ -138,7 +151,7 @@ class ApiRequest:
         self.acl_cache: dict[str, dict] = {}
         self.in_batch = False
         self._json: Any = _UNPARSED
-        self.params: dict[str, str] = {}
+        self.params: Mapping[str, str] = {}
         self.spent_token: str | None = None
         self.attempt = 0
         self.upload: Any = None
@@ -155,8 +168,7 @@ class ApiRequest:
         self._json = value
 
     def reset_attempt(self) -> None:
-        """Forget what one attempt learnt, before the request runs again."""
-        self.ctx = None
+        """Forget what one attempt learnt, before the request runs again (C{ctx}: the next attempt sets its own)."""
         self.page_ahead = None
         self.user_id = None
         self.principals = ["system.Everyone"]
@@ -167,8 +179,15 @@ class ApiRequest:
         self.attempt += 1
 
     @property
-    def txn(self):
+    def txn(self) -> ITransaction:
         return self.ctx.txn
+
+    @overload
+    def header(self, name: str) -> str | None: ...
+    @overload
+    def header(self, name: str, default: str) -> str: ...
+    @overload
+    def header(self, name: str, default: str | None) -> str | None: ...
 
     def header(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name.lower(), default)
@@ -366,6 +385,7 @@ def parse_query(raw: bytes | str) -> list[tuple[str, str]]:
 ERRORS: dict[type, tuple[int, int]] = {
     NotAcceptable: (406, 107),
     UnsupportedMediaType: (415, 107),
+    InvalidPostedData: (400, 109),
     InvalidParameters: (400, 107),
     Unauthenticated: (401, 104),
     Forbidden: (403, 121),
@@ -419,7 +439,7 @@ def error_body(exc: JsonSyncError, info_link: str | None = None) -> tuple[int, d
 
 def error_headers(exc: JsonSyncError, retry_after: int) -> list[tuple[str, str]]:
     """The headers an error carries beside its body."""
-    headers = []
+    headers: list[tuple[str, str]] = []
     if isinstance(exc, Unauthenticated):
         headers.extend(("WWW-Authenticate", c) for c in exc.challenges)
     elif isinstance(exc, MethodNotAllowed) and exc.allowed:

@@ -551,6 +551,9 @@ class IRegistry(Interface):
         or L{jsonsync.errors.MethodNotAllowed} when no route takes it.
         """
 
+    def route(name):
+        """The mounted L{jsonsync.registry.Route} called C{name}, or C{None} (another plugin's, say)."""
+
     def location(uri):
         """The L{jsonsync.resources.model.Location} of an object URI, or C{None}."""
 

@@ -152,8 +152,8 @@ def configure(
     try:
         settings = config.load(schema, ini, environ, cli, source=ini_path)
     except config.ConfigurationError as e:
-        problems.extend(e.problems)
-        settings = None
+        # Reported with what was found before loading (one report for all).
+        raise config.ConfigurationError([*problems, *e.problems]) from None
     if problems:
         raise config.ConfigurationError(problems)
     # Plugins that check their settings together (the accounts plugin and
@@ -206,7 +206,7 @@ class Registry:
         self.request_observers: list[Callable] = []
         self.response_observers: list[Callable] = []
         self.plugins: list[IJsonSyncPlugin] = []
-        self._match: Callable[[str, str], tuple[Route, dict]] | None = None
+        self._match: Callable[[str, str], tuple[Route, Mapping[str, str]]] | None = None
 
     # -- extension points (IRegistry) ---------------------------------------------
     def add_route(self, route: Route) -> None:
@@ -258,7 +258,7 @@ class Registry:
     def add_response_observer(self, observer: Callable) -> None:
         self.response_observers.append(observer)
 
-    def set_router(self, match: Callable[[str, str], tuple[Route, dict]]) -> None:
+    def set_router(self, match: Callable[[str, str], tuple[Route, Mapping[str, str]]]) -> None:
         """The server's route matcher (set once every route is mounted), for L{dispatch}."""
         self._match = match
 
@@ -269,6 +269,12 @@ class Registry:
         request.path = path
         request.params = params
         return await route.view(request)
+
+    def route(self, name: str) -> Route | None:
+        for route in self.routes:
+            if route.name == name:
+                return route
+        return None
 
     def location(self, uri: str) -> Location | None:
         by_plural = {rt.plural: rt for rt in self.resource_types.values()}

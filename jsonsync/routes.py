@@ -6,7 +6,7 @@ from the path and hand it to the engine's verbs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +31,14 @@ class Route:
     # True: the view reads the body itself from twisted.web's spooled file
     # (C{request.upload}), for bodies beyond the JSON limit (see add_body_limit).
     streams_body: bool = False
+    # Made by resource_routes: the engine's verbs, switched off per type and
+    # verb by the <kind>_<type>_<verb>_enabled settings.
+    generic: bool = False
 
 
 def lineage(registry, rt: ResourceType) -> list[ResourceType]:
     """The types above C{rt}, top first."""
-    chain = []
+    chain: list[ResourceType] = []
     parent = rt.parent
     while parent is not None:
         parent_type = registry.resource_types[parent]
@@ -44,7 +47,7 @@ def lineage(registry, rt: ResourceType) -> list[ResourceType]:
     return chain
 
 
-def locate(registry, rt: ResourceType, params: dict, object_id: str | None) -> Location:
+def locate(registry, rt: ResourceType, params: Mapping[str, str], object_id: str | None) -> Location:
     parent_uri = ""
     ancestors = []
     for parent_type in lineage(registry, rt):
@@ -99,11 +102,11 @@ def resource_routes(registry, engine, rt: ResourceType, *, plural=True, single=T
     if plural:
         routes.append(
             Route(plural_rule, ("GET", "POST", "DELETE"), plural_view, f"{rt.name}-plural", "resource",
-                  f"List, create or delete {rt.plural}", resource=rt)
+                  f"List, create or delete {rt.plural}", resource=rt, generic=True)
         )
     if single:
         routes.append(
             Route(f"{plural_rule}/<id>", ("GET", "PUT", "PATCH", "DELETE"), object_view, f"{rt.name}-object",
-                  "resource", f"Read, replace, modify or delete one {rt.name}", resource=rt)
+                  "resource", f"Read, replace, modify or delete one {rt.name}", resource=rt, generic=True)
         )
     return routes

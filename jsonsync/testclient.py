@@ -14,9 +14,11 @@ import base64
 import hashlib
 import hmac
 import os
+from typing import Any, cast
 
 import psycopg2
 from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -70,7 +72,7 @@ TEST_POSTGRESQL_URL = os.environ.get(
 
 # Which backend build_app uses when the settings name none; the PostgreSQL
 # variants of the HTTP suites switch it for the duration of a test.
-_current = {"backend": "memory"}
+_current: dict[str, Any] = {"backend": "memory"}
 _open_apps: list = []
 _discovered: list = []
 
@@ -116,11 +118,13 @@ async def serve_over_tcp(test, settings: dict | None = None):
     from twisted.internet import reactor
 
     app = await build_app(dict(settings or {}))
-    port = reactor.listenTCP(0, make_site(app, app.settings), interface="127.0.0.1")
+    site: Any = make_site(app, app.settings)  # (twisted's stubs want a ServerFactory[...])
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
     test.addCleanup(port.stopListening)
     pool = HTTPConnectionPool(reactor, persistent=False)
     test.addCleanup(pool.closeCachedConnections)
-    return app, f"http://127.0.0.1:{port.getHost().port}", pool
+    address = cast(IPv4Address, port.getHost())
+    return app, f"http://127.0.0.1:{address.port}", pool
 
 
 def postgresql_unavailable(url: str = TEST_POSTGRESQL_URL) -> str | None:
@@ -174,24 +178,27 @@ def with_postgresql_variants(namespace: dict) -> None:
         if cls.__module__ != namespace.get("__name__") or getattr(cls, "memory_only", False):
             continue
 
-        def make(base):
-            class Variant(base):
-                async def setUp(self):
-                    _current["backend"] = "postgresql"
-                    _current["fresh"] = True
-                    self.addCleanup(_close_apps)
-                    result = super().setUp()
-                    if hasattr(result, "__await__"):
-                        await result
-
-            return Variant
-
-        variant = make(cls)
-        variant.__name__ = variant.__qualname__ = f"{name}OnPostgreSQL"
-        variant.__module__ = cls.__module__
+        variant_name = f"{name}OnPostgreSQL"
+        members: dict[str, Any] = {
+            "setUp": _on_postgresql(cls), "__qualname__": variant_name, "__module__": cls.__module__,
+        }
         if skip:
-            variant.skip = skip
-        namespace[variant.__name__] = variant
+            members["skip"] = skip
+        namespace[variant_name] = type(variant_name, (cls,), members)
+
+
+def _on_postgresql(base: type[TestCase]):
+    """The C{setUp} of a PostgreSQL variant of C{base}: switch the backend, then C{base}'s own."""
+
+    async def setUp(self) -> None:
+        _current["backend"] = "postgresql"
+        _current["fresh"] = True
+        self.addCleanup(_close_apps)
+        result: Any = base.setUp(self)  # a coroutine when base's setUp is async
+        if hasattr(result, "__await__"):
+            await result
+
+    return setUp
 
 
 class StubClient:
@@ -202,8 +209,9 @@ class StubClient:
 
     def __init__(self, app, auth: str | None = None):
         self.app = app
-        self.stub = StubTreq(app.resource())
-        factory = self.stub._agent._serverFactory
+        # (StubTreq makes its verbs at run time: typed Any.)
+        self.stub: Any = StubTreq(app.resource())
+        factory: Any = self.stub._agent._serverFactory
         factory.requestFactory = LimitedRequest
         factory.max_body = app.settings["max_request_body_bytes"]
         self.auth = auth
@@ -239,8 +247,13 @@ class StubClient:
         """Pump the in-memory connection until C{d} fires (the server may wait on real I/O)."""
         from twisted.internet import reactor
 
-        done = []
-        d.addBoth(lambda r: done.append(r) or r)
+        done: list = []
+
+        def settled(result):
+            done.append(result)
+            return result
+
+        d.addBoth(settled)
         while not done:
             self.stub.flush()
             if not done:
@@ -274,7 +287,8 @@ class ClientTestCase(TestCase):
 
     settings: dict = {}
 
-    async def setUp(self):
+    # trial runs a coroutine setUp (the standard library's stubs say None).
+    async def setUp(self) -> None:  # type: ignore[override]
         await self.make(self.settings)
 
     async def make(self, settings):

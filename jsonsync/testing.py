@@ -43,7 +43,8 @@ class _BackendFixture(_Base):
     async def make_backend(self):
         raise NotImplementedError
 
-    async def setUp(self):
+    # trial runs a coroutine setUp (the standard library's stubs say None).
+    async def setUp(self) -> None:  # type: ignore[override]
         self.storage, self.permissions = await self.make_backend()
 
         async def cleanup():
@@ -311,7 +312,7 @@ class ListingContract(_BackendFixture):
 
     async def walk(self, sorting, size) -> list[str]:
         """The ids of the whole list, page by page, following keyset rules."""
-        seen = []
+        seen: list[str] = []
         query = Query(sorting=sorting, limit=size)
         while True:
             page = await self.list(query)

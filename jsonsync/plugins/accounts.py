@@ -35,11 +35,13 @@ from jsonsync.errors import (
     BackendUnavailable,
     Forbidden,
     InvalidParameters,
+    ParentNotFound,
     Unauthenticated,
 )
+from jsonsync.http import ApiRequest
 from jsonsync.interfaces import IAuthenticationPolicy, IAuthenticationPolicyFactory, IJsonSyncPlugin
 from jsonsync.resources.engine import Engine
-from jsonsync.resources.model import ResourceType
+from jsonsync.resources.model import Location, ResourceType
 
 POLICY_NAME = "account"
 ACCOUNT_ID = re.compile(r"^[a-zA-Z0-9][+.@a-zA-Z0-9_-]*$")
@@ -275,7 +277,7 @@ class AccountPolicy:
     def _join(self, job, password: str, waiter: Deferred | None) -> None:
         waiters = self._running.get(job)
         started = waiters is None
-        if started:
+        if waiters is None:
             waiters = self._running[job] = []
         if waiter is not None:
             waiters.append(waiter)
@@ -376,7 +378,7 @@ def _mismatch() -> InvalidParameters:
     return InvalidParameters("body", "data.id", "Username and account ID do not match.")
 
 
-async def validate_account(req, loc, data, existing):
+async def validate_account(req: ApiRequest, loc, data, existing):
     """
     Non-admins may only write their own account (anonymous users create
     theirs); a new password is hashed, the stored hash is kept otherwise.
@@ -412,14 +414,14 @@ async def validate_account(req, loc, data, existing):
     return data
 
 
-def _forget(req) -> None:
+def _forget(req: ApiRequest) -> None:
     # Remembered password checks hold the hash they were made against, so
     # a changed or deleted account misses them by itself; but batch
     # sub-requests share authentication results: recompute them.
     req.ctx.auth_cache.clear()
 
 
-async def on_account_write(req, loc, old, new):
+async def on_account_write(req: ApiRequest, loc, old, new):
     """The account's own principal always holds C{write} on it."""
     store = req.registry.permissions
     acl = await store.get_object_permissions(req.txn, loc.uri)
@@ -431,7 +433,7 @@ async def on_account_write(req, loc, old, new):
         _forget(req)
 
 
-async def on_account_delete(req, loc, old):
+async def on_account_delete(req: ApiRequest, loc, old):
     _forget(req)
 
 
@@ -458,10 +460,13 @@ ACCOUNT = ResourceType(
     on_delete=on_account_delete,
     present=_hide_password,
     grants_that_count=_grants_that_count,
+    data_schema={"password": {"type": "string", "minLength": 1}},
+    required_fields=("password",),
+    hidden_fields=("password",),
 )
 
 
-def _refuse_password_queries(req) -> None:
+def _refuse_password_queries(req: ApiRequest) -> None:
     """Hashes must not be probed with filters nor leak into pagination tokens."""
     for name, value in req.query:
         if name == "_sort":
@@ -478,7 +483,7 @@ def _refuse_password_queries(req) -> None:
                 raise InvalidParameters("querystring", name, f"Unknown filter field '{field}'")
 
 
-def _posted_id(req, max_depth):
+def _posted_id(req: ApiRequest, max_depth):
     try:
         body = req.json(max_depth)
     except InvalidParameters:
@@ -546,7 +551,7 @@ class AccountsPlugin:
 
     @staticmethod
     def _plural_view(registry, engine, view):
-        async def accounts_plural(req):
+        async def accounts_plural(req: ApiRequest):
             if not req.authenticated and req.method != "POST":
                 raise Unauthenticated(challenges(registry), "Cannot read accounts.")
             _refuse_password_queries(req)
@@ -570,7 +575,7 @@ class AccountsPlugin:
 
     @staticmethod
     def _object_view(registry, engine, view):
-        async def accounts_object(req):
+        async def accounts_object(req: ApiRequest):
             await _guard_object(registry, req, req.params["id"])
             response = await view(req)
             if req.method in ("PUT", "PATCH"):
@@ -626,18 +631,22 @@ async def _guard_object(registry, req, account_id: str) -> None:
 class _AccountEngine(Engine):
     """The engine, with the account lists cut down to what each user may see."""
 
-    async def readable_ids(self, req, loc, permission, *args, **kwargs):
+    async def readable_ids(
+        self, req: ApiRequest, loc: Location, permission: str, page=None
+    ) -> tuple[frozenset[str] | None, ParentNotFound | None]:
         principals = await ensure_principals(self.registry, req)
         settings = self.registry.settings
         if _is_admin(settings, principals) or (
             permission == "read" and _is_reader(settings, principals)
         ):
-            return await super().readable_ids(req, loc, permission, *args, **kwargs)
-        if not req.authenticated:
+            return await super().readable_ids(req, loc, permission, page)
+        user_id = req.user_id
+        if not req.authenticated or user_id is None:
             raise self.deny(req)
-        # Everyone else lists (and deletes) their own account at most.
+        # Everyone else lists (and deletes) their own account at most (and
+        # accounts have no parent that could be missing).
         prefix = f"{POLICY_NAME}:"
-        own = req.user_id[len(prefix) :] if req.user_id.startswith(prefix) else None
+        own = user_id[len(prefix) :] if user_id.startswith(prefix) else None
         return frozenset([own] if own else ()), None
 
 

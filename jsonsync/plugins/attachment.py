@@ -15,17 +15,21 @@ to a temporary file, and the multipart parser below reads it in pieces
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import hashlib
 import mimetypes
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 import unicodedata
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
+from typing import IO
 from urllib.parse import unquote
 
 from twisted.internet.threads import deferToThreadPool
@@ -36,12 +40,20 @@ from jsonsync import jsonutil
 from jsonsync.config import ConfigurationError, Setting
 from jsonsync.errors import (
     InvalidParameters,
-    ObjectNotFound,
+    InvalidPostedData,
     RequestTooLarge,
     WriteConflict,
 )
-from jsonsync.http import ApiRequest, ApiResponse, check_accept, check_preconditions, validators
+from jsonsync.http import (
+    API_PREFIX,
+    ApiRequest,
+    ApiResponse,
+    check_accept,
+    check_preconditions,
+    validators,
+)
 from jsonsync.interfaces import IFileStore, IJsonSyncPlugin, IResourceListener
+from jsonsync.plugins.attachment_types import HEAD, mismatch
 from jsonsync.registry import Route
 from jsonsync.routes import locate
 
@@ -50,6 +62,13 @@ _log = Logger()
 FIELD = "attachment"
 DOCS_URL = "https://github.com/Kinto/kinto-attachment/"
 RULE = "/buckets/<bucket_id>/collections/<collection_id>/records/<record_id>/attachment"
+DEFAULT_RULE = "/buckets/default/collections/<collection_id>/records/<record_id>/attachment"
+GZIP_TYPE = "application/x-gzip"
+# attachment.resources.<bucket>[.<collection>].<name>: the settings that
+# may differ per bucket or collection, and how each is read.
+RESOURCE_SETTINGS = ("gzipped",)
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
 # The raw request target of an upload, for the channel's body limit (the
 # record id may be percent-encoded; anything that does not route is refused
 # by the app's own limit).
@@ -58,6 +77,8 @@ TARGET = re.compile(rb"^/v1/buckets/[^/?]+/collections/[^/?]+/records/[^/?]+/att
 # location that does not look like this is never deleted.
 STORED_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*/[a-zA-Z0-9][a-zA-Z0-9_-]*/[0-9a-f]{32}(\.[a-z0-9]{1,16})?$")
 _PREFIX = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*(/[a-zA-Z0-9][a-zA-Z0-9_-]*)?$")
+# What LocalFileStore.save writes before renaming it: <name>.<uuid hex>.part
+PARTIAL = re.compile(r"^(.+)\.[0-9a-f]{32}\.part$")
 _EXTENSION = re.compile(r"^\.[a-z0-9]{1,16}$")
 _BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,70})"|([^;\s"]{1,70}))', re.IGNORECASE)
 _PARAM = re.compile(r';\s*([a-zA-Z0-9_*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;]*))')
@@ -89,9 +110,17 @@ class LocalFileStore:
 
     def save(self, name, source):
         path = self._path(name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         partial = f"{path}.{uuid.uuid4().hex}.part"
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        for attempt in range(3):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                break
+            except FileNotFoundError:
+                # The emptied directory was removed meanwhile (a purge, the
+                # cleanup command): make it again.
+                if attempt == 2:
+                    raise
         try:
             with os.fdopen(fd, "wb") as out:
                 source.seek(0)
@@ -119,6 +148,59 @@ class LocalFileStore:
     def url(self, name):
         return name
 
+    def stored(self):
+        """
+        C{(name, time stored)} of every file the plugin made under
+        base_path, and of the C{.part} leftovers of saves in progress or
+        that never finished (for the cleanup command).
+        """
+        for bid in sorted(_listdir(self.base_path)):
+            bdir = os.path.join(self.base_path, bid)
+            if not _is_dir(bdir):
+                continue
+            for cid in sorted(_listdir(bdir)):
+                cdir = os.path.join(bdir, cid)
+                if not _is_dir(cdir):
+                    continue
+                for entry in sorted(_listdir(cdir)):
+                    name = f"{bid}/{cid}/{entry}"
+                    partial = PARTIAL.match(entry)
+                    if not STORED_NAME.match(f"{bid}/{cid}/{partial.group(1)}" if partial else name):
+                        continue
+                    try:
+                        st = os.lstat(os.path.join(cdir, entry))
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISREG(st.st_mode):
+                        yield name, st.st_mtime
+
+    def discard(self, name):
+        """Remove the C{.part} leftover C{name} (as L{stored} gives it)."""
+        directory, _, entry = name.rpartition("/")
+        partial = PARTIAL.match(entry)
+        if partial is None or not STORED_NAME.match(f"{directory}/{partial.group(1)}"):
+            raise ValueError(f"not an unfinished save: {name!r}")
+        try:
+            os.unlink(os.path.join(self.base_path, *name.split("/")))
+        except FileNotFoundError:
+            pass
+
+    def tidy(self):
+        """Remove the emptied bucket and collection directories."""
+        for bid in _listdir(self.base_path):
+            bdir = os.path.join(self.base_path, bid)
+            if not _is_dir(bdir):
+                continue
+            for cid in _listdir(bdir):
+                try:
+                    os.rmdir(os.path.join(bdir, cid))
+                except OSError:
+                    pass  # not empty, or not a directory
+            try:
+                os.rmdir(bdir)
+            except OSError:
+                pass
+
     def purge(self, prefix, before):
         if not _PREFIX.match(prefix):
             raise ValueError(f"not a bucket or collection prefix: {prefix!r}")
@@ -139,6 +221,30 @@ class LocalFileStore:
                 pass  # not empty
 
 
+def _listdir(path):
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _is_dir(path):
+    return os.path.isdir(path) and not os.path.islink(path)
+
+
+def make_store(settings) -> IFileStore:
+    """The store the settings choose: S3 when C{attachment.s3.endpoint} is set, else local disk."""
+    if settings.get("attachment.s3.endpoint"):
+        from jsonsync.plugins.attachment_s3 import S3FileStore
+
+        return S3FileStore(
+            settings["attachment.s3.endpoint"], settings.get("attachment.s3.bucket") or "",
+            settings.get("attachment.s3.region") or "us-east-1",
+            settings.get("attachment.s3.access_key") or "", settings.get("attachment.s3.secret_key") or "",
+        )
+    return LocalFileStore(settings["attachment.base_path"])
+
+
 # --- multipart/form-data -------------------------------------------------------
 
 @dataclass
@@ -148,11 +254,15 @@ class Upload:
     fields: dict[str, bytes] = field(default_factory=dict)
     filename: str | None = None
     declared_type: str | None = None
-    file: object = None
+    file: IO[bytes] | None = None
     size: int = 0
     sha256: str = ""
-    # The name the file was stored under (once, whatever the attempts).
+    # The file's first bytes, for the check of its real type.
+    head: bytes = b""
+    # The name the file was stored under (once, whatever the attempts), and
+    # the record's attachment field describing it.
     stored: str | None = None
+    described: dict | None = None
 
     def close(self):
         if self.file is not None:
@@ -164,7 +274,7 @@ def boundary_of(content_type: str | None) -> bytes:
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media != "multipart/form-data":
         raise InvalidParameters(
-            "header", "Content-Type", "Content-Type header should be multipart/form-data"
+            "header", "Content-Type", "Content-Type should be multipart/form-data"
         )
     found = _BOUNDARY.search(content_type or "")
     if found is None:
@@ -268,10 +378,10 @@ def parse_upload(source, boundary: bytes, max_size: int, spool_dir: str | None) 
             raw_head = reader.until(b"\r\n\r\n", HEAD_LIMIT, "the end of a part's headers")
             headers: dict[str, str] = {}
             for line in raw_head.split(b"\r\n"):
-                name, colon, value = line.partition(b":")
+                field, colon, value = line.partition(b":")
                 if not colon:
                     raise _bad("a part header line has no colon")
-                headers[name.strip().lower().decode("latin-1")] = value.strip().decode("utf-8", "replace")
+                headers[field.strip().lower().decode("latin-1")] = value.strip().decode("utf-8", "replace")
             disposition = headers.get("content-disposition", "")
             if not disposition.lower().startswith("form-data"):
                 raise _bad("every part needs Content-Disposition: form-data")
@@ -284,6 +394,9 @@ def parse_upload(source, boundary: bytes, max_size: int, spool_dir: str | None) 
                     raise InvalidParameters("body", FIELD, "only one file may be attached")
                 _read_file(reader, delimiter, upload, params, headers, max_size, spool_dir)
             else:
+                if params.get("filename") is not None:
+                    # As kinto-attachment: only the attachment is a file.
+                    raise InvalidPostedData("body", name, f"body: {name!r} field should be passed as form data, not files")
                 chunks: list[bytes] = []
                 size = [0]
 
@@ -312,7 +425,11 @@ def _read_file(reader, delimiter, upload, params, headers, max_size, spool_dir):
     upload.file = out
     size = [0]
 
+    head = []
+
     def write(data):
+        if size[0] < HEAD:
+            head.append(data[:HEAD - size[0]])
         size[0] += len(data)
         if size[0] > max_size:
             raise RequestTooLarge(f"File size exceeds the maximum of {max_size} bytes.")
@@ -323,6 +440,7 @@ def _read_file(reader, delimiter, upload, params, headers, max_size, spool_dir):
     out.flush()
     upload.size = size[0]
     upload.sha256 = digest.hexdigest()
+    upload.head = b"".join(head)
 
 
 def clean_filename(raw: str) -> str:
@@ -340,6 +458,89 @@ def clean_filename(raw: str) -> str:
 def extension_of(filename: str) -> str:
     ext = os.path.splitext(filename)[1].lower()
     return ext if _EXTENSION.match(ext) else ""
+
+
+class _HashingSink:
+    """A write-only file that counts and hashes what goes through it."""
+
+    def __init__(self, out):
+        self.out = out
+        self.size = 0
+        self.digest = hashlib.sha256()
+
+    def write(self, data):
+        self.size += len(data)
+        self.digest.update(data)
+        self.out.write(data)
+        return len(data)
+
+    def flush(self):
+        self.out.flush()
+
+
+def gzip_copy(source, spool_dir: str | None = None):
+    """
+    C{(file, size, sha256)}: C{source} compressed into a new temporary file,
+    piece by piece (blocking: called in a thread).
+    """
+    out = tempfile.TemporaryFile(dir=spool_dir)
+    try:
+        sink = _HashingSink(out)
+        source.seek(0)
+        # No name and a fixed time in the header: the same file always
+        # gives the same bytes, so its hash only depends on its content.
+        # Level 6, the gzip command's default (GzipFile's is 9, the slowest).
+        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6) as compressed:
+            shutil.copyfileobj(source, compressed, CHUNK * 16)
+        out.flush()
+    except BaseException:
+        out.close()
+        raise
+    return out, sink.size, sink.digest.hexdigest()
+
+
+def parse_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def resource_settings(settings) -> dict[str, dict[str, object]]:
+    """
+    The per-bucket and per-collection settings (kinto-attachment's
+    C{attachment.resources.<bid>.<name>} and C{...<bid>.<cid>.<name>}), as
+    C{{"/buckets/b" or "/buckets/b/collections/c": {name: value}}}.
+    """
+    found: dict[str, dict[str, object]] = {}
+    problems = []
+    for key in settings:
+        if not key.startswith("attachment.resources."):
+            continue
+        parts = key[len("attachment.resources."):].split(".")
+        if len(parts) == 2:
+            uri = f"/buckets/{parts[0]}"
+        elif len(parts) == 3:
+            uri = f"/buckets/{parts[0]}/collections/{parts[1]}"
+        else:
+            problems.append(f"{key}: expected attachment.resources.<bucket>[.<collection>].<setting>")
+            continue
+        name = parts[-1]
+        if name not in RESOURCE_SETTINGS or not all(_PREFIX.match(p) for p in parts[:-1]):
+            problems.append(f"{key}: {name!r} is not a per-resource attachment setting "
+                            f"(known: {', '.join(RESOURCE_SETTINGS)})")
+            continue
+        try:
+            found.setdefault(uri, {})[name] = parse_bool(settings[key])
+        except ValueError as e:
+            problems.append(f"bad value for {key}: {e}")
+    if problems:
+        raise ConfigurationError(problems)
+    return found
 
 
 # --- the plugin ----------------------------------------------------------------
@@ -426,31 +627,70 @@ class AttachmentPlugin:
         "attachment.mimetypes": Setting(
             "attachment.mimetypes", "list", [], "(plugin attachment) allowed media types, * allowed (empty: any)"
         ),
+        "attachment.gzipped": Setting(
+            "attachment.gzipped", "bool", False,
+            "(plugin attachment) store files gzipped (per resource: attachment.resources.<bid>[.<cid>].gzipped)",
+        ),
+        "attachment.check_type": Setting(
+            "attachment.check_type", "bool", True,
+            "(plugin attachment) refuse a file whose bytes do not match its media type",
+        ),
+        "attachment.s3.endpoint": Setting(
+            "attachment.s3.endpoint", "opt_str", None,
+            "(plugin attachment) store files in S3 at this URL instead of base_path",
+        ),
+        "attachment.s3.bucket": Setting(
+            "attachment.s3.bucket", "opt_str", None, "(plugin attachment) S3 bucket (empty: the endpoint is the bucket's URL)"
+        ),
+        "attachment.s3.region": Setting("attachment.s3.region", "str", "us-east-1", "(plugin attachment) S3 region"),
+        "attachment.s3.access_key": Setting("attachment.s3.access_key", "opt_str", None, "(plugin attachment) S3 access key"),
+        "attachment.s3.secret_key": Setting("attachment.s3.secret_key", "opt_str", None, "(plugin attachment) S3 secret key"),
+        "attachment.resources.*": None,
     }
 
     @staticmethod
     def check_settings(settings):
         problems = []
-        if not settings.get("attachment.base_path"):
-            problems.append("plugin attachment needs attachment.base_path (where files are stored)")
+        s3 = settings.get("attachment.s3.endpoint")
+        if s3:
+            from urllib.parse import urlsplit
+
+            if urlsplit(s3).scheme not in ("http", "https") or not urlsplit(s3).hostname:
+                problems.append(f"attachment.s3.endpoint must be an http(s) URL, got {s3!r}")
+            for name in ("attachment.s3.access_key", "attachment.s3.secret_key"):
+                if not settings.get(name):
+                    problems.append(f"plugin attachment needs {name} to store files in S3")
+            if settings.get("attachment.max_size", 1) > 5 * 1024**3:
+                problems.append("attachment.max_size cannot be over 5 GiB with S3 (the most one PUT takes)")
+        elif not settings.get("attachment.base_path"):
+            problems.append(
+                "plugin attachment needs attachment.base_path (where files are stored) or attachment.s3.endpoint"
+            )
         if not settings.get("attachment.base_url"):
             problems.append(
                 "plugin attachment needs attachment.base_url (the URL at which a web server serves base_path)"
             )
         if settings.get("attachment.max_size", 1) < 1:
             problems.append("attachment.max_size must be a positive number of bytes")
+        try:
+            resource_settings(settings)
+        except ConfigurationError as e:
+            problems.extend(e.problems)
         if problems:
             raise ConfigurationError(problems)
 
     def install(self, registry, settings):
         self.check_settings(settings)
         self.registry = registry
-        self.store: IFileStore = LocalFileStore(settings["attachment.base_path"])
+        self.store: IFileStore = make_store(settings)
         self.max_size = settings["attachment.max_size"]
         self.extensions = frozenset(
             "." + e.lower().lstrip(".") for e in settings["attachment.extensions"] if e.strip(".")
         )
         self.mimetypes = tuple(m.lower() for m in settings["attachment.mimetypes"])
+        self.gzipped = settings["attachment.gzipped"]
+        self.check_type = settings["attachment.check_type"]
+        self.resources = resource_settings(settings)
         base_url = settings["attachment.base_url"]
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.record_type = registry.resource_types["record"]
@@ -459,11 +699,26 @@ class AttachmentPlugin:
         registry.add_listener(TreeJanitor(self))
         registry.add_route(Route(RULE, ("POST", "PUT", "DELETE"), self.view, "attachment", "service",
                                  "Attach a file to a record, or remove it", streams_body=True))
+        # The default bucket's routes read JSON bodies only: its uploads get
+        # a streaming route of their own, more specific than both.
+        registry.add_route(Route(DEFAULT_RULE, ("POST", "PUT", "DELETE"), self.default_bucket_view,
+                                 "attachment-default-bucket", "service",
+                                 "Attach a file to a record of the user's personal bucket, or remove it",
+                                 streams_body=True))
         # Room for the file plus the form's other fields and headers.
         registry.add_body_limit(TARGET, self.max_size + FIELD_LIMIT + HEAD_LIMIT)
         registry.add_capability(
-            "attachments", "Add file attachments to records", DOCS_URL, base_url=self.base_url
+            "attachments", "Add file attachments to records", DOCS_URL,
+            base_url=self.base_url, gzipped=self.gzipped,
         )
+
+    def setting(self, params: Mapping[str, str], name: str):
+        """A setting's value for a bucket and collection (the most specific wins)."""
+        value = getattr(self, name)
+        bucket_uri = f"/buckets/{params['bucket_id']}"
+        for uri in (bucket_uri, f"{bucket_uri}/collections/{params['collection_id']}"):
+            value = self.resources.get(uri, {}).get(name, value)
+        return value
 
     # -- threads ------------------------------------------------------------------
     async def _blocking(self, fn, *args):
@@ -497,20 +752,43 @@ class AttachmentPlugin:
             )
         return data
 
-    # -- the view -------------------------------------------------------------------
+    # -- the views ------------------------------------------------------------------
     async def view(self, req: ApiRequest) -> ApiResponse:
         check_accept(req)
         loc = locate(self.registry, self.record_type, req.params, req.params["record_id"])
         if req.method == "DELETE":
             return await self.detach(req, loc)
+        if req.in_batch:
+            # A /batch sub-request's body is JSON (as in Kinto, whose batch
+            # sends every sub-request as application/json): no file can come
+            # through it. DELETE does work there.
+            raise InvalidParameters(
+                "header", "Content-Type",
+                "Content-Type should be multipart/form-data (a file cannot be sent through /batch)",
+            )
         return await self.attach(req, loc)
+
+    async def default_bucket_view(self, req: ApiRequest) -> ApiResponse:
+        """
+        C{/buckets/default/...}: through the default_bucket plugin (which
+        creates the user's bucket and the collection, then routes to the
+        real bucket's URL, landing in L{view} with the body still spooled),
+        or, without it, as the bucket named C{default}.
+        """
+        through = self.registry.route("default-bucket-sub")
+        if through is None:
+            req.params = {**req.params, "bucket_id": "default"}
+            return await self.view(req)
+        sub = f"collections/{req.params['collection_id']}/records/{req.params['record_id']}/attachment"
+        req.params = {"subpath": sub}
+        return await through.view(req)
 
     async def parse(self, req: ApiRequest) -> Upload:
         boundary = boundary_of(req.header("Content-Type"))
         source = req.upload
         if source is None:
-            # Reached without the spooled body (through the default bucket):
-            # the body was read under the JSON size limit.
+            # Not a network request (a test's, or another plugin's): the
+            # body is in memory.
             source = BytesIO(req.body)
         source.seek(0, os.SEEK_END)
         size = source.tell()
@@ -521,7 +799,7 @@ class AttachmentPlugin:
             upload = await self._blocking(parse_upload, source, boundary, self.max_size, spool)
         if upload.file is None:
             upload.close()
-            raise InvalidParameters("body", FIELD, "the attachment file is missing")
+            raise InvalidPostedData("body", FIELD, "Attachment missing.")
         return upload
 
     def describe(self, upload: Upload, location: str) -> dict:
@@ -549,6 +827,10 @@ class AttachmentPlugin:
         mimetype = self.describe(upload, "")["mimetype"]
         if self.mimetypes and not any(fnmatch.fnmatchcase(mimetype, m) for m in self.mimetypes):
             raise InvalidParameters("body", FIELD, f"File type not allowed: {mimetype}")
+        if self.check_type:
+            why = mismatch(mimetype, upload.head, complete=upload.size <= len(upload.head))
+            if why is not None:
+                raise InvalidParameters("body", FIELD, f"File content does not match its type: {why}")
         return ext, mimetype
 
     def json_field(self, upload: Upload, name: str):
@@ -558,7 +840,7 @@ class AttachmentPlugin:
         try:
             value = jsonutil.loads(raw)
         except jsonutil.JSONError as e:
-            raise InvalidParameters("body", name, f"{name} is not valid JSON: {e}") from None
+            raise InvalidPostedData("body", name, f"body: {name} is not valid JSON ({e})") from None
         if not isinstance(value, dict):
             raise InvalidParameters("body", name, f"{name} should be a JSON object")
         return value
@@ -582,10 +864,35 @@ class AttachmentPlugin:
                 await self.delete_file(name)
             raise
 
+    async def store_upload(self, req: ApiRequest, upload: Upload, ext: str) -> dict:
+        """Store the file (gzipped if so configured): the record's attachment field."""
+        params = req.params
+        described = self.describe(upload, "")
+        source, gzipped = upload.file, self.setting(params, "gzipped")
+        if gzipped:
+            # As kinto-attachment did: the stored file, its name, hash, size
+            # and type are the gzip's; "original" describes what was sent.
+            original = {k: described[k] for k in ("filename", "hash", "mimetype", "size")}
+            source, size, digest = await self._blocking(gzip_copy, upload.file)
+            upload.close()
+            upload.file = source
+            described = {**described, "filename": described["filename"] + ".gz", "hash": digest,
+                         "mimetype": GZIP_TYPE, "size": size, "original": original}
+            ext = ".gz"
+        name = f"{params['bucket_id']}/{params['collection_id']}/{uuid.uuid4().hex}{ext}"
+        await self._blocking(self.store.save, name, source)
+        upload.stored = name
+        upload.close()
+        described["location"] = self.store.url(name)
+        return described
+
     async def _attach(self, req: ApiRequest, loc, upload: Upload) -> ApiResponse:
         engine = self.registry.engine
         rt = loc.resource
         ext, _ = self.check_upload(upload)
+        unknown = sorted(set(upload.fields) - {"data", "permissions"})
+        if unknown:
+            raise InvalidPostedData("body", unknown[0], f"body: {unknown[0]!r} not in ('data', 'permissions')")
         data = self.json_field(upload, "data") or {}
         perms = engine.clean_permissions(rt, self.json_field(upload, "permissions"))
         checks = [(loc.uri, "write"), (loc.parent_uri, rt.create_permission)]
@@ -596,13 +903,9 @@ class AttachmentPlugin:
         if missing is not None:
             raise missing
         check_preconditions(req, existing["last_modified"] if existing else None, existing)
-        if upload.stored is None:
-            bucket_id, collection_id = req.params["bucket_id"], req.params["collection_id"]
-            name = f"{bucket_id}/{collection_id}/{uuid.uuid4().hex}{ext}"
-            await self._blocking(self.store.save, name, upload.file)
-            upload.stored = name
-            upload.close()
-        attachment = self.describe(upload, self.store.url(upload.stored))
+        if upload.described is None:
+            upload.described = await self.store_upload(req, upload, ext)
+        attachment = dict(upload.described)
         req.extras["attachment_write"] = True
         try:
             if existing is None:
@@ -616,16 +919,24 @@ class AttachmentPlugin:
         finally:
             req.extras["attachment_write"] = False
         obj = response.body["data"]
-        return ApiResponse(obj[FIELD], 201, validators(obj["last_modified"]))
+        headers = validators(obj["last_modified"])
+        headers.append(("Location", self.record_url(req)))
+        # As kinto-attachment answers: 201 when the record was created.
+        return ApiResponse(obj[FIELD], 201 if existing is None else 200, headers)
+
+    def record_url(self, req: ApiRequest) -> str:
+        p = req.params
+        return (f"{req.scheme}://{req.host}{API_PREFIX}/buckets/{p['bucket_id']}/collections/{p['collection_id']}"
+                f"/records/{p['record_id']}")
 
     async def detach(self, req: ApiRequest, loc) -> ApiResponse:
         engine = self.registry.engine
         existing = await engine.existing_for_write(req, loc)
-        if existing.get(FIELD) is None:
-            if FIELD not in existing:
-                raise ObjectNotFound("attachment", loc.object_id)
+        if FIELD in existing and existing[FIELD] is None:
             return ApiResponse(None, 204)
-        base = {k: v for k, v in existing.items() if k not in ("last_modified", FIELD)}
+        # As kinto-attachment does, the field stays, set to null.
+        base = {k: v for k, v in existing.items() if k != "last_modified"}
+        base[FIELD] = None
         req.extras["attachment_write"] = True
         try:
             new = await engine.validate(req, loc, base, existing)

@@ -63,7 +63,7 @@ class Access:
         )
         if groups is not None:
             set_groups(req, groups)
-        if acl is not None:
+        if acl_uri is not None and acl is not None:
             req.acl_cache[acl_uri] = acl
         return allowed or settings_acl.grants_any(req.principals, grants)
 
@@ -82,8 +82,10 @@ class Access:
         if not await self.allowed(req, uri, permission, acl_uri):
             raise self.deny(req)
 
-    async def fetch(self, req: ApiRequest, loc: Location, checks, object_id: str | None = None,
-                    with_object: bool = True, fresh: bool = False, page=None):
+    async def fetch(
+        self, req: ApiRequest, loc: Location, checks: list[tuple[str, str]], object_id: str | None = None,
+        with_object: bool = True, fresh: bool = False, page=None,
+    ) -> tuple[ParentNotFound | None, dict | None, list[bool]]:
         """
         What an object request needs first, in one round trip when the
         backend can (L{IRequestPrefetch}): the ancestors and the object, and
@@ -112,6 +114,7 @@ class Access:
         keys = list(self.ancestry(loc))
         acl_uri = None
         if with_object:
+            assert oid is not None, "an object look-up without an object id"
             keys.append((loc.resource.name, loc.parent_uri, oid))
             acl_uri = loc.child_uri(oid)
         tree, settings_acl = self.registry.tree, self.registry.acl
@@ -137,7 +140,7 @@ class Access:
             allowed = []
             for i, (uri, perm) in enumerate(checks):
                 allowed.append(await self.allowed(req, uri, perm, acl_uri if i == 0 else None))
-        missing = None
+        missing: ParentNotFound | None = None
         for (rt, ancestor_id), obj in zip(loc.ancestors, found, strict=False):
             if obj is None:
                 missing = ParentNotFound(rt.name, ancestor_id)
@@ -222,19 +225,22 @@ class Access:
                 result.pop(name, None)
         return result
 
-    def shown_permissions(self, req, acl: dict[str, set[str]]) -> dict[str, list[str]]:
+    def shown_permissions(self, req: ApiRequest, acl: dict[str, set[str]]) -> dict[str, list[str]]:
         """An object's ACL is shown only to principals in its own C{write} ACE."""
         if acl.get("write") and not acl["write"].isdisjoint(req.principals):
             return {name: sorted(p) for name, p in acl.items() if p}
         return {}
 
 
-    async def readable_ids(self, req, loc: Location, permission: str, page=None) -> frozenset[str] | None:
+    async def readable_ids(
+        self, req: ApiRequest, loc: Location, permission: str, page=None
+    ) -> tuple[frozenset[str] | None, ParentNotFound | None]:
         """
         C{(ids, missing)}: C{ids} is C{None} when the user may see the whole
         list, else the ids of the objects shared with them (raise when they
-        may see nothing); C{missing} is the L{ParentNotFound} to raise next.
-        Permission and ancestors come in one look-up where the backend can.
+        may see nothing); C{missing} is the L{ParentNotFound} to raise next,
+        or C{None}. Permission and ancestors come in one look-up where the
+        backend can.
         """
         rt = loc.resource
         checks = [(loc.parent_uri, rt.create_permission)]
@@ -244,7 +250,7 @@ class Access:
         if loc.parent_uri and allowed[0]:
             return None, missing
         await ensure_principals(self.registry, req)
-        wanted = ("read", "write") if permission == "read" else ("write",)
+        wanted: tuple[str, ...] = ("read", "write") if permission == "read" else ("write",)
         restriction = req.restriction
         if any(self.registry.acl.granted_on_type(req.principals, rt.name, p) for p in wanted):
             if restriction is None:

@@ -47,9 +47,12 @@ class Bodies:
     registry: Any
     settings: Callable[..., Any]  # (name, default) -> value, from Access
 
-    def check_id(self, loc: Location):
-        if not loc.resource.id_pattern.match(loc.object_id or ""):
+    def check_id(self, loc: Location) -> str:
+        """The object id of C{loc}; 400 unless its type's pattern takes it."""
+        oid = loc.object_id
+        if oid is None or not loc.resource.id_pattern.match(oid):
             raise InvalidParameters("path", None, "Invalid object id")
+        return oid
 
     def envelope(self, req: ApiRequest, loc: Location, *, require_one=False):
         """C{(data, permissions)} from the body; each C{None} when absent."""
@@ -105,7 +108,7 @@ class Bodies:
             clean[name] = sorted(set(principals))
         return clean
 
-    async def validate(self, req, loc: Location, data: dict, existing: dict | None) -> dict:
+    async def validate(self, req: ApiRequest, loc: Location, data: dict, existing: dict | None) -> dict:
         data = dict(data)
         if "id" in data and data["id"] != loc.object_id:
             raise InvalidParameters("body", "id", "Object id does not match existing object")
@@ -121,7 +124,7 @@ class Bodies:
         return data
 
 
-    def apply_json_patch(self, req, loc: Location, existing, acl):
+    def apply_json_patch(self, req: ApiRequest, loc: Location, existing, acl):
         ops = req.json(self.settings("json_max_depth", 64))
         if not isinstance(ops, list):
             raise InvalidParameters("body", None, "JSON Patch body should be an array of operations")

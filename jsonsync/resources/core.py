@@ -12,6 +12,7 @@ import jsonschema
 from twisted.internet.threads import deferToThread
 
 from jsonsync.errors import InvalidParameters
+from jsonsync.http import ApiRequest
 from jsonsync.registry import Registry
 from jsonsync.resources.model import (
     MAX_PRINCIPAL_LENGTH,
@@ -44,14 +45,14 @@ async def check_schema(name: str, schema) -> None:
         raise InvalidParameters("body", f"data.{name}", f"data.{name} in body: {e.message}") from None
 
 
-async def validate_bucket(req, loc, data, existing):
+async def validate_bucket(req: ApiRequest, loc, data, existing):
     for name in SCHEMA_FIELDS:
         if name in data:
             await check_schema(name, data[name])
     return data
 
 
-async def validate_collection(req, loc, data, existing):
+async def validate_collection(req: ApiRequest, loc, data, existing):
     if "schema" in data:
         await check_schema("schema", data["schema"])
     if "cache_expires" in data:
@@ -61,7 +62,7 @@ async def validate_collection(req, loc, data, existing):
     return data
 
 
-async def validate_group(req, loc, data, existing):
+async def validate_group(req: ApiRequest, loc, data, existing):
     members = data.setdefault("members", [])
     if not isinstance(members, list):
         raise InvalidParameters("body", "data.members", "data.members in body: should be a list of strings")
@@ -81,7 +82,7 @@ async def validate_group(req, loc, data, existing):
     return data
 
 
-async def sync_members(req, loc: Location, old, new):
+async def sync_members(req: ApiRequest, loc: Location, old, new):
     """Group members hold the group's URI as a principal."""
     before = set(old.get("members", [])) if old else set()
     after = set(new.get("members", []))
@@ -94,17 +95,17 @@ async def sync_members(req, loc: Location, old, new):
         req.ctx.auth_cache.clear()
 
 
-async def forget_group(req, loc: Location, old):
+async def forget_group(req: ApiRequest, loc: Location, old):
     await _registry(req).permissions.remove_principal(req.txn, loc.uri)
     req.ctx.auth_cache.clear()
 
 
-async def forget_bucket_groups(req, loc: Location, old):
+async def forget_bucket_groups(req: ApiRequest, loc: Location, old):
     await _registry(req).permissions.remove_principal_prefix(req.txn, loc.uri + "/groups/")
     req.ctx.auth_cache.clear()
 
 
-async def record_cache_expiry(req, loc: Location) -> list:
+async def record_cache_expiry(req: ApiRequest, loc: Location) -> list:
     """
     A record's cache lifetimes for anonymous reads: the settings
     C{<bid>.<cid>.record_cache_expires_seconds} and
@@ -125,20 +126,33 @@ async def record_cache_expiry(req, loc: Location) -> list:
     return found
 
 
-def _registry(req) -> Registry:
+def _registry(req: ApiRequest) -> Registry:
     return req.registry
 
 
 BUCKET = ResourceType(
     "bucket", "buckets", None, ("read", "write", "collection:create", "group:create"),
     validate=validate_bucket, on_delete=forget_bucket_groups,
+    data_schema={name: {"type": "object"} for name in SCHEMA_FIELDS},
 )
 COLLECTION = ResourceType(
-    "collection", "collections", "bucket", ("read", "write", "record:create"), validate=validate_collection
+    "collection", "collections", "bucket", ("read", "write", "record:create"), validate=validate_collection,
+    data_schema={"schema": {"type": "object"}, "cache_expires": {"type": "integer"}},
 )
 GROUP = ResourceType(
     "group", "groups", "bucket", ("read", "write"),
     validate=validate_group, on_write=sync_members, on_delete=forget_group,
+    data_schema={
+        "members": {
+            "type": "array",
+            "items": {
+                "type": "string",
+                "maxLength": MAX_PRINCIPAL_LENGTH,
+                # Groups hold users: neither everyone nor another group.
+                "pattern": r"^(?!system\.Everyone$)(?!/buckets/)",
+            },
+        },
+    },
 )
 RECORD = ResourceType(
     "record", "records", "collection", ("read", "write"), id_generator=uuid_id,

@@ -49,7 +49,7 @@ from jsonsync.resources.model import (
 class Engine(Listing, Bodies):
     """Every verb of every resource type."""
 
-    def object_response(self, req, loc: Location, obj, acl, status=200) -> ApiResponse:
+    def object_response(self, req: ApiRequest, loc: Location, obj, acl, status=200) -> ApiResponse:
         shown = loc.resource.present(obj) if loc.resource.present else obj
         body = {"data": shown, "permissions": self.shown_permissions(req, acl)}
         return ApiResponse(body, status, validators(obj["last_modified"]))
@@ -63,20 +63,24 @@ class Engine(Listing, Bodies):
         # here needs their values.
         encoded = not (loc.resource.present or events.wanted(self.registry, "read"))
         page = None
+        listing: querystring.ListRequest | None = None  # when it comes with the page
         if encoded and req.method != "HEAD" and loc.parent_uri and IRequestPrefetch.providedBy(self.storage):
             # Where the user may read the whole list (the common case), its
             # page comes with the permission check: one round trip.
             try:
                 ahead_listing = self.list_request(req, loc)
             except JsonSyncError:
-                ahead_listing = None  # reported after the permission check
-            if ahead_listing is not None and not ahead_listing.fields:
-                page = (loc.resource.name, loc.parent_uri, self.page_query(ahead_listing, None))
+                pass  # reported after the permission check
+            else:
+                if not ahead_listing.fields:
+                    listing = ahead_listing
+                    page = (loc.resource.name, loc.parent_uri, self.page_query(listing, None))
         req.page_ahead = None
         ids, missing = await self.readable_ids(req, loc, "read", page=page)
         if missing is not None:
             raise missing
-        listing = self.list_request(req, loc) if page is None else ahead_listing
+        if listing is None:
+            listing = self.list_request(req, loc)
         if req.method == "HEAD":
             timestamp = await self.storage.list_timestamp(req.txn, loc.resource.name, loc.parent_uri)
             check_preconditions(req, timestamp)
@@ -135,7 +139,7 @@ class Engine(Listing, Bodies):
         loc.object_id = oid
         return await self.create(req, loc, data, perms)
 
-    async def create(self, req, loc: Location, data: dict, perms) -> ApiResponse:
+    async def create(self, req: ApiRequest, loc: Location, data: dict, perms) -> ApiResponse:
         rt = loc.resource
         self.forget_checks(req, rt)
         data = await self.validate(req, loc, data, None)
@@ -190,7 +194,7 @@ class Engine(Listing, Bodies):
         return ApiResponse({"data": tombstones}, 200, headers)
 
     # -- object endpoints --------------------------------------------------------
-    async def existing_for_write(self, req, loc: Location) -> dict:
+    async def existing_for_write(self, req: ApiRequest, loc: Location) -> dict:
         """
         The object a PATCH or DELETE acts on, after the checks in Kinto's
         order: write permission (a missing object answers 404 to whoever can
@@ -202,11 +206,11 @@ class Engine(Listing, Bodies):
         if not allowed[0]:
             if existing is not None or len(allowed) < 2 or not allowed[1]:
                 raise self.deny(req)
-        self.check_id(loc)
+        oid = self.check_id(loc)
         if missing is not None:
             raise missing
         if existing is None:
-            raise ObjectNotFound(loc.resource.name, loc.object_id)
+            raise ObjectNotFound(loc.resource.name, oid)
         check_preconditions(req, existing["last_modified"], existing)
         return existing
 
@@ -216,11 +220,11 @@ class Engine(Listing, Bodies):
         missing, obj, (can_read,) = await self.fetch(req, loc, [(loc.uri, permission)])
         if not can_read:
             raise self.deny(req)
-        self.check_id(loc)
+        oid = self.check_id(loc)
         if missing is not None:
             raise missing
         if obj is None:
-            raise ObjectNotFound(rt.name, loc.object_id)
+            raise ObjectNotFound(rt.name, oid)
         check_preconditions(req, obj["last_modified"], obj)
         acl = await self.object_acl(req, loc.uri)
         limits = querystring.QueryLimits.of(self.registry.settings)
@@ -255,7 +259,7 @@ class Engine(Listing, Bodies):
         new = await self.validate(req, loc, data, existing)
         return await self.replace(req, loc, existing, new, perms, replace_acl=True)
 
-    async def replace(self, req, loc: Location, existing, new, perms, *, replace_acl) -> ApiResponse:
+    async def replace(self, req: ApiRequest, loc: Location, existing, new, perms, *, replace_acl) -> ApiResponse:
         rt = loc.resource
         self.forget_checks(req, rt)
         acl = await self.save_permissions(req, loc.uri, rt, perms, replace=replace_acl, existed=True)
@@ -319,7 +323,7 @@ class Engine(Listing, Bodies):
         events.notify(req, "delete", loc, [{"new": tomb, "old": existing}], tomb["last_modified"])
         return ApiResponse({"data": tomb}, 200, validators(tomb["last_modified"]))
 
-    async def remove(self, req, loc: Location, existing: dict, last_modified=None, *, last=False) -> dict:
+    async def remove(self, req: ApiRequest, loc: Location, existing: dict, last_modified=None, *, last=False) -> dict:
         """
         Delete one object, its ACL and everything below it (C{last}: as the
         request's final write).
@@ -343,7 +347,7 @@ class Engine(Listing, Bodies):
         return tomb
 
     @contextmanager
-    def closing(self, req, follower):
+    def closing(self, req: ApiRequest, follower):
         """
         Around a request's final storage write: tell the transaction, when
         nothing comes between that write and the commit (no C{follower}

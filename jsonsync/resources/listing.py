@@ -25,7 +25,7 @@ from jsonsync.resources.model import (
 class Listing(Access):
     """The engine's part that pages through lists (on top of access decisions)."""
 
-    def list_request(self, req, loc: Location):
+    def list_request(self, req: ApiRequest, loc: Location) -> querystring.ListRequest:
         return querystring.parse_list_request(
             req.query,
             paginate_by=self.settings("paginate_by"),
@@ -35,14 +35,17 @@ class Listing(Access):
         )
 
     @staticmethod
-    def page_query(listing, ids) -> Query:
+    def page_query(listing: querystring.ListRequest, ids: frozenset[str] | None) -> Query:
         """The query of one page (one object more than the page, to know whether another follows)."""
         query: Query = listing.query
         query.ids = ids
         query.limit = listing.limit + 1
         return query
 
-    async def fetch_page(self, req, loc: Location, listing, ids, snapshot=False, encoded=False, ahead=None):
+    async def fetch_page(
+        self, req: ApiRequest, loc: Location, listing: querystring.ListRequest, ids: frozenset[str] | None,
+        snapshot: bool = False, encoded: bool = False, ahead=None,
+    ):
         """
         One page and its Next-Page URL; with C{snapshot}, also the list
         timestamp the page is consistent with (C{(objects, next, timestamp)}),
@@ -68,7 +71,11 @@ class Listing(Access):
         next_page = None
         if isinstance(objects, EncodedPage):
             more = objects.found > limit
-            last_object = Encoded(objects.last) if more else None
+            if more:
+                # The query found one object more than the page: the page's
+                # last one came, its text is kept.
+                assert objects.last is not None
+                last_object = Encoded(objects.last)
         else:
             more = len(objects) > limit
             if more:
@@ -107,7 +114,7 @@ class Listing(Access):
         return [("Cache-Control", f"max-age={ttl}"), ("Expires", expires)]
 
 
-    def spend_token(self, req, listing):
+    def spend_token(self, req: ApiRequest, listing: querystring.ListRequest) -> None:
         """
         DELETE pagination tokens are single use and expire: a reused one
         would delete objects that were never on the page the client saw.

@@ -10,9 +10,22 @@ import random
 import re
 import string
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from jsonsync.config import Settings
+    from jsonsync.http import ApiRequest
+
+    # The hooks of a resource type (see ResourceType).
+    Validator: TypeAlias = Callable[[ApiRequest, "Location", dict, "dict | None"], Awaitable[dict]]
+    WriteHook: TypeAlias = Callable[[ApiRequest, "Location", "dict | None", dict], Awaitable[Any]]
+    DeleteHook: TypeAlias = Callable[[ApiRequest, "Location", dict], Awaitable[Any]]
+    CacheExpiry: TypeAlias = Callable[[ApiRequest, "Location"], Awaitable[list]]
+    GrantsThatCount: TypeAlias = Callable[[Settings, list[str], str, set[str]], set[str]]
 
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$")
 # The longest id of any resource type. PostgreSQL refuses an index entry
@@ -83,12 +96,14 @@ class ResourceType:
     """
     @ivar parent: the parent type's name, or C{None} for top-level types.
     @ivar permissions: the permission names an object's ACL may hold.
-    @ivar validate: C{async (request, data, existing, location) -> data}:
-        checks and normalises an object's data before it is stored.
+    @ivar validate: C{async (request, location, data, existing) -> data}:
+        checks and normalises an object's data before it is stored
+        (C{existing}: the stored object, or C{None} for a create).
     @ivar strict_fields: for schema-bound resources, the fields filters and
         sorting may use (unknown ones get 400); C{None} accepts any.
-    @ivar on_write: C{async (request, location, old, new)} after a create or
-        update, in the same transaction (group membership, say).
+    @ivar on_write: C{async (request, location, old, new)} after a create
+        (C{old} is C{None}) or update, in the same transaction (group
+        membership, say).
     @ivar on_delete: C{async (request, location, old)} after a delete.
     @ivar validators: more C{validate}-like checks, run after C{validate}
         in order (plugins such as C{schema} append theirs).
@@ -106,6 +121,11 @@ class ResourceType:
     @ivar grants_that_count: C{(settings, principals, object_id, permissions)
         -> permissions}: which stored ACEs really give something, for
         C{/permissions} (an account's reach only its owner and the admins).
+    @ivar data_schema: JSON Schema properties of the data fields the type
+        knows (C{/__api__} describes them; validation is C{validate}'s).
+    @ivar required_fields: data fields a create or replace must carry (the
+        account's password): C{/__api__} then requires a body.
+    @ivar hidden_fields: data fields never shown, so not filterable either.
     """
 
     name: str
@@ -114,15 +134,18 @@ class ResourceType:
     permissions: tuple[str, ...] = ("read", "write")
     id_pattern: re.Pattern | IdPattern = NAME_PATTERN
     id_generator: Callable[[], str] = name_id
-    validate: Callable | None = None
+    validate: Validator | None = None
     strict_fields: frozenset[str] | None = None
-    on_write: Callable | None = None
-    on_delete: Callable | None = None
-    validators: list[Callable] = field(default_factory=list)
+    on_write: WriteHook | None = None
+    on_delete: DeleteHook | None = None
+    validators: list[Validator] = field(default_factory=list)
     present: Callable[[dict], dict] | None = None
     leaf_data: bool = False
-    cache_expiry: Callable[..., Any] | None = None
-    grants_that_count: Callable[..., Any] | None = None
+    cache_expiry: CacheExpiry | None = None
+    grants_that_count: GrantsThatCount | None = None
+    data_schema: dict[str, Any] = field(default_factory=dict)
+    required_fields: tuple[str, ...] = ()
+    hidden_fields: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from jsonsync.auth import challenges
 from jsonsync.http import JSON, JSON_PATCH, MERGE_PATCH
 from jsonsync.registry import Registry, Route
 from jsonsync.resources.model import MAX_ID_LENGTH, MAX_PRINCIPAL_LENGTH
@@ -68,9 +69,10 @@ class _Builder:
         self.types = registry.resource_types
         self.schemas: dict[str, Any] = {}
         self.paths: dict[str, dict] = {}
-        self.auth = bool(
-            {"basicauth", "account"}.intersection(self.settings["multiauth.policies"])
-        )
+        # One HTTP security scheme per scheme the active policies challenge
+        # with (Basic for basicauth and account, Bearer for tokens, ...).
+        schemes = [c.split()[0].lower() for c in challenges(registry) if c.strip()]
+        self.schemes = list(dict.fromkeys(schemes))
 
     # -- schemas -------------------------------------------------------------------
     def common_schemas(self):
@@ -192,15 +194,15 @@ class _Builder:
         # In PUT and PATCH the id is the URL's: a different one in the body is refused.
         put_data = dict(data, nullable=True, properties={k: v for k, v in data["properties"].items() if k != "id"})
         put_data["not"] = {"required": ["id"]}
-        if rt.name == "account":
-            put_data["required"] = ["password"]
+        if rt.required_fields:
+            put_data["required"] = list(rt.required_fields)
             put_data["nullable"] = False
         patch_data = {k: v for k, v in put_data.items() if k not in ("required", "nullable")}
         # "Provide at least one of data or permissions": in a PATCH neither is null.
         patch_perms = {k: v for k, v in perms.items() if k != "nullable"}
         post_data = dict(data, nullable=True, properties=dict(data["properties"], id=_id_schema(rt)))
-        if rt.name == "account":
-            post_data["required"] = ["id", "password"]
+        if rt.required_fields:
+            post_data["required"] = ["id", *rt.required_fields]
             post_data["nullable"] = False
         self.schemas[f"{name}Permissions"] = perms
         self.schemas[f"{name}PatchPermissions"] = patch_perms
@@ -216,7 +218,7 @@ class _Builder:
             }
             if use == "Patch":
                 body["minProperties"] = 1
-            elif rt.name == "account":
+            elif rt.required_fields:
                 body["required"] = ["data"]
             else:
                 body["nullable"] = True  # a JSON null body is an empty one
@@ -228,26 +230,7 @@ class _Builder:
     def data_properties(rt) -> dict:
         # (last_modified is the server's: an integer one is kept, any other
         # value ignored, so it is left out like any free field.)
-        props: dict[str, Any] = {}
-        if rt.name == "bucket":
-            for field in ("collection:schema", "group:schema", "record:schema"):
-                props[field] = {"type": "object"}
-        elif rt.name == "collection":
-            props["schema"] = {"type": "object"}
-            props["cache_expires"] = {"type": "integer"}
-        elif rt.name == "group":
-            props["members"] = {
-                "type": "array",
-                "items": {
-                    "type": "string",
-                    "maxLength": MAX_PRINCIPAL_LENGTH,
-                    # Groups hold users: neither everyone nor another group.
-                    "pattern": r"^(?!system\.Everyone$)(?!/buckets/)",
-                },
-            }
-        elif rt.name == "account":
-            props["password"] = {"type": "string", "minLength": 1}
-        return props
+        return dict(rt.data_schema)
 
     # -- parameters ----------------------------------------------------------------
     def path_parameter(self, route_rt, name: str, converter: str | None) -> dict:
@@ -315,8 +298,8 @@ class _Builder:
             "tags": [route.resource.name if route.resource is not None else "utilities"],
             "parameters": list(params),
         }
-        if self.auth and route.authenticate:
-            op["security"] = [{"basicAuth": []}, {}]
+        if self.schemes and route.authenticate:
+            op["security"] = [*({f"{scheme}Auth": []} for scheme in self.schemes), {}]
         return op
 
     def add(self, path: str, method: str, op: dict):
@@ -330,7 +313,7 @@ class _Builder:
         methods = [m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE") if m in route.methods or
                    (m == "HEAD" and "GET" in route.methods)]
         for method in methods:
-            if rt.name != "history" and not self.enabled(rt, kind, method):
+            if route.generic and not self.enabled(rt, kind, method):
                 continue
             op = self.operation(route, path, method, params)
             ok = _ref("ObjectList") if plural and method != "POST" else _ref("ObjectResponse")
@@ -343,14 +326,14 @@ class _Builder:
             else:
                 op["responses"] = {"200": {"description": "OK", "content": _json(ok)}}
             if plural and method in ("GET", "HEAD", "DELETE"):
-                hidden = ("password",) if rt.name == "account" else ()
+                hidden = rt.hidden_fields
                 op["parameters"] += self.list_parameters(rt.strict_fields, hidden)
             if method == "DELETE" and not plural:
                 op["parameters"].append({"name": "last_modified", "in": "query", "schema": {"type": "integer"},
                                          "description": "The tombstone's timestamp"})
             if method in ("POST", "PUT"):
                 op["requestBody"] = {
-                    "required": rt.name == "account",
+                    "required": bool(rt.required_fields),
                     "content": _json(_ref(bodies["post" if method == "POST" else "put"])),
                 }
                 op["responses"]["201"] = {"description": "Created", "content": _json(_ref("ObjectResponse"))}
@@ -435,8 +418,10 @@ class _Builder:
             "paths": self.paths,
             "components": {"schemas": self.schemas},
         }
-        if self.auth:
-            doc["components"]["securitySchemes"] = {"basicAuth": {"type": "http", "scheme": "basic"}}
+        if self.schemes:
+            doc["components"]["securitySchemes"] = {
+                f"{scheme}Auth": {"type": "http", "scheme": scheme} for scheme in self.schemes
+            }
         return doc
 
 

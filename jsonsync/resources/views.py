@@ -9,7 +9,9 @@ import copy
 import datetime
 import hashlib
 import os
+from collections.abc import Mapping
 from email.utils import formatdate
+from typing import Any
 from urllib.parse import unquote
 
 from twisted.internet import defer
@@ -228,7 +230,7 @@ class ServiceViews:
             "body": content,
         }
 
-    def _match(self, path: str, method: str) -> tuple[Route, dict, str]:
+    def _match(self, path: str, method: str) -> tuple[Route, Mapping[str, str], str]:
         app = self.app
         candidates = [path]
         if path.endswith("/") and path != API_PREFIX + "/":
@@ -305,7 +307,7 @@ class ServiceViews:
             selected = [querystring.project(e, listing.fields) for e in selected]
         return ApiResponse({"data": selected}, 200, headers)
 
-    def _grants_that_count(self, found: dict[str, set[str]], principals) -> dict[str, set[str]]:
+    def _grants_that_count(self, found: dict[str, set[str]], principals: list[str]) -> dict[str, set[str]]:
         """
         Leave out the ACL grants that give nothing: a resource type may say
         which of its ACEs count (the accounts plugin: an account's ACEs
@@ -338,7 +340,7 @@ class ServiceViews:
                 return cache[type_name]
             rt = types[type_name]
             parents = [""] if rt.parent is None else await uris_of(rt.parent)
-            uris = []
+            uris: list[str] = []
             for parent in parents:
                 objects = await self.registry.storage.list(
                     req.txn, rt.name, parent, Query(limit=self.settings["storage_max_fetch_size"])
@@ -392,7 +394,7 @@ class ServiceViews:
         if len(parts) % 2:
             return None
         resource_name = tree.type_of(uri)
-        entry = {"uri": uri, "resource_name": resource_name, "id": parts[-1]}
+        entry: dict[str, Any] = {"uri": uri, "resource_name": resource_name, "id": parts[-1]}
         for i in range(0, len(parts) - 2, 2):
             entry[f"{tree.type_of('/' + '/'.join(parts[: i + 2]))}_id"] = parts[i + 1]
         entry[f"{resource_name}_id"] = parts[-1]
