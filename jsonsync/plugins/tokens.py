@@ -355,7 +355,7 @@ class TokensApi:
         return self.registry.reactor
 
     def _user(self, req: ApiRequest) -> str:
-        if not req.authenticated:
+        if not req.authenticated or req.user_id is None:
             raise Unauthenticated(challenges(self.registry))
         return req.user_id
 
@@ -373,10 +373,9 @@ class TokensApi:
         record = None
         if _ID.match(token_id):
             record = await self.registry.storage.get(req.txn, RESOURCE, "", token_id)
-        visible = record is not None and record.get("user_id") == user
-        if visible and caller is not None:
-            visible = caller.token_id in (record.get("ancestors") or ())
-        if not visible:
+        if record is None or record.get("user_id") != user or (
+            caller is not None and caller.token_id not in (record.get("ancestors") or ())
+        ):
             raise ObjectNotFound(RESOURCE, token_id)
         return record
 
