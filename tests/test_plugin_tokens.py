@@ -150,6 +150,28 @@ class CreationTests(_Base):
         await self.token(self.alice, [(B, "read")], status=400, expires_in=3600)
 
 
+class ConfigurationTests(TestCase):
+    async def test_plugin_needs_its_policy(self):
+        from jsonsync.config import ConfigurationError
+        from jsonsync.testclient import build_app
+
+        with self.assertRaises(ConfigurationError) as caught:
+            await build_app({"includes": "tokens"})
+        self.assertIn("'tokens' policy is not in multiauth.policies", str(caught.exception.problems))
+
+    def test_settings_are_listed_by_help_settings(self):
+        import subprocess
+
+        from tests.test_smoke_network import TWIST, clean_env
+
+        out = subprocess.run([TWIST, "jsonsync", "--help-settings", "-s", "includes=tokens audit",
+                              "-s", "multiauth.policies=tokens basicauth"],
+                             capture_output=True, text=True, env=clean_env(), timeout=60).stdout
+        for name in ("tokens.hmac_secret", "tokens.cache_ms", "tokens.max_ttl_seconds",
+                     "audit.record_reads", "audit.retention_days", "audit.flush_ms"):
+            self.assertIn(name, out)
+
+
 # -- the permission matrix --------------------------------------------------------
 
 KINDS = {"bucket": B, "collection": C, "group": G, "record": R}

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from jsonsync.auth import Identity, challenges
+from jsonsync.config import ConfigurationError
 from jsonsync.errors import (
     Forbidden,
     InvalidParameters,
@@ -484,11 +485,24 @@ class TokensPlugin:
         **TokenPolicyFactory.settings,
     }
 
+    @staticmethod
+    def check_settings(settings):
+        problems = []
+        if POLICY_NAME not in list(settings["multiauth.policies"]):
+            problems.append(
+                f"plugin tokens is included but the {POLICY_NAME!r} policy is not in multiauth.policies"
+            )
+        for name in ("tokens.cache_ms", "tokens.default_ttl_seconds", "tokens.max_ttl_seconds",
+                     "tokens.last_used_interval_seconds"):
+            if settings.get(name, 0) < 0:
+                problems.append(f"bad value for {name}: must not be negative")
+        if problems:
+            raise ConfigurationError(problems)
+
     def install(self, registry, settings):
+        self.check_settings(settings)
         policies = _token_policies(registry)
         api = TokensApi(registry, policies[0] if policies else None)
-        if not policies:
-            _log.warn("plugin tokens: the 'tokens' policy is not in multiauth.policies; tokens cannot be used")
         registry.add_route(Route("/tokens", ("GET", "POST"), api.plural, "tokens-plural", "resource",
                                  "List your access tokens, or create one"))
         registry.add_route(Route("/tokens/<id>", ("GET", "DELETE"), api.single, "tokens-object", "resource",
