@@ -110,16 +110,18 @@ class AuditLog:
 
     def _observe(self, req: ApiRequest, response) -> None:
         method = req.method
+        # (A request refused before it began, by routing, has no context.)
+        ctx = getattr(req, "ctx", None)
         if req.in_batch:
             if method not in WRITES and not (self.record_reads and method in READS):
                 return
             made = self._entry(req, response)
-            if made is not None and req.ctx is not None:
+            if made is not None and ctx is not None:
                 # Queued when the batch ends: with its request id, and
                 # marked if the batch rolled back.
-                self._batches.setdefault(req.ctx, []).append(made)
+                self._batches.setdefault(ctx, []).append(made)
             return
-        pending = self._batches.pop(req.ctx, None) if req.ctx is not None else None
+        pending = self._batches.pop(ctx, None) if ctx is not None else None
         if pending:
             failed = response.status >= 500
             for bucket_id, entry in pending:
