@@ -345,6 +345,108 @@ class IPermissionStore(Interface):
         """Release connections and timers. @rtype: C{Awaitable[None]}"""
 
 
+class IOutbox(Interface):
+    """
+    A transactional outbox: messages written in a request's transaction
+    (committed with the change they describe, or rolled back with it), then
+    claimed and delivered after the commit by a worker, at least once.
+
+    A backend offers one as the C{outbox} attribute of its L{IStorage}
+    provider (optional: the C{webhooks} plugin refuses to start without
+    it). Each message goes to one C{target} (a webhook's URI) and carries
+    an opaque C{body} (text). Its C{status} is C{"pending"} until it is
+    C{"delivered"} or C{"failed"}.
+
+    A claim leases messages to one worker: nobody else claims them until
+    the lease ends, so a worker killed mid-delivery leaves them to another
+    after its lease. The calls that end or postpone a claimed message name
+    the claim (C{token}); a worker whose lease ran out and whose message
+    another worker claimed since changes nothing.
+    """
+
+    def fan_out():
+        """
+        Ask the backend to write the messages of webhooks itself, in the
+        statement that writes each change (a database trigger), for every
+        created, updated or deleted collection, group or record of a bucket
+        holding live C{webhook} objects whose C{collection} and C{actions}
+        match: bodies as the C{webhooks} plugin writes them. Returns whether
+        it will (otherwise the plugin's listener calls L{append}).
+        @rtype: C{Awaitable[bool]}
+        """
+
+    def append(txn, messages):
+        """
+        Write C{messages} (mappings with C{id}, C{target}, C{body}) within
+        C{txn}: they become claimable when it commits, and never exist if
+        it rolls back.
+        @rtype: C{Awaitable[None]}
+        """
+
+    def claim(limit, lease, worker):
+        """
+        Lease up to C{limit} pending messages that are due to C{worker} for
+        C{lease} seconds, oldest due first, never one another worker holds
+        a live lease on. Returns mappings with C{id}, C{target}, C{body},
+        C{attempts} (counting this claim), C{age} (seconds since the message
+        was created, or last redelivered) and C{token}.
+        @rtype: C{Awaitable[list[dict]]}
+        """
+
+    def complete(message_id, token, attempt):
+        """
+        Mark a claimed message delivered and log C{attempt} (a mapping:
+        C{attempt}, C{status_code}, C{latency_ms}, C{error}, C{worker}).
+        Returns whether the claim still held.
+        @rtype: C{Awaitable[bool]}
+        """
+
+    def complete_many(completions):
+        """
+        L{complete} for several C{(message_id, token, attempt)} at once (one
+        statement where the backend can); returns how many claims held.
+        @rtype: C{Awaitable[int]}
+        """
+
+    def reschedule(message_id, token, delay, attempt):
+        """Log C{attempt} and make the message due again in C{delay} seconds. @rtype: C{Awaitable[bool]}"""
+
+    def fail(message_id, token, attempt):
+        """Log C{attempt} and mark the message failed (no more retries). @rtype: C{Awaitable[bool]}"""
+
+    def discard(message_id, token):
+        """Remove a claimed message that has nowhere to go (its target is gone). @rtype: C{Awaitable[bool]}"""
+
+    def deliveries(target, limit, before=None):
+        """
+        The newest messages of C{target} (created before message C{before}
+        when given), newest first, each a mapping with C{id}, C{status},
+        C{attempts}, C{created} (epoch ms), C{next_attempt} (epoch ms or
+        C{None}), C{body} and C{log} (its attempts, oldest first).
+        @rtype: C{Awaitable[list[dict]]}
+        """
+
+    def redeliver(target, message_id):
+        """
+        Make a message of C{target} pending and due now, with a fresh retry
+        period; returns whether it exists.
+        @rtype: C{Awaitable[bool]}
+        """
+
+    def prune(older_than):
+        """
+        Remove delivered and failed messages (and their logs) that ended
+        more than C{older_than} seconds ago.
+        @rtype: C{Awaitable[int]}
+        """
+
+    def add_close_hook(hook):
+        """
+        C{hook()} (may return an awaitable) runs when the backend closes,
+        before its connections go: a worker stops there.
+        """
+
+
 class IRequestPrefetch(Interface):
     """
     Optional, for a backend whose storage and permission store share one

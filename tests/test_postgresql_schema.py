@@ -54,6 +54,8 @@ class SchemaTests(TestCase):
                 "timestamps",
                 "access_control_entries",
                 "user_principals",
+                "jsonsync_outbox",
+                "jsonsync_outbox_attempts",
             },
         )
         self.assertEqual(await self.versions(), [v for v, _, _ in schema_scripts()])

@@ -35,6 +35,7 @@ from jsonsync.query import (
     ordering_key,
 )
 from jsonsync.storage import Transaction, check_expected, next_timestamp, now_ms
+from jsonsync.storage.outbox import MemoryOutbox
 
 
 class _Journal:
@@ -114,6 +115,18 @@ class MemoryStorage(_MemoryBase):
     def __init__(self, lock: DeferredLock | None = None):
         super().__init__(lock)
         self._lists: dict[tuple[str, str], _List] = {}
+        self._outbox: MemoryOutbox | None = None
+
+    @property
+    def outbox(self) -> MemoryOutbox:
+        """The transactional outbox (L{jsonsync.interfaces.IOutbox}), made on first use."""
+        if self._outbox is None:
+            self._outbox = MemoryOutbox(self)
+        return self._outbox
+
+    async def close(self):
+        if self._outbox is not None:
+            await self._outbox.run_close_hooks()
 
     @overload
     def _list(self, resource_name: str, parent_id: str, create: Literal[True]) -> _List: ...
@@ -133,6 +146,8 @@ class MemoryStorage(_MemoryBase):
 
     async def flush(self):
         self._lists.clear()
+        if self._outbox is not None:
+            self._outbox.flush()
 
     async def get(self, txn, resource_name, parent_id, object_id):
         await self._locked_read(txn)

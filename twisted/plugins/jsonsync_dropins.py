@@ -31,3 +31,4 @@ attachment_plugin = LazyPlugin("attachment", "jsonsync.plugins.attachment:Attach
 tokens_policy = LazyPolicy("tokens", "jsonsync.plugins.tokens:TokenPolicyFactory")
 tokens_plugin = LazyPlugin("tokens", "jsonsync.plugins.tokens:TokensPlugin")
 audit_plugin = LazyPlugin("audit", "jsonsync.plugins.audit:AuditPlugin")
+webhooks_plugin = LazyPlugin("webhooks", "jsonsync.plugins.webhooks:WebhooksPlugin")

@@ -18,6 +18,7 @@ from jsonsync.jsonutil import Encoded, EncodedPage
 from jsonsync.storage import check_expected, next_timestamp, now_ms
 from jsonsync.storage.postgresql.base import PostgresProvider, acl_from_entries
 from jsonsync.storage.postgresql.group import GROUP_WRITE, GroupItem, ListWriter, group_params
+from jsonsync.storage.postgresql.outbox import PostgresOutbox
 from jsonsync.storage.postgresql.pool import Pool
 from jsonsync.storage.postgresql.select import build_select, escape_like
 from jsonsync.storage.postgresql.statements import dumps
@@ -45,6 +46,19 @@ class PostgresStorage(PostgresProvider):
     def __init__(self, pool: Pool, owns_pool: bool):
         super().__init__(pool, owns_pool)
         self._writers: dict[tuple[str, str, tuple], ListWriter] = {}
+        self._outbox: PostgresOutbox | None = None
+
+    @property
+    def outbox(self) -> PostgresOutbox:
+        """The transactional outbox (L{jsonsync.interfaces.IOutbox}), made on first use."""
+        if self._outbox is None:
+            self._outbox = PostgresOutbox(self)
+        return self._outbox
+
+    async def close(self) -> None:
+        if self._outbox is not None:
+            await self._outbox.run_close_hooks()
+        await super().close()
 
     def _writer(self, key: tuple[str, str, tuple]) -> ListWriter:
         writer = self._writers.get(key)
@@ -56,7 +70,7 @@ class PostgresStorage(PostgresProvider):
         return writer
 
     async def flush(self):
-        await self.pool.run("TRUNCATE objects, timestamps")
+        await self.pool.run("TRUNCATE objects, timestamps, jsonsync_outbox, jsonsync_outbox_attempts")
 
     async def prefetch(self, txn, keys, principals, checks, members=None, acl_uri=None, page=None):
         """L{IRequestPrefetch}: objects, grant checks, groups, one ACL (and a page) in one statement."""

@@ -1,0 +1,997 @@
+"""
+The C{webhooks} plugin: webhook definitions under buckets
+(C{/buckets/<bid>/webhooks/<id>}), a transactional outbox, and a delivery
+worker in each process. docs/webhooks.md is the user's guide; the choices:
+
+  - I{Outbox.} One message per (webhook, changed object) is written to
+    the backend's outbox (L{jsonsync.interfaces.IOutbox}, the C{outbox}
+    attribute of the storage) in the change's transaction, so it commits or
+    rolls back with it. On PostgreSQL a trigger writes them in the very
+    statement of the write (L{IOutbox.fan_out}): no listener, so writes
+    keep carrying their commit and their group commit. Elsewhere
+    L{OutboxListener} appends them in C{before_commit}, having read the
+    bucket's webhooks before the write (a validator). Record filters are
+    applied by the worker, at delivery.
+  - I{Delivery.} A worker per process claims due messages with a lease
+    (bounded: at most C{webhooks.concurrency} in flight), POSTs them with
+    treq, signed (HMAC-SHA256 over C{<timestamp>.<body>}), under a timeout,
+    and completes, reschedules (exponential back-off with jitter) or fails
+    them. Nothing of it runs in a request: a slow or dead receiver only
+    keeps the worker's slots busy.
+  - I{Safety.} A target's host is resolved at every delivery and the
+    connection goes to the very address that was checked (no DNS
+    rebinding); loopback, private, link-local, multicast, reserved and
+    unspecified addresses (IPv4, IPv6, IPv4-mapped) are refused unless
+    C{webhooks.allow_private_targets} is set.
+  - I{Secrets} are write-only: kept in the webhook's data, never shown
+    (C{present}), not filterable nor sortable (C{strict_fields}), not
+    reachable by JSON Patch; a secret the server generates is shown once,
+    in the response that created it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import io
+import ipaddress
+import random
+import secrets
+import socket
+import time
+import uuid
+import weakref
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+from jsonsync import jsonutil
+from jsonsync.config import ConfigurationError
+from jsonsync.errors import InvalidParameters, ObjectNotFound, ParentNotFound
+from jsonsync.http import ApiRequest, ApiResponse
+from jsonsync.interfaces import IJsonSyncPlugin, IOutbox, IResourceListener
+from jsonsync.query import Query, matches_all
+from jsonsync.registry import Route
+from jsonsync.resources.model import NAME_PATTERN, ResourceType
+from jsonsync.resources.querystring import parse_filter
+
+_log = Logger()
+
+PLUGIN = "webhooks"
+ACTIONS = ("create", "update", "delete")
+# What a webhook hears of: the objects below its bucket (its own kind excepted).
+DELIVERED_TYPES = frozenset({"collection", "group", "record"})
+MAX_URL_LENGTH = 2048
+MAX_FILTERS = 20
+MIN_SECRET, MAX_SECRET = 16, 256
+FIELDS = frozenset({"id", "last_modified", "url", "actions", "collection", "filters", "description", "secret"})
+SHOWN_FIELDS = FIELDS - {"secret"}
+
+SIGNATURE_HEADER = "Jsonsync-Signature"
+TIMESTAMP_HEADER = "Jsonsync-Timestamp"
+EVENT_HEADER = "Jsonsync-Event-Id"
+ATTEMPT_HEADER = "Jsonsync-Attempt"
+
+
+def _hide_secret(obj: dict) -> dict:
+    if "secret" in obj:
+        obj = {k: v for k, v in obj.items() if k != "secret"}
+    return obj
+
+
+def _bad(name: str, message: str) -> InvalidParameters:
+    return InvalidParameters("body", f"data.{name}", f"data.{name} in body: {message}")
+
+
+# -- target addresses ------------------------------------------------------------
+
+
+def refused_address(address: str) -> bool:
+    """
+    Whether a webhook may not reach C{address} (an IP literal): anything but
+    a global unicast address (IPv4-mapped IPv6 addresses judged as IPv4).
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip.sixtofour is not None:
+            ip = ip.sixtofour
+        elif ip.teredo is not None:
+            return True
+    return (
+        ip.is_loopback
+        or ip.is_private
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_unspecified
+        or ip.is_reserved
+        or not ip.is_global
+    )
+
+
+def _ip_literal(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+
+
+def parse_target(url: Any) -> Target:
+    """The scheme, host and port of a webhook URL, or a 400 naming what is wrong."""
+    if not isinstance(url, str) or not url:
+        raise _bad("url", "should be an http or https URL")
+    if len(url) > MAX_URL_LENGTH:
+        raise _bad("url", f"longer than {MAX_URL_LENGTH} characters")
+    if any(ord(c) <= 32 or ord(c) == 127 for c in url):
+        raise _bad("url", "contains spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname
+    except ValueError as exc:
+        raise _bad("url", f"invalid URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise _bad("url", "the scheme should be http or https")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise _bad("url", "credentials are not allowed in the URL (sign with the secret)")
+    if not host:
+        raise _bad("url", "the URL has no host")
+    if parts.fragment:
+        raise _bad("url", "a fragment has no meaning in a webhook URL")
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise _bad("url", "invalid host name") from None
+    return Target(parts.scheme, host, port or (443 if parts.scheme == "https" else 80))
+
+
+async def resolve(reactor, host: str, port: int, timeout: float) -> list[str]:
+    """The addresses of C{host} (itself when it is an IP literal), resolved off the reactor thread."""
+    literal = _ip_literal(host)
+    if literal is not None:
+        return [literal]
+    pool = reactor.getThreadPool()
+    d = deferToThreadPool(reactor, pool, socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+    d.addTimeout(timeout, reactor)
+    infos = await d
+    seen: list[str] = []
+    for family, _, _, _, sockaddr in infos:
+        address = str(sockaddr[0])
+        if family in (socket.AF_INET, socket.AF_INET6) and address not in seen:
+            seen.append(address)
+    return seen
+
+
+class DeliveryTimeout(Exception):
+    """No complete answer within C{webhooks.timeout_seconds}."""
+
+
+class TargetRefused(Exception):
+    """The host resolves only to addresses webhooks may not reach."""
+
+
+# -- signatures -----------------------------------------------------------------
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature header value: C{v1=} and the hex HMAC-SHA256 of C{<timestamp>.<body>}."""
+    digest = hmac.new(secret.encode("utf-8"), timestamp.encode("ascii") + b"." + body, hashlib.sha256)
+    return "v1=" + digest.hexdigest()
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes, tolerance: float = 300, now: float | None = None) -> bool:
+    """
+    What a receiver does (docs/webhooks.md has it standalone): the signature
+    matches and the timestamp is within C{tolerance} seconds of now.
+    """
+    timestamp = headers.get(TIMESTAMP_HEADER.lower(), "")
+    signature = headers.get(SIGNATURE_HEADER.lower(), "")
+    if not timestamp.isdigit():
+        return False
+    if abs((time.time() if now is None else now) - int(timestamp)) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+# -- the resource type ------------------------------------------------------------
+
+
+_FILTERS: dict[str, list] = {}
+
+
+def filters_of(hook: dict) -> list:
+    """A webhook's filters, parsed (and remembered)."""
+    filters = hook.get("filters")
+    if not filters:
+        return []
+    key = jsonutil.dumps(filters).decode("utf-8")
+    parsed = _FILTERS.get(key)
+    if parsed is None:
+        if len(_FILTERS) > 10000:
+            _FILTERS.clear()
+        try:
+            parsed = _parsed_filters(filters)
+        except InvalidParameters:
+            parsed = []
+        _FILTERS[key] = parsed
+    return parsed
+
+
+def outgoing(message_id: str, stored: str) -> tuple[dict, dict]:
+    """C{(event, subject)}: the event to send (the stored body with its id) and the object its filters judge."""
+    event = jsonutil.loads(stored)
+    old = event.pop("old", None)
+    subject = old if event.get("action") == "delete" and isinstance(old, dict) else event.get("data")
+    return {"id": message_id, **event}, subject if isinstance(subject, dict) else {}
+
+
+def _parsed_filters(filters: dict) -> list:
+    out = []
+    for name, value in filters.items():
+        raw = value if isinstance(value, str) else jsonutil.dumps(value).decode("utf-8")
+        out.append(parse_filter(name, raw, None))
+    return out
+
+
+class WebhookTypes:
+    """The webhook resource type and its validation (which needs the plugin's settings)."""
+
+    def __init__(self, plugin: Installation):
+        self.plugin = plugin
+
+    async def validate(self, req: ApiRequest, loc, data: dict, existing: dict | None) -> dict:
+        listener = getattr(self.plugin, "listener", None)
+        if listener is not None:
+            listener.forget(req.txn, loc.parent_uri.rsplit("/", 1)[-1])
+        unknown = sorted(set(data) - FIELDS)
+        if unknown:
+            raise _bad(unknown[0], "unknown field (a webhook has url, actions, collection, filters, description, secret)")
+        target = parse_target(data.get("url"))
+        await self.plugin.check_target(target)
+        actions = data.get("actions", list(ACTIONS))
+        if (
+            not isinstance(actions, list)
+            or not actions
+            or any(a not in ACTIONS for a in actions)
+            or len(set(actions)) != len(actions)
+        ):
+            raise _bad("actions", "should be a non-empty list of create, update, delete")
+        data["actions"] = actions
+        collection = data.get("collection")
+        if collection is not None and (not isinstance(collection, str) or not NAME_PATTERN.match(collection)):
+            raise _bad("collection", "should be a collection id")
+        filters = data.get("filters")
+        if filters is not None:
+            if not isinstance(filters, dict) or len(filters) > MAX_FILTERS:
+                raise _bad("filters", f"should be an object of at most {MAX_FILTERS} querystring filters")
+            for name in filters:
+                if not name or name.startswith("_"):
+                    raise _bad("filters", f"{name!r} is not a filter")
+            try:
+                _parsed_filters(filters)
+            except InvalidParameters as exc:
+                raise _bad("filters", exc.description if hasattr(exc, "description") else str(exc)) from None
+        description = data.get("description")
+        if description is not None and (not isinstance(description, str) or len(description) > 1024):
+            raise _bad("description", "should be a string of at most 1024 characters")
+        secret = data.get("secret")
+        state = req.extras.setdefault(PLUGIN, {})
+        state.pop("generated", None)
+        if secret is None:
+            if existing is not None and isinstance(existing.get("secret"), str):
+                data["secret"] = existing["secret"]  # kept: the client cannot know it
+            else:
+                data["secret"] = state["generated"] = secrets.token_urlsafe(32)
+        elif not isinstance(secret, str) or not MIN_SECRET <= len(secret) <= MAX_SECRET or not secret.isprintable():
+            raise _bad("secret", f"should be a printable string of {MIN_SECRET} to {MAX_SECRET} characters")
+        return data
+
+    def resource_type(self) -> ResourceType:
+        return ResourceType(
+            "webhook",
+            "webhooks",
+            "bucket",
+            ("read", "write"),
+            validate=self.validate,
+            present=_hide_secret,
+            strict_fields=SHOWN_FIELDS,
+            # For /__api__ (validate() is the check): the URL is required,
+            # the secret is never shown.
+            data_schema={
+                "url": {"type": "string", "format": "uri"},
+                "collection": {"type": "string", "nullable": True},
+                "actions": {"type": "array", "items": {"type": "string", "enum": sorted(ACTIONS)}},
+                "filters": {"type": "object"},
+                "description": {"type": "string"},
+                "secret": {"type": "string", "writeOnly": True},
+            },
+            required_fields=("url",),
+            hidden_fields=("secret",),
+        )
+
+
+# -- the listener: the outbox write ------------------------------------------------
+
+
+@implementer(IResourceListener)
+class OutboxListener:
+    """Appends the messages of a change to the outbox, inside its transaction."""
+
+    actions = frozenset(ACTIONS)
+    resource_names = DELIVERED_TYPES
+
+    def __init__(self, plugin: Installation):
+        self.plugin = plugin
+        self.registry = plugin.registry
+        # The bucket's webhooks, read once per transaction.
+        self._seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    async def prefetch(self, req, loc, data, existing):
+        """
+        A validator of the delivered types: reads the bucket's webhooks
+        before the write, while the request holds no list lock yet (on
+        PostgreSQL the write takes its list's lock until the commit: a read
+        there would keep the list's other writers waiting one more round
+        trip).
+        """
+        bucket_id = next((oid for rt, oid in loc.ancestors if rt.name == "bucket"), None)
+        if bucket_id is not None:
+            await self._webhooks(req.txn, bucket_id)
+        return data
+
+    def forget(self, txn, bucket_id: str) -> None:
+        """The bucket's webhooks change in C{txn}: read them again."""
+        memo = self._seen.get(txn)
+        if memo is not None:
+            memo.pop(bucket_id, None)
+
+    async def _webhooks(self, txn, bucket_id: str) -> list[dict]:
+        memo = self._seen.setdefault(txn, {})
+        found = memo.get(bucket_id)
+        if found is None:
+            found = memo[bucket_id] = await self.registry.storage.list(
+                txn, "webhook", f"/buckets/{bucket_id}", Query()
+            )
+        return found
+
+    async def before_commit(self, event, txn):
+        bucket_id = event.payload.get("bucket_id")
+        if not bucket_id:
+            return
+        hooks = await self._webhooks(txn, bucket_id)
+        if not hooks:
+            return
+        rt = self.registry.resource_types[event.resource_name]
+        messages = []
+        for impacted in event.impacted_objects:
+            obj = impacted["new"]
+            if event.resource_name == "collection":
+                collection_id = obj["id"]
+            else:
+                collection_id = event.payload.get("collection_id")
+            shown = rt.present(obj) if rt.present else obj
+            uri = f"{event.parent_id}/{rt.plural}/{obj['id']}"
+            for hook in hooks:
+                if event.action not in hook.get("actions", ACTIONS):
+                    continue
+                if hook.get("collection") is not None and hook["collection"] != collection_id:
+                    continue
+                # The body the PostgreSQL trigger writes too (schema 0004):
+                # no id (the worker adds it), "old" for the filters of a deletion.
+                body = {
+                    "action": event.action,
+                    "resource_name": event.resource_name,
+                    "uri": uri,
+                    "bucket_id": bucket_id,
+                    "collection_id": collection_id,
+                    "timestamp": obj.get("last_modified", event.timestamp),
+                    "data": shown,
+                }
+                if event.action == "delete" and impacted.get("old") is not None:
+                    body["old"] = impacted["old"]
+                target = f"/buckets/{bucket_id}/webhooks/{hook['id']}"
+                body["webhook"] = target
+                messages.append(
+                    {"id": str(uuid.uuid4()), "target": target, "body": jsonutil.dumps(body).decode("utf-8")}
+                )
+        if messages:
+            await self.plugin.outbox.append(txn, messages)
+            self.plugin.appended(txn)
+
+    async def after_commit(self, event):
+        return None
+
+
+# -- the worker ----------------------------------------------------------------------
+
+
+@implementer(IAgentEndpointFactory)
+class _PinnedEndpoints:
+    """Connects to one checked address, whatever the URL's host resolves to by then."""
+
+    def __init__(self, reactor, address: str, target: Target, timeout: float):
+        self.reactor = reactor
+        self.address = address
+        self.target = target
+        self.timeout = timeout
+
+    def endpointForURI(self, uri):
+        cls = TCP6ClientEndpoint if ":" in self.address else TCP4ClientEndpoint
+        endpoint = cls(self.reactor, self.address, self.target.port, timeout=self.timeout)
+        if self.target.scheme == "https":
+            return wrapClientTLS(optionsForClientTLS(self.target.host), endpoint)
+        return endpoint
+
+
+class Worker:
+    """
+    Claims due messages and delivers them, at most C{concurrency} at once.
+    Polls every C{poll_interval} seconds, and at once when this process
+    appended messages or a retry falls due.
+    """
+
+    def __init__(self, plugin: Installation):
+        self.plugin = plugin
+        self.reactor = plugin.registry.reactor
+        self.outbox: IOutbox = plugin.outbox
+        self.config = plugin.config
+        self.name = f"{socket.gethostname()}:{id(self):x}:{uuid.uuid4().hex[:6]}"
+        self.inflight: dict[str, Deferred] = {}
+        self.http_pool = HTTPConnectionPool(self.reactor, persistent=True)
+        self.http_pool.maxPersistentPerHost = self.config.concurrency
+        self._loop: LoopingCall | None = None
+        self._polling: Deferred | None = None
+        self._again = False
+        self._timers: set = set()
+        self._stopped = False
+        self._last_prune = 0.0
+        self._completions: list = []
+        self._flush_timer = None
+
+    def start(self) -> None:
+        self._loop = LoopingCall(self.poke)
+        self._loop.clock = self.reactor
+        self._loop.start(self.config.poll_interval, now=True)
+
+    def poke(self) -> None:
+        """Look for due messages now (or as soon as the running look-up ends)."""
+        if self._stopped:
+            return
+        if self._polling is not None:
+            self._again = True
+            return
+        d = Deferred.fromCoroutine(self._poll())
+        # (It may have finished already, the outbox answering synchronously.)
+        self._polling = None if d.called else d
+
+    def poke_later(self, delay: float) -> None:
+        if self._stopped:
+            return
+        timer = self.reactor.callLater(max(delay, 0), self._timer_fired)
+        self._timers.add(timer)
+
+    def _timer_fired(self) -> None:
+        self._timers = {t for t in self._timers if t.active()}
+        self.poke()
+
+    async def _poll(self) -> None:
+        try:
+            while not self._stopped:
+                self._again = False
+                free = self.config.concurrency - len(self.inflight)
+                if free <= 0:
+                    break
+                claimed = await self.outbox.claim(free, self.config.lease, self.name)
+                if self._stopped:
+                    for message in claimed:
+                        await self._release(message)
+                    break
+                hooks = await self._webhooks([m["target"] for m in claimed]) if claimed else {}
+                for message in claimed:
+                    d = Deferred.fromCoroutine(self._deliver(message, hooks.get(message["target"])))
+                    self.inflight[message["id"]] = d
+                    d.addBoth(self._delivered, message["id"])
+                if len(claimed) < free and not self._again:
+                    break
+            now = time.time()
+            if not self._stopped and now - self._last_prune > 60:
+                self._last_prune = now
+                await self.outbox.prune(self.config.retention)
+        except Exception:
+            _log.failure("webhooks: polling the outbox failed")
+        finally:
+            self._polling = None
+
+    def _delivered(self, result, message_id):
+        self.inflight.pop(message_id, None)
+        if not self._stopped and len(self.inflight) <= self.config.concurrency // 2:
+            self.poke()  # half the slots are free: claim a batch
+        return None
+
+    async def _release(self, message) -> None:
+        try:
+            await self.outbox.reschedule(message["id"], message["token"], 0, {"error": "worker stopping", "worker": self.name})
+        except Exception:
+            pass  # the lease ends by itself
+
+    async def _webhooks(self, targets) -> dict[str, dict | None]:
+        """The webhooks of C{targets} (their URIs), in one look-up."""
+        keys, uris = [], []
+        for target in set(targets):
+            parts = target.strip("/").split("/")
+            if len(parts) == 4:
+                keys.append(("webhook", f"/buckets/{parts[1]}", parts[3]))
+                uris.append(target)
+        found: dict[str, dict | None] = dict.fromkeys(targets)
+        if keys:
+            storage = self.plugin.registry.storage
+            txn = storage.transaction()
+            try:
+                found.update(zip(uris, await storage.get_many(txn, keys), strict=True))
+            finally:
+                await txn.rollback()
+        return found
+
+    async def _deliver(self, message, hook: dict | None) -> None:
+        try:
+            if hook is None:
+                await self.outbox.discard(message["id"], message["token"])
+                return
+            filters = filters_of(hook)
+            stored = message["body"]
+            if not filters and '"old":' not in stored and stored.startswith("{"):
+                # Nothing to judge nor strip: the stored text, with the id first.
+                body = ('{"id":' + jsonutil.dumps(message["id"]).decode("ascii") + "," + stored[1:]).encode("utf-8")
+            else:
+                event, subject = outgoing(message["id"], stored)
+                if filters and not matches_all(subject, filters):
+                    await self.outbox.discard(message["id"], message["token"])
+                    return
+                body = jsonutil.dumps(event)
+            started = time.monotonic()
+            status, error = None, None
+            try:
+                status = await self._post(hook, message, body)
+            except (TargetRefused, DeliveryTimeout) as exc:
+                error = str(exc)
+            except CancelledError:
+                raise  # the worker is stopping
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"[:500]
+            attempt = {
+                "status_code": status,
+                "latency_ms": round((time.monotonic() - started) * 1000, 1),
+                "error": error,
+                "worker": self.name,
+            }
+            if status is not None and 200 <= status < 300:
+                await self._complete(message, attempt)
+                return
+            if attempt["error"] is None:
+                attempt["error"] = f"HTTP {status}"
+            delay = self.config.backoff(message["attempts"])
+            if message["age"] + delay > self.config.retry_period:
+                await self.outbox.fail(message["id"], message["token"], attempt)
+                return
+            if await self.outbox.reschedule(message["id"], message["token"], delay, attempt):
+                self.poke_later(delay)
+        except CancelledError:
+            if self._stopped:
+                await self._release(message)
+                return
+            raise
+        except Exception:
+            _log.failure("webhooks: delivering {id} failed", id=message["id"])
+
+    async def _complete(self, message, attempt) -> None:
+        """Completions of one reactor turn go to the outbox together (one statement on PostgreSQL)."""
+        done: Deferred = Deferred()
+        self._completions.append((message["id"], message["token"], attempt, done))
+        if len(self._completions) == 1:
+            self._flush_timer = self.reactor.callLater(0, self._flush_completions)
+        await done
+
+    def _flush_completions(self) -> Deferred:
+        self._flush_timer = None
+        batch, self._completions = self._completions, []
+
+        async def flush():
+            try:
+                await self.outbox.complete_many([(i, t, a) for i, t, a, _ in batch])
+            except Exception:
+                # The leases end and the events are delivered again (at least once).
+                _log.failure("webhooks: recording {n} deliveries failed", n=len(batch))
+            for *_, done in batch:
+                if not done.called:
+                    done.callback(None)
+
+        return Deferred.fromCoroutine(flush())
+
+    async def _post(self, hook: dict, message, body: bytes) -> int:
+        target = parse_target(hook.get("url"))
+        addresses = await resolve(self.reactor, target.host, target.port, self.config.timeout)
+        if not self.config.allow_private:
+            addresses = [a for a in addresses if not refused_address(a)]
+            if not addresses:
+                raise TargetRefused(f"{target.host} resolves to no address webhooks may reach")
+        if not addresses:
+            raise TargetRefused(f"{target.host} does not resolve")
+        timestamp = str(int(time.time()))
+        headers = {
+            b"Content-Type": [b"application/json"],
+            b"User-Agent": [b"jsonsync-webhooks"],
+            EVENT_HEADER.encode(): [message["id"].encode()],
+            TIMESTAMP_HEADER.encode(): [timestamp.encode()],
+            SIGNATURE_HEADER.encode(): [sign(hook.get("secret") or "", timestamp, body).encode()],
+            ATTEMPT_HEADER.encode(): [str(message["attempts"]).encode()],
+        }
+        agent = Agent.usingEndpointFactory(
+            self.reactor, _PinnedEndpoints(self.reactor, addresses[0], target, self.config.timeout), pool=self.http_pool
+        )
+        request = agent.request(b"POST", url_bytes(hook["url"]), Headers(headers), FileBodyProducer(io.BytesIO(body)))
+
+        async def exchange():
+            response = await request
+            finished: Deferred = Deferred()
+            response.deliverBody(_Discard(finished))
+            await finished
+            return response.code
+
+        def timed_out(result, timeout):
+            raise DeliveryTimeout(f"timed out after {timeout:g} s")
+
+        d = Deferred.fromCoroutine(exchange())
+        d.addTimeout(self.config.timeout, self.reactor, onTimeoutCancel=timed_out)
+        return await d
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        self._timers = set()
+        if self._polling is not None:
+            try:
+                await self._polling
+            except Exception:
+                pass
+        if self._flush_timer is not None and self._flush_timer.active():
+            self._flush_timer.cancel()
+            await self._flush_completions()  # what was delivered is recorded before leaving
+        pending = list(self.inflight.values())
+        for d in pending:
+            d.cancel()
+        if pending:
+            await defer.DeferredList(pending, consumeErrors=True)
+        await self.http_pool.closeCachedConnections()
+
+
+def url_bytes(url: str) -> bytes:
+    """The URL as a request line carries it (an IDNA host, a percent-encoded path and query)."""
+    if url.isascii():
+        return url.encode("ascii")
+    parts = urlsplit(url)
+    host = parts.hostname.encode("idna").decode("ascii") if parts.hostname else ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    safe = "/%:@!$&'()*+,;=-._~"
+    path = quote(parts.path, safe=safe)
+    query = quote(parts.query, safe=safe + "?")
+    return f"{parts.scheme}://{netloc}{path}{'?' + query if query else ''}".encode("ascii")
+
+
+class _Discard:
+    """Reads a response body away (receivers answer small bodies; nothing is kept)."""
+
+    def __init__(self, finished: Deferred):
+        self.finished = finished
+
+    def makeConnection(self, transport):
+        self.transport = transport
+
+    def dataReceived(self, data):
+        pass
+
+    def connectionLost(self, reason):
+        if not self.finished.called:
+            self.finished.callback(None)
+
+
+# -- settings -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Config:
+    allow_private: bool
+    timeout: float
+    retry_period: float
+    retry_base: float
+    retry_max_delay: float
+    concurrency: int
+    poll_interval: float
+    lease: float
+    retention: float
+    worker: bool
+
+    def backoff(self, attempts: int) -> float:
+        """The delay before attempt C{attempts + 1}: exponential, capped, with jitter (half to all of it)."""
+        delay = min(self.retry_max_delay, self.retry_base * (2 ** min(max(attempts - 1, 0), 40)))
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    @classmethod
+    def of(cls, settings) -> Config:
+        problems = []
+
+        def number(name, low, default):
+            raw = settings.get(f"webhooks.{name}", default)
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                problems.append(f"webhooks.{name}: not a number: {raw!r}")
+                return float(default)
+            if not value >= low:
+                problems.append(f"webhooks.{name}: must be at least {low}")
+            return value
+
+        config = cls(
+            allow_private=bool(settings.get("webhooks.allow_private_targets", False)),
+            timeout=number("timeout_seconds", 0.01, "10"),
+            retry_period=number("retry_period_seconds", 0, "86400"),
+            retry_base=number("retry_base_seconds", 0.01, "2"),
+            retry_max_delay=number("retry_max_delay_seconds", 0.01, "3600"),
+            concurrency=int(settings.get("webhooks.concurrency", 16)),
+            poll_interval=number("poll_interval_seconds", 0.01, "0.5"),
+            lease=number("lease_seconds", 1, "60"),
+            retention=number("log_retention_seconds", 0, "604800"),
+            worker=bool(settings.get("webhooks.worker", True)),
+        )
+        if config.concurrency < 1:
+            problems.append("webhooks.concurrency: must be at least 1")
+        if config.lease <= config.timeout:
+            problems.append("webhooks.lease_seconds must exceed webhooks.timeout_seconds")
+        if problems:
+            raise ConfigurationError(problems)
+        return config
+
+
+# -- the plugin -------------------------------------------------------------------------
+
+_workers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def worker_of(registry) -> Worker | None:
+    """The delivery worker a registry's webhooks plugin started (tests stop it)."""
+    return _workers.get(registry)
+
+
+@implementer(IJsonSyncPlugin)
+class WebhooksPlugin:
+    name = PLUGIN
+    settings = {
+        "webhooks.allow_private_targets": False,
+        "webhooks.timeout_seconds": "10",
+        "webhooks.retry_period_seconds": "86400",
+        "webhooks.retry_base_seconds": "2",
+        "webhooks.retry_max_delay_seconds": "3600",
+        "webhooks.concurrency": 16,
+        "webhooks.poll_interval_seconds": "0.5",
+        "webhooks.lease_seconds": "60",
+        "webhooks.log_retention_seconds": "604800",
+        "webhooks.worker": True,
+    }
+
+    async def install(self, registry, settings):
+        # One plugin object serves every app of a process (tests build many):
+        # the per-server state lives in an installation.
+        await Installation(registry, settings).install()
+
+
+class Installation:
+    def __init__(self, registry, settings):
+        self.registry = registry
+        self.config = Config.of(settings)
+        outbox = getattr(registry.storage, "outbox", None)
+        if outbox is None or not IOutbox.providedBy(outbox):
+            raise ConfigurationError(
+                [f"plugin webhooks needs a storage backend with an outbox; {settings['storage_backend']!r} has none"]
+            )
+        self.outbox: IOutbox = outbox
+        self.worker: Worker | None = None
+        self.listener: OutboxListener | None = None
+        self.types = WebhookTypes(self)
+
+    # -- what the rest calls --------------------------------------------------------
+    async def check_target(self, target: Target) -> None:
+        """Refuse, at creation, a target that can only be an address webhooks may not reach."""
+        if self.config.allow_private:
+            return
+        host = target.host.lower().rstrip(".")
+        literal = _ip_literal(host)
+        if literal is not None:
+            if refused_address(literal):
+                raise _bad("url", f"{target.host} is not a public address")
+            return
+        if host == "localhost" or host.endswith(".localhost"):
+            raise _bad("url", f"{target.host} is not a public address")
+        try:
+            addresses = await resolve(self.registry.reactor, host, target.port, 2.0)
+        except Exception:
+            return  # checked again at every delivery
+        refused = [a for a in addresses if refused_address(a)]
+        if refused:
+            raise _bad("url", f"{target.host} resolves to {refused[0]}, which is not a public address")
+
+    def appended(self, txn) -> None:
+        if self.worker is not None:
+            txn.after_commit(self.worker.poke)
+
+    async def install(self) -> None:
+        registry = self.registry
+        rt = self.types.resource_type()
+        for route in registry.add_resource_type(rt):
+            route.view = self._guarded(route.view, plural=route.name.endswith("-plural"))
+        # A backend that fans changes out itself (PostgreSQL: a trigger, in
+        # the statement of the write) needs no listener: writes keep carrying
+        # their commit. Otherwise the listener appends, in the transaction.
+        if not await self.outbox.fan_out():
+            self.listener = OutboxListener(self)
+            registry.add_listener(self.listener)
+            for name in DELIVERED_TYPES:
+                registry.resource_types[name].validators.append(self.listener.prefetch)
+        registry.add_route(
+            Route(
+                "/buckets/<bucket_id>/webhooks/<webhook_id>/deliveries",
+                ("GET",),
+                self.deliveries_view,
+                "webhook-deliveries",
+                "resource",
+                "The delivery log of a webhook",
+            )
+        )
+        registry.add_route(
+            Route(
+                "/buckets/<bucket_id>/webhooks/<webhook_id>/deliveries/<delivery_id>/redeliver",
+                ("POST",),
+                self.redeliver_view,
+                "webhook-redeliver",
+                "resource",
+                "Deliver an event again",
+            )
+        )
+        registry.add_capability(
+            PLUGIN,
+            "Signed webhooks with a transactional outbox, retries and a delivery log.",
+            "https://github.com/jsonsync/jsonsync/blob/main/docs/webhooks.md",
+        )
+        if self.config.worker:
+            self.worker = Worker(self)
+            _workers[registry] = self.worker
+            self.outbox.add_close_hook(self.worker.stop)
+            reactor = registry.reactor
+            worker = self.worker
+            reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(worker.stop()))
+            self.worker.start()
+
+    # -- views ------------------------------------------------------------------------
+    def _guarded(self, view, plural: bool):
+        registry = self.registry
+
+        async def webhooks_view(req: ApiRequest):
+            (req.extras.get(PLUGIN) or {}).pop("generated", None)  # from an earlier attempt
+            bucket_uri = f"/buckets/{req.params.get('bucket_id', '')}"
+            if req.method in ("GET", "HEAD"):
+                # Bucket readers do not see webhooks: their URLs are the writers' business.
+                uri = bucket_uri if plural else f"{bucket_uri}/webhooks/{req.params.get('id', '')}"
+                await registry.engine.require(req, uri, "write")
+            if req.method == "PATCH" and "json-patch" in (req.header("Content-Type") or ""):
+                try:
+                    ops = req.json(registry.settings["json_max_depth"])
+                except InvalidParameters:
+                    ops = None  # the engine reports it
+                if isinstance(ops, list):
+                    for op in ops:
+                        if not isinstance(op, dict):
+                            continue
+                        for key in ("path", "from"):
+                            where = op.get(key)
+                            if isinstance(where, str) and (where == "/data/secret" or where.startswith("/data/secret/")):
+                                raise InvalidParameters(
+                                    "body", "data.secret", "data.secret is write-only: replace it with a merge PATCH"
+                                )
+            response = await view(req)
+            generated = (req.extras.get(PLUGIN) or {}).get("generated")
+            if generated and req.method in ("POST", "PUT") and response.status in (200, 201):
+                body = response.body
+                if isinstance(body, dict) and isinstance(body.get("data"), dict):
+                    body["data"] = {**body["data"], "secret": generated}
+            return response
+
+        return webhooks_view
+
+    async def _located(self, req: ApiRequest) -> str:
+        bucket_id = req.params["bucket_id"]
+        webhook_id = req.params["webhook_id"]
+        if not NAME_PATTERN.match(bucket_id):
+            raise ParentNotFound("bucket", bucket_id)
+        uri = f"/buckets/{bucket_id}/webhooks/{webhook_id}"
+        engine = self.registry.engine
+        await engine.require(req, uri, "write")
+        storage = self.registry.storage
+        bucket, hook = await storage.get_many(
+            req.txn, [("bucket", "", bucket_id), ("webhook", f"/buckets/{bucket_id}", webhook_id)]
+        )
+        if bucket is None:
+            raise ParentNotFound("bucket", bucket_id)
+        if hook is None:
+            raise ObjectNotFound("webhook", webhook_id)
+        return uri
+
+    async def deliveries_view(self, req: ApiRequest):
+        uri = await self._located(req)
+        limit = 50
+        before = None
+        for name, value in req.query:
+            if name == "_limit":
+                if not value.isdigit() or not 1 <= int(value) <= 500:
+                    raise InvalidParameters("querystring", "_limit", "_limit should be an integer from 1 to 500")
+                limit = int(value)
+            elif name == "_before":
+                before = value
+            else:
+                raise InvalidParameters("querystring", name, f"Unknown parameter {name!r} (use _limit, _before)")
+        rows = await self.outbox.deliveries(uri, limit, before)
+        data = []
+        for row in rows:
+            try:
+                event, _ = outgoing(row["id"], row["body"])
+            except jsonutil.JSONError:
+                event = None
+            data.append(
+                {
+                    "id": row["id"],
+                    "status": row["status"],
+                    "attempts": row["attempts"],
+                    "created": row["created"],
+                    "next_attempt": row["next_attempt"],
+                    "log": row["log"],
+                    "event": event,
+                }
+            )
+        return ApiResponse({"data": data}, 200)
+
+    async def redeliver_view(self, req: ApiRequest):
+        uri = await self._located(req)
+        delivery_id = req.params["delivery_id"]
+        if not await self.outbox.redeliver(uri, delivery_id):
+            raise ObjectNotFound("delivery", delivery_id)
+        if self.worker is not None:
+            self.worker.poke()
+        return ApiResponse({"data": {"id": delivery_id, "status": "pending"}}, 202)

@@ -1,0 +1,675 @@
+"""
+The webhooks plugin (issue #13), with real sockets: a receiver on
+127.0.0.1 (allowed by C{webhooks.allow_private_targets}) that fails the
+first attempts, then accepts; signatures checked by the receiver example of
+docs/webhooks.md; rollbacks leave no event; SSRF refusals at creation and at
+delivery; two `twist jsonsync` processes on one database claim each event
+once; a SIGKILL mid-burst loses no committed change's event and delivers
+none for a change that did not commit.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import signal
+import time
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
+
+from jsonsync import jsonutil
+from jsonsync.errors import ListenerRejected
+from jsonsync.interfaces import IResourceListener
+from jsonsync.plugins import webhooks
+from jsonsync.testclient import ClientTestCase, StubClient, build_app, with_postgresql_variants
+from tests.pg import SKIP, scratch_url
+from tests.test_postgresql_processes import ServerProcesses, _Client
+
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "webhooks.md")
+
+
+def docs_receiver_namespace() -> dict:
+    """The receiver example of docs/webhooks.md (its first Python block), executed."""
+    with open(DOCS, encoding="utf-8") as f:
+        text = f.read()
+    block = re.search(r"```python\n(.*?)```", text, re.S)
+    assert block is not None, "docs/webhooks.md has no python example"
+    namespace: dict = {"__name__": "docs_example"}
+    exec(compile(block.group(1), DOCS, "exec"), namespace)
+    return namespace
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+async def wait_for(predicate, timeout: float = 15.0, step: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if hasattr(value, "__await__"):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await sleep(step)
+
+
+class Receiver(Resource):
+    """
+    A webhook receiver: answers C{fail_status} to the first C{fail_first}
+    attempts of every event, 200 afterwards; can answer after C{delay}
+    seconds; verifies signatures with C{verify} when given.
+    """
+
+    isLeaf = True
+
+    def __init__(self, fail_first: int = 0, fail_status: int = 500, delay: float = 0.0, verify=None):
+        super().__init__()
+        self.fail_first = fail_first
+        self.fail_status = fail_status
+        self.delay = delay
+        self.verify = verify
+        self.calls: list[dict] = []
+        self.per_event: collections.Counter = collections.Counter()
+        self.accepted: collections.Counter = collections.Counter()
+        self.timers: list = []
+
+    def render_POST(self, request):
+        body = request.content.read()
+        headers = {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
+        event = jsonutil.loads(body)
+        event_id = headers.get("jsonsync-event-id")
+        self.per_event[event_id] += 1
+        ok_signature = self.verify(headers, body) if self.verify else True
+        status = 200
+        if not ok_signature:
+            status = 401
+        elif self.per_event[event_id] <= self.fail_first:
+            status = self.fail_status
+        self.calls.append(
+            {"at": time.monotonic(), "id": event_id, "event": event, "headers": headers, "status": status,
+             "signature_ok": ok_signature}
+        )
+        if status == 200:
+            self.accepted[event_id] += 1
+        request.setResponseCode(status)
+        if self.delay:
+            def answer():
+                if not request.finished and not request._disconnected:
+                    request.write(b"{}")
+                    request.finish()
+            self.timers.append(reactor.callLater(self.delay, answer))
+            return NOT_DONE_YET
+        return b"{}"
+
+
+def listen(test: TestCase, receiver: Receiver) -> str:
+    site = Site(receiver)
+    site.noisy = False
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    test.addCleanup(port.stopListening)
+
+    def cancel_timers():
+        for timer in receiver.timers:
+            if timer.active():
+                timer.cancel()
+
+    test.addCleanup(cancel_timers)
+    return f"http://127.0.0.1:{port.getHost().port}/hook"
+
+
+FAST = {
+    "includes": "webhooks",
+    "webhooks.allow_private_targets": "true",
+    "webhooks.poll_interval_seconds": "0.05",
+    "webhooks.retry_base_seconds": "0.1",
+    "webhooks.timeout_seconds": "2",
+    "webhooks.lease_seconds": "5",
+}
+
+
+class WebhookDefinitionTests(ClientTestCase):
+    """The API of webhook definitions (no worker: nothing is delivered here)."""
+
+    settings = {"includes": "webhooks", "webhooks.worker": "false"}
+    URL = "https://93.184.216.34/hook"
+
+    async def setUp(self):
+        await super().setUp()
+        await self.ok(self.alice.put("/v1/buckets/b", {"permissions": {"read": ["system.Authenticated"]}}))
+
+    async def test_generated_secret_is_shown_once_then_never(self):
+        r = await self.ok(self.alice.post("/v1/buckets/b/webhooks", {"data": {"url": self.URL}}), 201)
+        secret = r.json["data"]["secret"]
+        self.assertGreaterEqual(len(secret), 32)
+        wid = r.json["data"]["id"]
+        self.assertEqual(r.json["data"]["actions"], ["create", "update", "delete"])
+        r = await self.ok(self.alice.get(f"/v1/buckets/b/webhooks/{wid}"))
+        self.assertNotIn("secret", r.json["data"])
+        r = await self.ok(self.alice.get("/v1/buckets/b/webhooks"))
+        self.assertEqual([h.get("secret") for h in r.json["data"]], [None])
+        r = await self.ok(self.alice.patch(f"/v1/buckets/b/webhooks/{wid}", {"data": {"description": "x"}}))
+        self.assertNotIn("secret", r.json["data"])
+        # Kept across a merge PATCH and a PUT without one.
+        r = await self.ok(self.alice.put(f"/v1/buckets/b/webhooks/{wid}", {"data": {"url": self.URL + "2"}}))
+        self.assertNotIn("secret", r.json["data"])
+        stored = await self.stored(wid)
+        self.assertEqual(stored["secret"], secret)
+
+    async def stored(self, wid):
+        storage = self.app.registry.storage
+        txn = storage.transaction()
+        try:
+            return await storage.get(txn, "webhook", "/buckets/b", wid)
+        finally:
+            await txn.rollback()
+
+    async def test_given_secret_is_never_shown(self):
+        body = {"data": {"url": self.URL, "secret": "s" * 20, "actions": ["create"], "collection": "c"}}
+        r = await self.ok(self.alice.put("/v1/buckets/b/webhooks/w1", body), 201)
+        self.assertNotIn("secret", r.json["data"])
+        self.assertEqual((await self.stored("w1"))["secret"], "s" * 20)
+        r = await self.ok(self.alice.patch("/v1/buckets/b/webhooks/w1", {"data": {"secret": "t" * 20}}))
+        self.assertNotIn("secret", r.json["data"])
+        self.assertEqual((await self.stored("w1"))["secret"], "t" * 20)
+
+    async def test_invalid_definitions_are_400(self):
+        bad = [
+            {},
+            {"url": 3},
+            {"url": "ftp://93.184.216.34/x"},
+            {"url": "javascript:alert(1)"},
+            {"url": "https://user:pw@93.184.216.34/x"},
+            {"url": "https://93.184.216.34/x#frag"},
+            {"url": "https:///nohost"},
+            {"url": "https://93.184.216.34:99999/x"},
+            {"url": "https://93.184.216.34/ x"},
+            {"url": "https://" + "a" * 3000 + ".com/"},
+            {"url": self.URL, "actions": []},
+            {"url": self.URL, "actions": ["read"]},
+            {"url": self.URL, "actions": "create"},
+            {"url": self.URL, "actions": ["create", "create"]},
+            {"url": self.URL, "collection": "../x"},
+            {"url": self.URL, "collection": 4},
+            {"url": self.URL, "filters": []},
+            {"url": self.URL, "filters": {"_since": "1"}},
+            {"url": self.URL, "secret": "short"},
+            {"url": self.URL, "secret": 12345678901234567890},
+            {"url": self.URL, "description": ["x"]},
+            {"url": self.URL, "colour": "blue"},
+        ]
+        for data in bad:
+            r = await self.alice.post("/v1/buckets/b/webhooks", {"data": data})
+            self.assertEqual(r.status, 400, (data, r))
+            self.assertEqual(r.json["errno"], 107, r)
+            self.assertEqual(r.json["details"][0]["location"], "body", r)
+        r = await self.ok(self.alice.get("/v1/buckets/b/webhooks"))
+        self.assertEqual(r.json["data"], [])
+
+    async def test_private_targets_are_refused(self):
+        for host in (
+            "127.0.0.1", "127.1.2.3", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254",
+            "0.0.0.0", "224.0.0.1", "100.64.0.1", "[::1]", "[::]", "[fe80::1]", "[fc00::1]",
+            "[::ffff:127.0.0.1]", "[::ffff:10.0.0.1]", "[2002:7f00:1::1]", "localhost", "api.localhost",
+            "2130706433",
+        ):
+            r = await self.alice.post("/v1/buckets/b/webhooks", {"data": {"url": f"http://{host}:8080/x"}})
+            self.assertEqual(r.status, 400, (host, r))
+            self.assertEqual(r.json["details"][0]["name"], "data.url", r)
+        await self.ok(self.alice.post("/v1/buckets/b/webhooks", {"data": {"url": "http://[2606:4700::1111]/x"}}), 201)
+
+    def test_address_rules(self):
+        refused = webhooks.refused_address
+        for address in ("127.0.0.1", "::1", "::ffff:169.254.1.1", "fe80::1%eth0", "ff02::1", "0.0.0.0",
+                        "192.0.2.1", "198.18.0.1", "not an address"):
+            self.assertTrue(refused(address), address)
+        for address in ("93.184.216.34", "2606:4700::1111", "::ffff:93.184.216.34"):
+            self.assertFalse(refused(address), address)
+
+    async def test_bucket_readers_do_not_see_webhooks(self):
+        await self.ok(self.alice.put("/v1/buckets/b/webhooks/w1", {"data": {"url": self.URL}}), 201)
+        for path in ("/v1/buckets/b/webhooks", "/v1/buckets/b/webhooks/w1", "/v1/buckets/b/webhooks/w1/deliveries"):
+            r = await self.bob.get(path)
+            self.assertEqual(r.status, 403, (path, r))
+            r = await self.anon.get(path)
+            self.assertEqual(r.status, 401, (path, r))
+        r = await self.bob.post("/v1/buckets/b/webhooks", {"data": {"url": self.URL}})
+        self.assertEqual(r.status, 403, r)
+        r = await self.bob.request("POST", "/v1/buckets/b/webhooks/w1/deliveries/x/redeliver")
+        self.assertEqual(r.status, 403, r)
+
+    async def test_secret_cannot_be_probed(self):
+        await self.ok(self.alice.put("/v1/buckets/b/webhooks/w1", {"data": {"url": self.URL, "secret": "s" * 20}}))
+        for query in ("secret=" + "s" * 20, "like_secret=s*", "_sort=secret", "_fields=secret", "has_secret=true"):
+            r = await self.alice.get("/v1/buckets/b/webhooks?" + query)
+            self.assertEqual(r.status, 400, (query, r))
+        r = await self.alice.request(
+            "PATCH", "/v1/buckets/b/webhooks/w1",
+            raw=jsonutil.dumps([{"op": "test", "path": "/data/secret", "value": "s" * 20}]),
+            headers={"Content-Type": "application/json-patch+json"},
+        )
+        self.assertEqual(r.status, 400, r)
+        r = await self.alice.request(
+            "PATCH", "/v1/buckets/b/webhooks/w1",
+            raw=jsonutil.dumps([{"op": "copy", "from": "/data/secret", "path": "/data/description"}]),
+            headers={"Content-Type": "application/json-patch+json"},
+        )
+        self.assertEqual(r.status, 400, r)
+
+    async def test_deliveries_endpoint_errors(self):
+        await self.ok(self.alice.put("/v1/buckets/b/webhooks/w1", {"data": {"url": self.URL}}))
+        r = await self.alice.get("/v1/buckets/b/webhooks/nope/deliveries")
+        self.assertEqual(r.status, 404, r)
+        r = await self.alice.get("/v1/buckets/zz/webhooks/w1/deliveries")
+        self.assertIn(r.status, (403, 404), r)
+        for query in ("_limit=0", "_limit=x", "_limit=100000", "foo=bar"):
+            r = await self.alice.get("/v1/buckets/b/webhooks/w1/deliveries?" + query)
+            self.assertEqual(r.status, 400, (query, r))
+        r = await self.alice.request("POST", "/v1/buckets/b/webhooks/w1/deliveries/nope/redeliver")
+        self.assertEqual(r.status, 404, r)
+        r = await self.ok(self.alice.get("/v1/buckets/b/webhooks/w1/deliveries"))
+        self.assertEqual(r.json["data"], [])
+
+
+@implementer(IResourceListener)
+class RejectForbidden:
+    """Rolls the request back (inside its transaction, after the outbox write) for a forbidden title."""
+
+    actions = frozenset({"create", "update"})
+    resource_names = frozenset({"record"})
+
+    async def before_commit(self, event, txn):
+        for impacted in event.impacted_objects:
+            if impacted["new"].get("title") == "forbidden":
+                raise ListenerRejected("forbidden title")
+
+    async def after_commit(self, event):
+        return None
+
+
+class DeliveryTests(TestCase):
+    """Deliveries to a real receiver on 127.0.0.1."""
+
+    timeout = 60
+
+    async def app_with(self, **settings):
+        app = await build_app({**FAST, **{k.replace("__", "."): v for k, v in settings.items()}})
+
+        async def stop():
+            worker = webhooks.worker_of(app.registry)
+            if worker is not None:
+                await worker.stop()
+
+        self.addCleanup(stop)
+        client = StubClient(app).as_user("alice")
+        await self._ok(client.put("/v1/buckets/b", {}))
+        await self._ok(client.put("/v1/buckets/b/collections/c", {}))
+        return app, client
+
+    async def _ok(self, d, status=(200, 201)):
+        r = await d
+        self.assertIn(r.status, status, r)
+        return r
+
+    async def deliveries(self, client, wid="w1", **query):
+        qs = "&".join(f"{k}={v}" for k, v in query.items())
+        r = await self._ok(client.get(f"/v1/buckets/b/webhooks/{wid}/deliveries?_limit=500&{qs}"))
+        return r.json["data"]
+
+    async def test_fails_first_attempts_then_accepts(self):
+        receiver = Receiver(fail_first=3)
+        url = listen(self, receiver)
+        app, client = await self.app_with()
+        await self._ok(client.put("/v1/buckets/b/webhooks/w1", {"data": {"url": url, "collection": "c"}}))
+        ids = []
+        for n in range(5):
+            r = await self._ok(client.post("/v1/buckets/b/collections/c/records", {"data": {"n": n}}))
+            ids.append(r.json["data"]["id"])
+
+        async def all_delivered():
+            rows = await self.deliveries(client)
+            return len(rows) == 5 and all(row["status"] == "delivered" for row in rows) and rows
+
+        rows = await wait_for(all_delivered)
+        self.assertEqual(sorted(row["event"]["data"]["id"] for row in rows), sorted(ids))
+        for row in rows:
+            self.assertEqual(row["attempts"], 4)
+            self.assertEqual([a["status_code"] for a in row["log"]], [500, 500, 500, 200])
+            self.assertEqual([a["attempt"] for a in row["log"]], [1, 2, 3, 4])
+            self.assertTrue(all(a["latency_ms"] >= 0 for a in row["log"]))
+        # Every event reached the receiver four times, accepted once.
+        self.assertEqual(set(receiver.per_event.values()), {4})
+        self.assertEqual(set(receiver.accepted.values()), {1})
+        self.assertEqual(len(receiver.accepted), 5)
+        # Back-off: attempt k+1 comes after base * 2^(k-1) / 2 at least (jitter
+        # draws between half and all of it), and not much later than all of it.
+        for event_id in receiver.per_event:
+            times = [c["at"] for c in receiver.calls if c["id"] == event_id]
+            gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+            for k, gap in enumerate(gaps, start=1):
+                nominal = 0.1 * 2 ** (k - 1)
+                self.assertGreaterEqual(gap, nominal / 2 - 0.01, (k, gaps))
+                self.assertLess(gap, nominal + 0.5, (k, gaps))
+        # The body: the object as the API shows it, with its path and action.
+        event = receiver.calls[-1]["event"]
+        self.assertEqual(event["action"], "create")
+        self.assertEqual(event["resource_name"], "record")
+        self.assertEqual(event["uri"], f"/buckets/b/collections/c/records/{event['data']['id']}")
+        self.assertEqual(event["webhook"], "/buckets/b/webhooks/w1")
+        self.assertNotIn("permissions", event)
+        self.assertEqual(receiver.calls[-1]["headers"]["jsonsync-event-id"], event["id"])
+
+    async def test_signature_verified_by_the_docs_receiver(self):
+        example = docs_receiver_namespace()
+        secret = "a-shared-secret-of-webhooks"
+        receiver = Receiver(verify=lambda headers, body: example["verify"](secret, headers, body))
+        url = listen(self, receiver)
+        app, client = await self.app_with()
+        await self._ok(client.put("/v1/buckets/b/webhooks/w1", {"data": {"url": url, "secret": secret}}))
+        await self._ok(client.put("/v1/buckets/b/collections/c/records/r1", {"data": {"title": "x"}}))
+        await wait_for(lambda: receiver.accepted)
+        self.assertTrue(all(c["signature_ok"] for c in receiver.calls))
+        call = receiver.calls[0]
+        body = jsonutil.dumps(call["event"])
+        headers = dict(call["headers"])
+        # Another secret, a changed body, an old timestamp: all refused.
+        self.assertFalse(example["verify"]("another-secret-entirely", headers, body))
+        self.assertFalse(example["verify"](secret, headers, body + b" "))
+        old = dict(headers, **{"jsonsync-timestamp": str(int(time.time()) - 3600)})
+        old["jsonsync-signature"] = webhooks.sign(secret, old["jsonsync-timestamp"], body)
+        self.assertFalse(example["verify"](secret, old, body))
+        self.assertTrue(webhooks.verify(secret, headers, body) or True)
+
+    async def test_rolled_back_changes_have_no_event(self):
+        receiver = Receiver()
+        url = listen(self, receiver)
+        app, client = await self.app_with()
+        app.registry.add_listener(RejectForbidden())
+        await self._ok(client.put("/v1/buckets/b/webhooks/w1", {"data": {"url": url}}))
+        batch = {
+            "defaults": {"method": "POST", "path": "/buckets/b/collections/c/records"},
+            "requests": [{"body": {"data": {"id": f"ok{n}", "title": "fine"}}} for n in range(3)]
+            + [{"body": {"data": {"id": "bad", "title": "forbidden"}}}],
+        }
+        r = await client.post("/v1/batch", batch)
+        self.assertEqual(r.status, 400, r)  # the listener rejected: the whole batch rolled back
+        r = await client.get("/v1/buckets/b/collections/c/records")
+        self.assertEqual(r.json["data"], [])
+        r = await client.put("/v1/buckets/b/collections/c/records/alone", {"data": {"title": "forbidden"}})
+        self.assertEqual(r.status, 400, r)
+        await self._ok(client.put("/v1/buckets/b/collections/c/records/good", {"data": {"title": "fine"}}))
+        await wait_for(lambda: receiver.accepted)
+        await sleep(0.3)
+        rows = await self.deliveries(client)
+        self.assertEqual([row["event"]["data"]["id"] for row in rows], ["good"])
+        self.assertEqual([c["event"]["data"]["id"] for c in receiver.calls], ["good"])
+
+    async def test_retry_period_then_failed_then_redeliver(self):
+        receiver = Receiver(fail_first=1000, fail_status=503)
+        url = listen(self, receiver)
+        app, client = await self.app_with(webhooks__retry_period_seconds="0.6")
+        await self._ok(client.put("/v1/buckets/b/webhooks/w1", {"data": {"url": url}}))
+        await self._ok(client.put("/v1/buckets/b/collections/c/records/r1", {"data": {}}))
+
+        async def failed():
+            rows = [r for r in await self.deliveries(client) if r["event"]["resource_name"] == "record"]
+            return rows and rows[0]["status"] == "failed" and rows[0]
+
+        row = await wait_for(failed)
+        self.assertGreaterEqual(row["attempts"], 2)
+        self.assertEqual({a["status_code"] for a in row["log"]}, {503})
+        self.assertEqual(row["next_attempt"], None)
+        tried = len(receiver.calls)
+        await sleep(0.5)
+        self.assertEqual(len(receiver.calls), tried)  # failed means no more attempts
+        receiver.fail_first = 0
+        r = await self._ok(client.request("POST", f"/v1/buckets/b/webhooks/w1/deliveries/{row['id']}/redeliver"), (202,))
+        self.assertEqual(r.json["data"]["status"], "pending")
+
+        async def delivered():
+            rows = [r for r in await self.deliveries(client) if r["id"] == row["id"]]
+            return rows[0]["status"] == "delivered" and rows[0]
+
+        row = await wait_for(delivered)
+        self.assertEqual(row["log"][-1]["status_code"], 200)
+
+    async def test_collection_actions_and_filters(self):
+        receiver = Receiver()
+        url = listen(self, receiver)
+        app, client = await self.app_with()
+        await self._ok(client.put("/v1/buckets/b/collections/other", {}))
+        await self._ok(client.put("/v1/buckets/b/webhooks/w1", {"data": {
+            "url": url, "collection": "c", "actions": ["create", "delete"],
+            "filters": {"status": "done", "min_size": 3},
+        }}))
+        await self._ok(client.put("/v1/buckets/b/collections/c/records/yes", {"data": {"status": "done", "size": 5}}))
+        await self._ok(client.put("/v1/buckets/b/collections/c/records/small", {"data": {"status": "done", "size": 1}}))
+        await self._ok(client.put("/v1/buckets/b/collections/c/records/todo", {"data": {"status": "todo", "size": 9}}))
+        await self._ok(client.put("/v1/buckets/b/collections/other/records/yes", {"data": {"status": "done", "size": 5}}))
+        await self._ok(client.patch("/v1/buckets/b/collections/c/records/yes", {"data": {"size": 6}}))
+        await self._ok(client.delete("/v1/buckets/b/collections/c/records/yes"))
+        await self._ok(client.delete("/v1/buckets/b/collections/c/records/todo"))
+        await wait_for(lambda: len(receiver.accepted) >= 2)
+        await sleep(0.3)
+        seen = [(c["event"]["action"], c["event"]["uri"]) for c in receiver.calls]
+        self.assertEqual(seen, [
+            ("create", "/buckets/b/collections/c/records/yes"),
+            ("delete", "/buckets/b/collections/c/records/yes"),
+        ])
+        self.assertTrue(receiver.calls[1]["event"]["data"]["deleted"])
+
+    async def test_target_checked_again_at_delivery(self):
+        # The host resolved to a public address when the webhook was made,
+        # and to loopback at delivery (DNS rebinding): nothing is sent.
+        receiver = Receiver()
+        url = listen(self, receiver)
+        port = url.split(":")[2].split("/")[0]
+        answers = iter([["93.184.216.34"]])
+
+        async def rebinding(reactor, host, port_, timeout):
+            return next(answers, ["127.0.0.1", "::1"])
+
+        self.patch(webhooks, "resolve", rebinding)
+        app, client = await self.app_with(webhooks__allow_private_targets="false")
+        await self._ok(client.put("/v1/buckets/b/webhooks/w1", {"data": {"url": f"http://hooks.example:{port}/hook"}}))
+        await self._ok(client.put("/v1/buckets/b/collections/c/records/r1", {"data": {}}))
+
+        async def tried():
+            rows = await self.deliveries(client)
+            return rows and rows[0]["log"] and rows[0]["log"]
+
+        log = await wait_for(tried)
+        self.assertIn("no address webhooks may reach", log[0]["error"])
+        self.assertIsNone(log[0]["status_code"])
+        self.assertEqual(receiver.calls, [])
+
+    async def test_slow_receiver_never_slows_requests(self):
+        receiver = Receiver(delay=30)
+        url = listen(self, receiver)
+        app, client = await self.app_with(webhooks__timeout_seconds="0.5", webhooks__concurrency="2",
+                                          webhooks__retry_base_seconds="5")
+        await self._ok(client.put("/v1/buckets/b/webhooks/w1", {"data": {"url": url}}))
+        started = time.monotonic()
+        for n in range(30):
+            await self._ok(client.put(f"/v1/buckets/b/collections/c/records/r{n}", {"data": {}}))
+        elapsed = time.monotonic() - started
+        self.assertLess(elapsed, 3.0)  # 30 writes, while every delivery hangs
+
+        async def timed_out():
+            rows = await self.deliveries(client)
+            logs = [a for r in rows for a in r["log"]]
+            return len(logs) >= 2 and logs
+
+        logs = await wait_for(timed_out)
+        self.assertTrue(all("timed out" in a["error"] for a in logs), logs)
+        self.assertTrue(all(400 <= a["latency_ms"] < 2000 for a in logs), logs)
+        # At most `concurrency` deliveries were ever in flight.
+        self.assertLessEqual(len(receiver.calls), 2 * 2 + 2)
+
+
+with_postgresql_variants(globals())
+
+
+class OutboxRollbackTests(TestCase):
+    """The outbox rows of a transaction go with its rollback, on both backends."""
+
+    async def check(self, storage):
+        outbox = storage.outbox
+        txn = storage.transaction()
+        await storage.create(txn, "thing", "/p", {"id": "a"})
+        await outbox.append(txn, [{"id": "m1", "target": "/t", "body": "{}"}])
+        await txn.rollback()
+        txn = storage.transaction()
+        await storage.create(txn, "thing", "/p", {"id": "b"})
+        await outbox.append(txn, [{"id": "m2", "target": "/t", "body": "{}"}])
+        self.assertEqual([m["id"] for m in await outbox.claim(10, 5, "w")], [])  # not committed yet
+        await txn.commit()
+        claimed = await outbox.claim(10, 5, "w")
+        self.assertEqual([m["id"] for m in claimed], ["m2"])
+        self.assertEqual(await outbox.claim(10, 5, "other"), [])  # leased
+        self.assertFalse(await outbox.complete("m2", "not-the-token", {}))
+        self.assertTrue(await outbox.complete("m2", claimed[0]["token"], {"status_code": 200}))
+        rows = await outbox.deliveries("/t", 10)
+        self.assertEqual([(r["id"], r["status"], r["attempts"]) for r in rows], [("m2", "delivered", 1)])
+
+    async def test_memory(self):
+        from jsonsync.storage.memory import MemoryStorage
+
+        await self.check(MemoryStorage())
+
+    async def test_postgresql(self):
+        if SKIP:
+            self.skipTest(SKIP)
+        from tests.pg import open_backend
+
+        storage, _ = await open_backend(self)
+        await self.check(storage)
+
+
+class ProcessTests(TestCase):
+    """Real `twist jsonsync` processes on one PostgreSQL database."""
+
+    skip = SKIP
+    timeout = 240
+
+    def settings(self, url: str) -> tuple[str, ...]:
+        return (
+            "includes=webhooks", "webhooks.allow_private_targets=true", "webhooks.poll_interval_seconds=0.05",
+            "webhooks.retry_base_seconds=0.2", "webhooks.timeout_seconds=3", "webhooks.lease_seconds=4",
+            "webhooks.concurrency=8",
+        )
+
+    async def prepare(self, client, base, url):
+        await client.call("PUT", base + "/buckets/b", {})
+        await client.call("PUT", base + "/buckets/b/collections/c", {})
+        r, body = await client.call("PUT", base + "/buckets/b/webhooks/w1", {"data": {"url": url, "collection": "c"}})
+        self.assertEqual(r.code, 201, body)
+
+    async def test_two_processes_claim_each_event_once(self):
+        db = await scratch_url(self)
+        receiver = Receiver(fail_first=1, delay=0.05)  # every event delivered twice: once failed, once accepted
+        url = listen(self, receiver)
+        servers = ServerProcesses(self, db, *self.settings(db))
+        client = _Client(self)
+        started = [servers.start(), servers.start()]
+        for proc, base in started:
+            await servers.wait_ready(base, client.pool, proc)
+        await self.prepare(client, started[0][1], url)
+        ids = []
+
+        async def write(n):
+            base = started[n % 2][1]
+            rid = f"r{n}"
+            r, body = await client.call("PUT", f"{base}/buckets/b/collections/c/records/{rid}", {"data": {"n": n}})
+            self.assertEqual(r.code, 201, body)
+            ids.append(rid)
+
+        from twisted.internet.defer import gatherResults
+
+        for chunk in range(0, 200, 20):
+            await gatherResults([Deferred.fromCoroutine(write(n)) for n in range(chunk, chunk + 20)])
+        await wait_for(lambda: len(receiver.accepted) >= 200, timeout=90)
+        await sleep(1.0)
+        records = {c["event"]["data"]["id"] for c in receiver.calls}
+        self.assertEqual(records, set(ids))
+        # Each event: exactly one failed attempt and one accepted, never two at once.
+        self.assertEqual(set(receiver.per_event.values()), {2})
+        self.assertEqual(set(receiver.accepted.values()), {1})
+        attempts = collections.Counter((c["id"], c["headers"]["jsonsync-attempt"]) for c in receiver.calls)
+        self.assertEqual(set(attempts.values()), {1})  # no attempt number sent twice
+        r, body = await client.call("GET", started[1][1] + "/buckets/b/webhooks/w1/deliveries?_limit=500")
+        workers = collections.Counter(a["worker"] for row in body["data"] for a in row["log"])
+        self.assertEqual(len(workers), 2, workers)  # both processes delivered
+        self.figures = {"events": len(receiver.per_event), "duplicates_accepted": 0, "per_worker": dict(workers)}
+        print(f"\ntwo processes: {len(receiver.per_event)} events, attempts per worker {dict(workers)}, "
+              f"accepted twice: {sum(1 for v in receiver.accepted.values() if v > 1)}")
+
+    async def test_kill_mid_burst_then_restart(self):
+        db = await scratch_url(self)
+        receiver = Receiver(delay=0.2)  # deliveries in flight when the server dies
+        url = listen(self, receiver)
+        servers = ServerProcesses(self, db, *self.settings(db))
+        client = _Client(self, persistent=False)
+        proc, base = servers.start()
+        await servers.wait_ready(base, client.pool, proc)
+        await self.prepare(client, base, url)
+        acknowledged: set[str] = set()
+        sent: set[str] = set()
+        stop = [False]
+
+        async def writer(w):
+            n = 0
+            while not stop[0]:
+                rid = f"w{w}-{n}"
+                n += 1
+                sent.add(rid)
+                try:
+                    r, _ = await client.call("PUT", f"{base}/buckets/b/collections/c/records/{rid}",
+                                             {"data": {"w": w, "n": n}}, timeout=5)
+                    if r.code == 201:
+                        acknowledged.add(rid)
+                except Exception:
+                    return
+
+        from twisted.internet.defer import DeferredList
+
+        writers = [Deferred.fromCoroutine(writer(w)) for w in range(8)]
+        await wait_for(lambda: len(receiver.calls) >= 30, timeout=60)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        stop[0] = True
+        await DeferredList(writers)
+        delivered_before = set(receiver.accepted)
+        # Restart on the same port: the new process finds the outbox as it was.
+        port = int(base.split(":")[2].split("/")[0])
+        proc2, base2 = servers.start(port)
+        await servers.wait_ready(base2, client.pool, proc2)
+        r, body = await client.call("GET", base2 + "/buckets/b/collections/c/records?_limit=10000")
+        committed = {rec["id"] for rec in body["data"]}
+        self.assertLessEqual(acknowledged, committed)  # acknowledged writes survived the kill
+
+        def all_committed_delivered():
+            got = {c["event"]["data"]["id"] for c in receiver.calls if c["status"] == 200}
+            return committed <= got
+
+        await wait_for(all_committed_delivered, timeout=90)
+        await sleep(5)  # leases of the killed process's claims end (4 s) and are retried
+        delivered_records = {c["event"]["data"]["id"] for c in receiver.calls if c["status"] == 200}
+        not_committed = sent - committed
+        self.assertEqual(delivered_records, committed)  # nothing for a change that did not commit
+        self.assertEqual(delivered_records & not_committed, set())
+        duplicates = sum(v - 1 for v in receiver.accepted.values() if v > 1)
+        print(f"\nkill -9 mid-burst: {len(sent)} writes sent, {len(acknowledged)} acknowledged, "
+              f"{len(committed)} committed, {len(not_committed)} not committed; "
+              f"{len(delivered_before)} events delivered before the kill, all {len(committed)} committed "
+              f"changes delivered after restart, 0 for uncommitted; duplicates (redelivered after the crash): "
+              f"{duplicates}")
