@@ -368,6 +368,15 @@ class LifecycleTests(_Base):
         self.assertEqual(r.status, 201)
         self.assertEqual(r.json["permissions"]["write"], [ALICE])  # the creator owns it
 
+    async def test_only_manage_creates_webhooks(self):
+        await self.make({**SETTINGS, "includes": "tokens webhooks", "webhooks.worker": "false"})
+        await self.seed()
+        body = {"data": {"url": "https://example.com/hook"}}
+        for level, expected in (("contribute", 403), ("create-only", 403), ("manage", 201)):
+            made = await self.token(self.alice, [(B, level)])
+            r = await self.bearer(made["secret"]).post(B + "/webhooks", body)
+            self.assertEqual(r.status, expected, (level, r))
+
     async def test_last_used_is_coalesced(self):
         await self.make({**SETTINGS, "tokens.last_used_interval_seconds": "0"})
         await self.seed()

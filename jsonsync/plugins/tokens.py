@@ -58,22 +58,27 @@ DOCS_URL = "https://github.com/jsonsync/jsonsync/blob/main/docs/tokens.md"
 
 LEVELS = ("read", "create-only", "contribute", "manage")
 _READ = frozenset({"read", "read:attributes"})
-# Creating groups and writing them (their members) shares: manage only.
-_SHARING_CREATES = frozenset({"group:create"})
+# The data a contribute or create-only token may create and change: buckets,
+# collections and records. Groups (their members), webhooks (deliveries to
+# an outside URL) and any other kind a plugin adds share data: manage only.
+_DATA_CREATES = frozenset({"collection:create", "record:create"})
+_DATA_PLURALS = frozenset({"buckets", "collections", "records"})
 
-# What each level permits on an object its scope covers.
+
 def _level_permits(level: str, uri: str, permission: str) -> bool:
+    """What each level permits on an object its scope covers."""
     if level == "manage":
         return True
     if level == "read":
         return permission in _READ
     if level == "create-only":
-        return permission.endswith(":create") and permission not in _SHARING_CREATES
-    # contribute: read, create, change; not share, not groups' members.
-    if permission in _READ or permission.endswith(":create"):
-        return permission not in _SHARING_CREATES
+        return permission in _DATA_CREATES
+    # contribute: read, create and change data; not share.
+    if permission in _READ or permission in _DATA_CREATES:
+        return True
     if permission == "write":
-        return "/groups/" not in uri
+        parts = uri.rsplit("/", 2)
+        return len(parts) == 3 and parts[1] in _DATA_PLURALS
     return False
 
 
