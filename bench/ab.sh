@@ -4,7 +4,7 @@
 #
 #   A_NAME=before A_TWIST=/work/old/.venv/bin/twist B_NAME=after bench/ab.sh
 #   A_NAME=off B_NAME=audit B_ARGS="-s includes=audit" ONLY=w1,w2 bench/ab.sh
-#   A_NAME=basic B_NAME=bearer B_ARGS="-s includes=tokens -s multiauth.policies=tokens basicauth" \
+#   A_NAME=basic B_NAME=bearer B_ARGS="-s includes=tokens -s multiauth.policies=tokens,basicauth" \
 #     B_AUTH_CMD='python3 bench/make_token.py "$BASE"' bench/ab.sh
 #
 # Each server has its own database (bench_ab_a, bench_ab_b), both seeded identically through

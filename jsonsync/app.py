@@ -262,6 +262,8 @@ class JsonSyncApp:
             raw_query=raw_query.decode("latin-1"),
         )
         req.request_id = request.jsonsync_request_id
+        if self.registry.response_observers:
+            req.client = getattr(request, "jsonsync_client", None) or logs.peer(request)
         request.jsonsync = req
         return req
 
@@ -471,6 +473,8 @@ class JsonSyncApp:
             and response.get_header("Cache-Control") is None
         ):
             h.append(("Cache-Control", "no-cache, no-store"))
+        for observe in self.registry.response_observers:
+            observe(req, response)
         return response
 
     # -- what routing and crashes answer -------------------------------------------

@@ -36,6 +36,22 @@ def basic_credentials(request) -> tuple[str, str] | None:
     return user, password
 
 
+class Identity:
+    """
+    What a policy may return instead of a bare user id: a complete user id,
+    used as it is (not prefixed with the policy's name: a token acts for the
+    user who made it, with that user's principals), and an optional
+    C{restriction} (an L{jsonsync.interfaces.IRestriction}) that narrows
+    every permission check of the request.
+    """
+
+    __slots__ = ("user_id", "restriction")
+
+    def __init__(self, user_id: str, restriction=None):
+        self.user_id = user_id
+        self.restriction = restriction
+
+
 def hmac_hex(secret: str, message: str) -> str:
     return hmac.new(secret.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).hexdigest()
 
@@ -89,7 +105,8 @@ async def authenticate(registry, request) -> None:
     Run the policy chain on C{request} and set its C{user_id},
     C{authenticated} and base C{principals} (the user id,
     C{system.Authenticated}, C{system.Everyone}). The first policy that
-    returns a user id wins. Group principals are loaded later, with the
+    returns a user id wins; a policy that returns an L{Identity} gives a
+    complete user id and the request's C{restriction}. Group principals are loaded later, with the
     first permission check (L{ensure_principals} loads them on their own).
     Results are shared by the sub-requests of a batch that carry the same
     credentials.
@@ -99,12 +116,17 @@ async def authenticate(registry, request) -> None:
     cached = cache.get(key)
     if cached is None:
         user_id = None
+        restriction = None
         for policy in registry.policies:
             found = await policy.authenticate(request, request.txn)
             if found:
-                user_id = f"{policy.name}:{found}"
+                if isinstance(found, Identity):
+                    user_id, restriction = found.user_id, found.restriction
+                else:
+                    user_id = f"{policy.name}:{found}"
                 break
-        cached = cache[key] = {"user_id": user_id, "groups": None if user_id else ()}
+        cached = cache[key] = {"user_id": user_id, "groups": None if user_id else (), "restriction": restriction}
+    request.restriction = cached["restriction"]
     request.user_id = cached["user_id"]
     request.authenticated = request.user_id is not None
     request.auth_entry = cached

@@ -104,6 +104,11 @@ class ApiRequest:
     @ivar request_id, route_name, errno: for the request summary and metrics.
     @ivar extras: plugins' own state for this request, C{{plugin name: value}};
         kept across attempts.
+    @ivar restriction: an L{jsonsync.interfaces.IRestriction} narrowing what
+        the request may do (a scoped token), or C{None}: set by the policy
+        chain from the policy's L{jsonsync.auth.Identity}.
+    @ivar client: the client's address (after trusted proxies), set only
+        when a response observer wants it.
     """
 
     __slots__ = (
@@ -111,6 +116,7 @@ class ApiRequest:
         "ctx", "page_ahead", "registry", "user_id", "principals", "groups_loaded",
         "authenticated", "auth_entry", "acl_cache", "in_batch", "_json", "params",
         "spent_token", "attempt", "upload", "request_id", "route_name", "errno", "extras",
+        "restriction", "client",
     )
 
     # Declared, not assigned in __init__: a slot left empty until the
@@ -154,6 +160,8 @@ class ApiRequest:
         self.route_name: str | None = None
         self.errno: int | None = None
         self.extras: dict[str, Any] = {}
+        self.restriction: Any = None
+        self.client: str | None = None
 
     def set_json(self, value: Any) -> None:
         """Replace the body by C{value} (views that rewrite a request before dispatching it)."""
@@ -167,6 +175,7 @@ class ApiRequest:
         self.principals = ["system.Everyone"]
         self.groups_loaded = True
         self.authenticated = False
+        self.restriction = None
         self.acl_cache = {}
         self.attempt += 1
 

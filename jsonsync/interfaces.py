@@ -536,9 +536,41 @@ class IAuthenticationPolicy(Interface):
         """
         The user id (without prefix) when the request carries credentials
         this policy accepts, C{None} when it carries none it knows (so the
-        next policy is tried).
+        next policy is tried). A policy whose credentials act for another
+        user (a scoped token) returns a L{jsonsync.auth.Identity} instead:
+        that user's complete id (not prefixed) and an L{IRestriction} that
+        narrows every permission check of the request.
         @param request: a L{jsonsync.http.ApiRequest}.
-        @rtype: C{Awaitable[str | None]}
+        @rtype: C{Awaitable[str | jsonsync.auth.Identity | None]}
+        """
+
+
+class IRestriction(Interface):
+    """
+    What a request's credentials may do at most, whatever its user may: the
+    server grants a permission only when the user's principals hold it
+    (ACLs, the tree, the settings) I{and} the restriction permits it, in
+    every check: object requests, lists (only the objects it permits are
+    listed), C{/batch} sub-requests, C{/permissions}. Carried by
+    C{request.restriction} (C{None}, the common case, costs nothing).
+    """
+
+    label = Attribute("A name for the credentials (a token id), for logs and the audit.")
+
+    def permits(uri, permission):
+        """
+        Whether C{permission} on the object C{uri} (C{""} for the root) may
+        be used: C{read}, C{read:attributes}, C{write}, C{<type>:create},
+        and the pseudo-permission C{share}, asked before a request changes
+        an object's ACL. Synchronous and quick: it runs for every check.
+        """
+
+    def named_children(list_prefix):
+        """
+        The ids of the objects directly under C{list_prefix} (a list URI
+        with a trailing slash) that the restriction names explicitly, so
+        that a list the restriction does not cover whole still shows them
+        (where the user may see them).
         """
 
 
@@ -646,6 +678,18 @@ class IRegistry(Interface):
 
     def add_request_observer(observer):
         """C{observer(twisted_request)} is called for every finished request (metrics)."""
+
+    def add_response_observer(observer):
+        """
+        C{observer(request, response)} (an L{jsonsync.http.ApiRequest} and its
+        L{jsonsync.http.ApiResponse}) is called once a request's answer is
+        final: after its commit (or rollback), for each C{/batch} sub-request
+        too (before the batch commits), and for errors. It runs on the
+        reactor thread in the request's path, so it must be quick and must
+        not raise: queue work, do not do it there. With an observer, requests
+        carry C{request.client} (the client's address after trusted proxies).
+        Nothing is done per request while no observer is registered.
+        """
 
     def dispatch(request, path):
         """

@@ -120,12 +120,13 @@ def summary(request) -> dict:
         "bytes": request.sentLength,
         "user_id": getattr(api, "user_id", None),
         "request_id": getattr(request, "jsonsync_request_id", None),
-        "client": getattr(request, "jsonsync_client", None) or _peer(request),
+        "client": getattr(request, "jsonsync_client", None) or peer(request),
         "route": getattr(api, "route_name", None),
     }
 
 
-def _peer(request) -> str | None:
+def peer(request) -> str | None:
+    """The address of the connection's other end (the client, or the nearest proxy)."""
     try:
         return request.getClientAddress().host
     except Exception:

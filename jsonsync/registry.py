@@ -204,6 +204,7 @@ class Registry:
         self.heartbeats: dict[str, Callable] = {}
         self.body_limits: list[tuple[re.Pattern[bytes], int]] = []
         self.request_observers: list[Callable] = []
+        self.response_observers: list[Callable] = []
         self.plugins: list[IJsonSyncPlugin] = []
         self._match: Callable[[str, str], tuple[Route, Mapping[str, str]]] | None = None
 
@@ -253,6 +254,9 @@ class Registry:
 
     def add_request_observer(self, observer: Callable) -> None:
         self.request_observers.append(observer)
+
+    def add_response_observer(self, observer: Callable) -> None:
+        self.response_observers.append(observer)
 
     def set_router(self, match: Callable[[str, str], tuple[Route, Mapping[str, str]]]) -> None:
         """The server's route matcher (set once every route is mounted), for L{dispatch}."""

@@ -50,6 +50,9 @@ class Access:
         request also loads its group principals, and C{acl_uri}'s ACL can
         come along (kept in C{req.acl_cache}): one round trip for all three.
         """
+        restriction = req.restriction
+        if restriction is not None and not restriction.permits(uri, permission):
+            return False
         grants = self.registry.tree.grants(uri, permission)
         settings_acl = self.registry.acl
         if req.groups_loaded and acl_uri is None and settings_acl.grants_any(req.principals, grants):
@@ -103,7 +106,10 @@ class Access:
         if cache is not None:
             memo = (loc.parent_uri, checks[0], frozenset(req.principals))
             if memo in cache:
-                return None, None, [True] + [False] * (len(checks) - 1)
+                remembered = [True] + [False] * (len(checks) - 1)
+                if req.restriction is not None:
+                    remembered = self.restrict(req, checks, remembered)
+                return None, None, remembered
         oid = object_id or loc.object_id
         keys = list(self.ancestry(loc))
         acl_uri = None
@@ -141,8 +147,18 @@ class Access:
                 break
         obj = found[-1] if with_object and missing is None else None
         if cache is not None and missing is None and allowed[0]:
+            # (Remembered before the restriction: the memo holds what the
+            # principals may do; a restricted request narrows it above.)
             cache.add(memo)
+        if req.restriction is not None:
+            allowed = self.restrict(req, checks, allowed)
         return missing, obj, allowed
+
+    @staticmethod
+    def restrict(req: ApiRequest, checks, allowed: list[bool]) -> list[bool]:
+        """C{allowed}, narrowed by the request's restriction (a scoped token)."""
+        permits = req.restriction.permits
+        return [a and permits(uri, perm) for a, (uri, perm) in zip(allowed, checks, strict=True)]
 
     @staticmethod
     def ancestry(loc: Location) -> tuple:
@@ -191,6 +207,13 @@ class Access:
             if req.user_id not in write:
                 write.add(req.user_id)
                 changes["write"] = write
+        restriction = req.restriction
+        if restriction is not None and given is not None and not restriction.permits(uri, SHARE):
+            asked = {k: v for k, v in changes.items() if v != current.get(k, set())}
+            if req.user_id and asked.get("write") == {req.user_id} and not current.get("write"):
+                asked.pop("write")  # what a creation gives its author anyway
+            if asked:
+                raise Forbidden("These credentials may not change permissions.")
         changes = {k: v for k, v in changes.items() if v != current.get(k, set())}
         if changes:
             await self.permissions.replace_object_permissions(req.txn, uri, changes)
@@ -228,8 +251,10 @@ class Access:
             return None, missing
         await ensure_principals(self.registry, req)
         wanted: tuple[str, ...] = ("read", "write") if permission == "read" else ("write",)
+        restriction = req.restriction
         if any(self.registry.acl.granted_on_type(req.principals, rt.name, p) for p in wanted):
-            return None, missing
+            if restriction is None:
+                return None, missing
         if permission == "read":
             # Those who may create children in an object may read its
             # attributes (read:attributes), so it is listed to them, as in
@@ -239,7 +264,43 @@ class Access:
         ids = await self.permissions.accessible_children(
             req.txn, req.principals, loc.list_uri + "/", list(wanted)
         )
+        if restriction is not None:
+            ids = await self.restricted_ids(req, loc, ids, wanted)
         if not ids and not allowed[-1]:
             raise self.deny(req)
         return frozenset(ids), missing
 
+    async def restricted_ids(self, req, loc: Location, shared, wanted) -> set[str]:
+        """
+        The ids of a list a restricted request may see: of those shared with
+        its principals (C{shared}), the ones its restriction permits; and the
+        objects its restriction names in that list, where the principals may
+        see them (through the tree, the stored ACLs or the settings).
+        """
+        permits = req.restriction.permits
+        prefix = loc.list_uri + "/"
+        # What lists an object to a restricted request is the restriction's
+        # own read (or write): that a user who may create in an object sees
+        # it does not make a create-only token a reader.
+        wanted = tuple(p for p in wanted if not p.endswith(":create"))
+        ids = {oid for oid in shared if any(permits(prefix + oid, p) for p in wanted)}
+        tree, settings_acl = self.registry.tree, self.registry.acl
+        for oid in req.restriction.named_children(prefix):
+            if oid in ids:
+                continue
+            uri = prefix + oid
+            for perm in wanted:
+                if not permits(uri, perm):
+                    continue
+                grants = tree.grants(uri, perm)
+                if settings_acl.grants_any(req.principals, grants) or await self.permissions.check(
+                    req.txn, req.principals, grants
+                ):
+                    ids.add(oid)
+                    break
+        return ids
+
+
+# The pseudo-permission a restriction is asked about before a request
+# changes an object's ACL (see L{jsonsync.interfaces.IRestriction}).
+SHARE = "share"

@@ -207,6 +207,7 @@ class ServiceViews:
             headers.setdefault("content-type", "application/json")
         req = ApiRequest(method, raw_path, [], headers, body, outer.scheme, outer.host, raw_query)
         req.in_batch = True
+        req.client = outer.client
         app = self.app
         try:
             req.query = parse_query(raw_query)
@@ -258,15 +259,21 @@ class ServiceViews:
         )
         for uri, perms in (await self._settings_grants(req)).items():
             found.setdefault(uri, set()).update(perms)
+        restriction = req.restriction
         entries = []
         root_perms = sorted(
             p for p in tree.permissions_of("root")
-            if acl.grants_any(req.principals, [("", p)])
+            if acl.grants_any(req.principals, [("", p)]) and (restriction is None or restriction.permits("", p))
         )
         if root_perms:
             entries.append({"uri": "/", "resource_name": "root", "id": None, "permissions": root_perms})
         for uri, perms in found.items():
             entry = self._permission_entry(uri, perms)
+            if entry is not None and restriction is not None:
+                # A scoped token sees what it may do, not all its user may.
+                entry["permissions"] = [p for p in entry["permissions"] if restriction.permits(uri, p)]
+                if not entry["permissions"]:
+                    entry = None
             if entry is not None:
                 entries.append(entry)
         listing = querystring.parse_list_request(
@@ -360,6 +367,8 @@ class ServiceViews:
         await ensure_principals(self.registry, req)
         if not self.registry.acl.principals("user-data_delete_principals").intersection(req.principals):
             raise Forbidden() if req.authenticated else Unauthenticated(challenges(self.registry))
+        if req.restriction is not None:
+            raise Forbidden("These credentials may not delete user data.")
         principal = req.params["principal"]
         store = self.registry.permissions
         engine = self.registry.engine
