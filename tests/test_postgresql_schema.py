@@ -100,6 +100,17 @@ class SchemaTests(TestCase):
         self.assertEqual(rows, [("kept", True)])
         self.assertEqual(await self.versions(), [v for v, _, _ in scripts])
 
+    async def test_a_skipped_earlier_script_is_applied(self):
+        # A database that got a later script first (two lines of work, each
+        # with its own script, merged): the earlier one is applied next time.
+        scripts = schema_scripts()
+        skipped = scripts[-2]
+        self.assertEqual(await migrate(self.url, reactor, scripts=scripts[:-2] + scripts[-1:]), scripts[-1][0])
+        self.assertNotIn(skipped[0], await self.versions())
+        self.assertEqual(await migrate(self.url, reactor, scripts=scripts), scripts[-1][0])
+        self.assertEqual(await self.versions(), [v for v, _, _ in scripts])
+        self.assertIn("jsonsync_outbox", await self.tables())  # 0004's table
+
     async def test_migrate_unreachable_database(self):
         with self.assertRaises(BackendUnavailable):
             await migrate(with_port(URL, 1), reactor)

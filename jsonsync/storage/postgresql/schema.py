@@ -54,12 +54,16 @@ async def apply_schema(conn: PooledConnection, scripts=None, target: int | None 
             "  version INTEGER PRIMARY KEY,"
             "  name TEXT NOT NULL,"
             "  applied_at TIMESTAMPTZ NOT NULL DEFAULT now());"
-            f" SELECT coalesce(max(version), 0) FROM {SCHEMA_TABLE}",
+            f" SELECT version FROM {SCHEMA_TABLE}",
             SCHEMA_LOCK,
         )
-        current = rows[0][0]
+        # Every script not yet recorded, in order: not only those above the
+        # highest recorded one, so that a database that got a later script
+        # first (two lines of work merged, each with its own script) still
+        # gets the earlier one.
+        applied = {row[0] for row in rows}
         for version, name, sql in scripts:
-            if version <= current or (target is not None and version > target):
+            if version in applied or (target is not None and version > target):
                 continue
             _log.info("applying schema {name}", name=name)
             await driver.execute(conn, sql)
@@ -68,9 +72,9 @@ async def apply_schema(conn: PooledConnection, scripts=None, target: int | None 
                 f"INSERT INTO {SCHEMA_TABLE} (version, name) VALUES (%s, %s)",
                 (version, name),
             )
-            current = version
+            applied.add(version)
         await driver.execute(conn, "COMMIT")
-        return current
+        return max(applied, default=0)
     except BaseException:
         try:
             await driver.execute(conn, "ROLLBACK")
