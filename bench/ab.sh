@@ -80,8 +80,6 @@ log "$A_NAME sends Authorization: ${A_HEADER:0:16}...  $B_NAME sends Authorizati
 
 if want w4; then SINCE_A=$(since_for "$A_BASE" c); SINCE_B=$(since_for "$B_BASE" c); fi
 R=buckets/b/collections/c/records
-WORKLOADS="w2:w2_get.lua:W2_get_one w3:w3_list.lua:W3_list100 w4:w4_since.lua:W4_since50
-w5:w5_filter.lua:W5_filter w6:w6_patch.lua:W6_patch w1:w1_create.lua:W1_create w7:w7_batch.lua:W7_batch25"
 for wl in $WORKLOADS; do
   IFS=: read -r key script label <<< "$wl"
   want "$key" || continue

@@ -105,9 +105,6 @@ if want w4; then
 fi
 
 R=buckets/b/collections/c/records
-# key script label  (reads on the untouched collection first, then the writes)
-WORKLOADS="w2:w2_get.lua:W2_get_one w3:w3_list.lua:W3_list100 w4:w4_since.lua:W4_since50
-w5:w5_filter.lua:W5_filter w6:w6_patch.lua:W6_patch w1:w1_create.lua:W1_create w7:w7_batch.lua:W7_batch25"
 for wl in $WORKLOADS; do
   IFS=: read -r key script label <<< "$wl"
   want "$key" || continue

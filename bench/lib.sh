@@ -19,6 +19,10 @@ ACCESS_LOG=${ACCESS_LOG:-0}                  # 0: no per-request log line on eit
 DURATION=${DURATION:-15s}; CONNS=${CONNS:-32}; THREADS=${THREADS:-1}; TIMEOUT=${TIMEOUT:-10s}
 WARMUP=${WARMUP:-3s}; ROUNDS=${ROUNDS:-2}; ONLY=${ONLY:-}
 PAUSE=${PAUSE:-2}                            # seconds of rest after each measured run
+# The standard workloads, key:script:label, in the order they run (reads on the
+# untouched collection first, then the writes); compare.sh and ab.sh both run them.
+WORKLOADS="w2:w2_get.lua:W2_get_one w3:w3_list.lua:W3_list100 w4:w4_since.lua:W4_since50
+w5:w5_filter.lua:W5_filter w6:w6_patch.lua:W6_patch w1:w1_create.lua:W1_create w7:w7_batch.lua:W7_batch25"
 export AUTH
 
 mkdir -p "$STATE"
