@@ -36,19 +36,28 @@ describes the protocol; the design in short:
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 from weakref import WeakKeyDictionary
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from jsonsync import jsonutil
 from jsonsync.auth import authenticate
-from jsonsync.errors import InvalidParameters, JsonSyncError, NotAcceptable, UnexpectedError
+from jsonsync.errors import (
+    BackendUnavailable,
+    InvalidParameters,
+    JsonSyncError,
+    NotAcceptable,
+    UnexpectedError,
+)
 from jsonsync.http import ApiRequest, ApiResponse, RequestContext, error_body
 from jsonsync.interfaces import IJsonSyncPlugin, IResourceListener
 from jsonsync.resources import querystring
@@ -97,11 +106,27 @@ def parse_cursor(raw: str | None, where: str, name: str) -> int | None:
         raise InvalidParameters(where, name, f"{name} must be a timestamp (an event id), got {raw[:64]!r}") from None
 
 
+class _Refused(Exception):
+    """A read answered an error response (not an exception): C{response} is it."""
+
+    def __init__(self, response: ApiResponse):
+        super().__init__()
+        self.response = response
+
+    @property
+    def body(self) -> dict:
+        response = self.response
+        return response.body if isinstance(response.body, dict) else jsonutil.loads(response.encoded_body())
+
+
 class Reader:
     """
     Reads one feed: the records route's view, as a GET with the feed's
     filters and C{_fields}, from a cursor, in a transaction of its own.
+    Subscribers with the same key (list, credentials, filters) share one.
     """
+
+    __slots__ = ("registry", "view", "path", "params", "scheme", "host", "headers", "base_query", "page")
 
     def __init__(self, registry, view: Callable, template: ApiRequest, base_query: list[tuple[str, str]], page: int):
         self.registry = registry
@@ -110,7 +135,7 @@ class Reader:
         self.params = dict(template.params)
         self.scheme = template.scheme
         self.host = template.host
-        # Only what decides the answer: the credentials (and the request id for the logs).
+        # Only what decides the answer: the credentials.
         self.headers = {k: v for k, v in template.headers.items() if k in ("authorization",)}
         self.base_query = list(base_query)
         self.page = page
@@ -128,13 +153,14 @@ class Reader:
             return query + [("_limit", "1")]
         return query + [("_since", str(since)), ("_sort", "last_modified"), ("_limit", str(self.page))]
 
-    async def read(self, since: int | None) -> tuple[list[tuple[int, bytes]], int, bool]:
+    async def read_raw(self, since: int | None) -> tuple[list[tuple[int, bytes]], int, bool]:
         """
         C{(events, timestamp, more)}: the objects after C{since} as
         C{(last_modified, JSON)} in timestamp order, the list timestamp the
         read saw, whether more follow; with C{since=None}, no objects, only
         the timestamp (the feed starts there).
-        @raise FeedEnded: the read was refused (Kinto's error body).
+        @raise JsonSyncError: the view refused the read (as it raised it).
+        @raise _Refused: the view answered an error response.
         """
         req = self.request(self.query(since))
         ctx = RequestContext(self.registry.storage.transaction())
@@ -147,23 +173,29 @@ class Reader:
             await authenticate(self.registry, req)
             response = await self.view(req)
             await ctx.txn.commit()
+        except BaseException:
+            await ctx.txn.rollback()
+            raise
+        return self.events_of(response, since)
+
+    async def read(self, since: int | None) -> tuple[list[tuple[int, bytes]], int, bool]:
+        """L{read_raw}, a refusal as L{FeedEnded} (Kinto's error body)."""
+        try:
+            return await self.read_raw(since)
         except JsonSyncError as exc:
-            await ctx.txn.rollback()
             raise FeedEnded(error_body(exc)[1]) from None
+        except _Refused as refused:
+            raise FeedEnded(refused.body) from None
         except CancelledError:
-            await ctx.txn.rollback()
             raise
         except Exception:
             _log.failure("live feed read failed on {path}", path=self.path)
-            await ctx.txn.rollback()
             raise FeedEnded(error_body(UnexpectedError())[1]) from None
-        return self.events_of(response, since)
 
     @staticmethod
     def events_of(response: ApiResponse, since: int | None) -> tuple[list[tuple[int, bytes]], int, bool]:
         if response.status != 200:
-            body = response.body if isinstance(response.body, dict) else jsonutil.loads(response.encoded_body())
-            raise FeedEnded(body)
+            raise _Refused(response)
         etag = response.get_header("ETag") or '"0"'
         timestamp = int(etag.strip('"'))
         if since is None:
@@ -174,32 +206,63 @@ class Reader:
         return events, timestamp, more
 
 
-class Subscriber:
-    """One open feed (an SSE response, or one subscription of a WebSocket)."""
+def reached_by(events: list[tuple[int, bytes]], timestamp: int, more: bool, since: int | None) -> int:
+    """The cursor after a read: its last object when more follow, else the list's timestamp."""
+    if more:
+        return events[-1][0]
+    return max(timestamp, events[-1][0] if events else timestamp, since if since is not None else timestamp)
 
-    def __init__(self, hub: Hub, key: tuple, list_key: tuple[str, str], reader: Reader, cursor: int,
-                 send: Callable[[list[tuple[int, bytes]]], None], end: Callable[[dict | None], None],
-                 unsent: Callable[[], int]):
+
+class Subscriber:
+    """
+    One open feed (an SSE response, or one subscription of a WebSocket):
+    subclasses say how events reach the client (L{send}, L{finish},
+    L{beat}). Kept small: a process holds thousands.
+
+    @ivar key: C{(list key, credentials, filters)}: who reads alike.
+    @ivar reader: the shared reader of its backlog (C{None} once it joined
+        its group, whose reader serves it).
+    @ivar cursor: the last timestamp it has been given (its resume point).
+    @ivar seen: the hub's notice count when the read that gave its cursor
+        began (L{Hub.join} reads again only if a notice came since).
+    """
+
+    __slots__ = ("hub", "key", "reader", "cursor", "group", "ended", "seen")
+
+    def __init__(self, hub: Hub, key: tuple, reader: Reader | None, cursor: int, seen: int):
         self.hub = hub
         self.key = key
-        self.list_key = list_key
         self.reader = reader
         self.cursor = cursor
-        self._send = send
-        self._end = end
-        self._unsent = unsent
+        self.seen = seen
         self.group: Group | None = None
         self.ended = False
 
-    def deliver(self, events: list[tuple[int, bytes]], size: int) -> None:
+    # -- for subclasses
+    def send(self, events: list[tuple[int, bytes]], start: int, cache: dict) -> None:
+        """Send C{events[start:]}; C{cache} is shared by the group's members for this read."""
+        raise NotImplementedError
+
+    def unsent(self) -> int:
+        raise NotImplementedError
+
+    def finish(self, body: dict | None) -> None:
+        """The feed ended (C{body}: why, as Kinto's error body; C{None}: the client left)."""
+        raise NotImplementedError
+
+    def beat(self) -> None:
+        """A heartbeat (every C{live.heartbeat_seconds})."""
+
+    # -- for the group
+    def deliver(self, events: list[tuple[int, bytes]], start: int, cache: dict) -> None:
         if self.ended:
             return
         # What the client has not taken yet, before this delivery: memory
         # stays under the bound plus one read's worth.
-        if self._unsent() > self.hub.buffer_bytes:
+        if self.unsent() > self.hub.buffer_bytes:
             self.end(overflow_body())
             return
-        self._send(events)
+        self.send(events, start, cache)
 
     def end(self, body: dict | None) -> None:
         """Stop the feed (C{body}: why, as Kinto's error body; C{None}: the client left)."""
@@ -207,7 +270,11 @@ class Subscriber:
             return
         self.ended = True
         self.hub.leave(self)
-        self._end(body)
+        self.finish(body)
+
+    def left(self) -> None:
+        """The client went away."""
+        self.end(None)
 
 
 class Group:
@@ -215,6 +282,8 @@ class Group:
     The subscribers of one list that read alike (credentials, filters,
     C{_fields}): one read per notice serves them all.
     """
+
+    __slots__ = ("hub", "key", "reader", "members", "joining", "dirty", "running")
 
     def __init__(self, hub: Hub, key: tuple, reader: Reader):
         self.hub = hub
@@ -225,8 +294,17 @@ class Group:
         self.dirty = False
         self.running: Deferred | None = None
 
-    def add(self, sub: Subscriber) -> None:
+    def add(self, sub: Subscriber, fresh: bool) -> None:
+        """
+        C{sub} comes in at its cursor; C{fresh}: no notice of what its
+        list shows came since the read that gave that cursor, so the group
+        needs no read for it (unless a read of the group is under way,
+        which started from older cursors: it then reads again after).
+        """
         sub.group = self
+        if fresh and self.running is None and not self.joining:
+            self.members.add(sub)
+            return
         self.joining.append(sub)
         self.poke()
 
@@ -273,16 +351,15 @@ class Group:
                     sub.end(ended.body)
                 return
             if events:
-                sizes = [len(text) for _, text in events]
-                total = sum(sizes)
+                # Members at one cursor share one encoding of what they get.
+                cache: dict = {}
+                stamps = [lm for lm, _ in events]
+                first = stamps[0]
                 for sub in list(self.members):
-                    if sub.cursor < events[0][0]:
-                        sub.deliver(events, total)
-                    else:
-                        mine = [e for e in events if e[0] > sub.cursor]
-                        if mine:
-                            sub.deliver(mine, sum(len(t) for _, t in mine))
-            reached = events[-1][0] if more else max(timestamp, events[-1][0] if events else timestamp)
+                    start = 0 if sub.cursor < first else bisect_right(stamps, sub.cursor)
+                    if start < len(events):
+                        sub.deliver(events, start, cache)
+            reached = reached_by(events, timestamp, more, None)
             for sub in self.members:
                 if sub.cursor < reached:
                     sub.cursor = reached
@@ -308,6 +385,25 @@ class _Publisher:
         self.notifier.publish(event.resource_name, event.parent_id, event.timestamp)
 
 
+class _Opening:
+    """
+    One opening read, shared by every subscriber that asked for the same
+    list, credentials, filters and cursor before it started.
+    """
+
+    __slots__ = ("reader", "waiters", "acquiring", "started")
+
+    def __init__(self, reader: Reader):
+        self.reader = reader
+        self.waiters: list[Deferred] = []
+        self.acquiring: Deferred | None = None
+        self.started = False
+
+
+_BUSY = ("Too many live feeds are opening at once on this server; retry after the delay in Retry-After"
+         " (with the same Last-Event-ID: nothing is lost).")
+
+
 class Hub:
     """Every open feed of this process, grouped, and the notices that wake them."""
 
@@ -318,25 +414,44 @@ class Hub:
         self.poll_seconds = float(settings["live.poll_seconds"])
         self.buffer_bytes = int(settings["live.buffer_bytes"])
         self.page = int(settings["live.page_size"])
+        # Opening reads (and backlog pages) run at most this many at once,
+        # so that a storm of subscriptions leaves the database connections
+        # to the API; at most open_queue distinct ones wait, past that a
+        # new one is answered 503 at once.
+        self.open_limit = max(1, int(settings["live.open_concurrency"]))
+        self.open_queue = max(1, int(settings["live.open_queue"]))
+        self._slots = DeferredSemaphore(self.open_limit)
+        self.queued: dict[tuple, _Opening] = {}
         self.groups: dict[tuple, Group] = {}
         # list -> the groups that read again when it moves: the group's own
         # list, and the lists that hold its ancestors (a bucket's ACL, its
         # collections, its groups: what decides the permissions).
         self.watchers: dict[tuple[str, str], set[Group]] = {}
         self.subscribers: set[Subscriber] = set()
-        self.heartbeats: dict[Subscriber, Callable[[], None]] = {}
+        # Notices counted: the last one per list, and the last "anything
+        # may have moved" (see Subscriber.seen).
+        self.seq = 0
+        self.moved: dict[tuple[str, str], int] = {}
+        self.moved_all = 0
+        # Counters (for the benchmark and the tests).
+        self.stats = {"opening_reads": 0, "opens": 0, "refused": 0, "join_reads": 0}
         self._timers: list[LoopingCall] = []
         self.notifier = registry.storage.change_notifier()
         self._unsubscribe = self.notifier.subscribe(self.notice)
 
     # -- notices ---------------------------------------------------------------
     def notice(self, resource_name, parent_id, timestamp) -> None:
+        self.seq += 1
         if resource_name is None:
+            self.moved_all = self.seq
+            self.moved.clear()
             for group in list(self.groups.values()):
                 group.poke()
             return
-        for group in list(self.watchers.get((resource_name, parent_id), ())):
-            own = group.key[0] == (resource_name, parent_id)
+        key = (resource_name, parent_id)
+        self.moved[key] = self.seq
+        for group in list(self.watchers.get(key, ())):
+            own = group.key[0] == key
             group.poke(timestamp if own else None)
 
     @staticmethod
@@ -350,29 +465,39 @@ class Hub:
             keys += [("collection", bucket), ("group", bucket)]
         return keys
 
+    def fresh(self, sub: Subscriber) -> bool:
+        """Whether no notice that may change what C{sub} shows came since its last read began."""
+        if self.moved_all > sub.seen:
+            return False
+        moved = self.moved
+        return all(moved.get(key, 0) <= sub.seen for key in self.watched(sub.key[0]))
+
     # -- subscribers -------------------------------------------------------------
-    def join(self, sub: Subscriber, heartbeat: Callable[[], None]) -> None:
+    def join(self, sub: Subscriber) -> None:
         """C{sub} has read its backlog: from now on its group reads for it."""
         group = self.groups.get(sub.key)
         if group is None:
+            assert sub.reader is not None
             group = self.groups[sub.key] = Group(self, sub.key, sub.reader)
-            for key in self.watched(sub.list_key):
+            for key in self.watched(sub.key[0]):
                 self.watchers.setdefault(key, set()).add(group)
+        sub.reader = None
         self.subscribers.add(sub)
-        self.heartbeats[sub] = heartbeat
         if not self._timers:
             self._start_timers()
-        group.add(sub)
+        fresh = self.fresh(sub)
+        if not fresh:
+            self.stats["join_reads"] += 1
+        group.add(sub, fresh)
 
     def leave(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
-        self.heartbeats.pop(sub, None)
         group = sub.group
         if group is not None:
             group.remove(sub)
             if group.empty and self.groups.get(group.key) is group:
                 del self.groups[group.key]
-                for key in self.watched(sub.list_key):
+                for key in self.watched(sub.key[0]):
                     watchers = self.watchers.get(key)
                     if watchers is not None:
                         watchers.discard(group)
@@ -398,8 +523,9 @@ class Hub:
         self._timers = []
 
     def _beat(self) -> None:
-        for heartbeat in list(self.heartbeats.values()):
-            heartbeat()
+        # One timer for every feed of the process.
+        for sub in list(self.subscribers):
+            sub.beat()
 
     def close(self) -> None:
         for sub in list(self.subscribers):
@@ -418,38 +544,99 @@ class Hub:
                 base.append((name, value))
         return base
 
-    async def open(self, req: ApiRequest, view: Callable, cursor: int | None) -> tuple[Reader, list, int, bool]:
+    async def first_read(self, key: tuple, cursor: int | None, make_reader: Callable[[], Reader]
+                         ) -> tuple[Reader, list[tuple[int, bytes]], int, bool, int]:
         """
-        The first read of a feed, in the request's own transaction (so that
-        a refusal is an ordinary error response): C{(reader, events,
-        cursor, more)}.
+        The first read of a feed: C{(reader, events, cursor after them,
+        more, seen)}. Feeds with the same C{key} and C{cursor} that ask
+        before it starts share one read — each is an authenticated,
+        permission-checked read as that key's credentials, so they would
+        all get the same answer — and at most C{live.open_concurrency} run
+        at once.
+
+        @raise BackendUnavailable: C{live.open_queue} reads wait already.
+        @raise JsonSyncError: the read was refused (as the list refuses it).
+        @raise _Refused: the read answered an error response.
         """
-        base = self.feed_query(req.query)
-        reader = Reader(self.registry, view, req, base, self.page)
-        original = req.query
-        req.query = reader.query(cursor)
-        req.ctx.txn.snapshot = True  # (see Reader.read)
+        self.stats["opens"] += 1
+        okey = (key, cursor)
+        opening = self.queued.get(okey)
+        if opening is None:
+            if len(self.queued) >= self.open_queue:
+                self.stats["refused"] += 1
+                raise BackendUnavailable(_BUSY)
+            group = self.groups.get(key)
+            opening = self.queued[okey] = _Opening(group.reader if group is not None else make_reader())
+            starting = True
+        else:
+            starting = False
+        waiter: Deferred = Deferred(lambda d: self._forget(okey, opening, d))
+        opening.waiters.append(waiter)
+        if starting:
+            running = Deferred.fromCoroutine(self._open(okey, opening, cursor))
+            running.addErrback(lambda f: _log.failure("live opening read", f))
+        events, timestamp, more, seen = await waiter
+        return opening.reader, events, reached_by(events, timestamp, more, cursor), more, seen
+
+    def _forget(self, okey: tuple, opening: _Opening, waiter: Deferred) -> None:
+        """A feed waiting for an opening read went away."""
+        if waiter in opening.waiters:
+            opening.waiters.remove(waiter)
+        if not opening.waiters and not opening.started:
+            if self.queued.get(okey) is opening:
+                del self.queued[okey]
+            if opening.acquiring is not None and not opening.acquiring.called:
+                opening.acquiring.cancel()
+
+    async def _open(self, okey: tuple, opening: _Opening, cursor: int | None) -> None:
         try:
-            response = await view(req)
+            acquiring = opening.acquiring = self._slots.acquire()
+            await acquiring
+        except CancelledError:
+            return
+        opening.started = True
+        opening.acquiring = None
+        if self.queued.get(okey) is opening:
+            del self.queued[okey]
+        failure: BaseException | None = None
+        result: tuple = ()
+        try:
+            if not opening.waiters:
+                return
+            self.stats["opening_reads"] += 1
+            seen = self.seq
+            try:
+                events, timestamp, more = await opening.reader.read_raw(cursor)
+                result = (events, timestamp, more, seen)
+            except (JsonSyncError, _Refused) as exc:
+                failure = exc
+            except Exception:
+                _log.failure("live opening read failed on {path}", path=opening.reader.path)
+                failure = UnexpectedError()
         finally:
-            req.query = original
+            self._slots.release()
+        waiters, opening.waiters = opening.waiters, []
+        for waiter in waiters:
+            if failure is None:
+                waiter.callback(result)
+            else:
+                waiter.errback(Failure(failure))
+
+    async def backlog_page(self, reader: Reader, since: int) -> tuple[list[tuple[int, bytes]], int, bool, int]:
+        """One page of a backlog: C{(events, cursor after it, more, seen)}, in turn with the opening reads."""
+        await self._slots.acquire()
         try:
-            events, timestamp, more = reader.events_of(response, cursor)
-        except FeedEnded:
-            raise _Refused(response) from None
-        if cursor is None:
-            return reader, [], timestamp, False
-        reached = events[-1][0] if more else max(timestamp, events[-1][0] if events else timestamp)
-        return reader, events, reached, more
-
-
-class _Refused(Exception):
-    def __init__(self, response: ApiResponse):
-        super().__init__()
-        self.response = response
+            seen = self.seq
+            events, timestamp, more = await reader.read(since)
+        finally:
+            self._slots.release()
+        return events, reached_by(events, timestamp, more, since), more, seen
 
 
 # -- Server-Sent Events ---------------------------------------------------------------
+
+_RETRY = b"retry: 2000\n\n"
+_HEARTBEAT = b":\n\n"
 
 
 def sse_events(events: list[tuple[int, bytes]]) -> bytes:
@@ -460,6 +647,107 @@ def sse_control(name: str, body: Any) -> bytes:
     return b"event: %s\ndata: %s\n\n" % (name.encode(), jsonutil.dumps(body))
 
 
+class SSESubscriber(Subscriber):
+    """A feed as a Server-Sent Events response."""
+
+    __slots__ = ("stream", "done", "more", "first")
+
+    def __init__(self, hub: Hub, key: tuple, reader: Reader, cursor: int, seen: int,
+                 first: list[tuple[int, bytes]], more: bool):
+        super().__init__(hub, key, reader, cursor, seen)
+        self.stream: Stream | None = None
+        self.done: Deferred | None = None
+        self.first: list[tuple[int, bytes]] | None = first
+        self.more = more
+
+    def send(self, events, start, cache):
+        data = cache.get(start)
+        if data is None:
+            data = cache[start] = sse_events(events[start:] if start else events)
+        assert self.stream is not None
+        self.stream.write(data)
+
+    def unsent(self) -> int:
+        return self.stream.unsent if self.stream is not None else 0
+
+    def finish(self, body):
+        stream = self.stream
+        if body is not None and stream is not None and not stream.closed:
+            stream.write(sse_control("end", body))
+        if self.done is not None and not self.done.called:
+            self.done.callback(None)
+
+    def beat(self) -> None:
+        if self.stream is not None:
+            self.stream.write(_HEARTBEAT)
+
+    async def run(self, stream: Stream) -> None:
+        hub = self.hub
+        self.stream = stream
+        self.done = Deferred()
+        stream.on_close(self.left)
+        stream.write(_RETRY)
+        slim_request(stream)
+        first, self.first = self.first, None
+        if first:
+            stream.write(sse_events(first))
+        del first
+        reader = self.reader
+        assert reader is not None
+        position, more = self.cursor, self.more
+        try:
+            while more and not stream.closed:
+                await stream.drained()
+                events, position, more, seen = await hub.backlog_page(reader, position)
+                if events:
+                    stream.write(sse_events(events))
+                self.cursor, self.seen = position, seen
+        except FeedEnded as refused:
+            self.ended = True
+            self.finish(refused.body)
+            return
+        if stream.closed or self.ended:
+            return
+        stream.write(sse_control("ready", {"cursor": position}))
+        hub.join(self)
+        await self.done
+
+
+class _Summary:
+    """What the request summary (L{jsonsync.logs}) reads of a request, kept while its stream lasts."""
+
+    __slots__ = ("errno", "user_id", "route_name")
+
+    def __init__(self, req: ApiRequest | None):
+        self.errno = getattr(req, "errno", None)
+        self.user_id = getattr(req, "user_id", None)
+        self.route_name = getattr(req, "route_name", None)
+
+
+_NO_HEADERS = Headers()
+
+
+def slim_request(stream: Stream) -> None:
+    """
+    Drop what the twisted.web request of a started stream keeps and no
+    longer needs (the head was sent): its headers, query arguments, body
+    and our request object, a few kB per idle feed.
+    """
+    request = getattr(stream, "_request", None)
+    if request is None or not getattr(request, "startedWriting", False):
+        return
+    request.jsonsync = _Summary(getattr(request, "jsonsync", None))
+    request.requestHeaders = _NO_HEADERS
+    request.responseHeaders = _NO_HEADERS
+    request.args = {}
+    request.received_cookies = {}
+    request.cookies = []
+    content = getattr(request, "content", None)
+    if content is not None:
+        content.close()
+        request.content = None
+
+
 async def sse_view(hub: Hub, req: ApiRequest, view: Callable) -> ApiResponse:
     if req.in_batch:
         raise NotAcceptable()
@@ -468,71 +756,25 @@ async def sse_view(hub: Hub, req: ApiRequest, view: Callable) -> ApiResponse:
     for name, value in req.query:
         if name == "_since":
             since = parse_cursor(value, "querystring", "_since")
+    # Resuming: the event id is the cursor (and the sync horizon applies to it).
     cursor = last_id if last_id is not None else since
-    if last_id is not None:
-        # Resuming: the event id is the cursor (and the sync horizon applies to it).
-        req.query = [(k, v) for k, v in req.query if k != "_since"] + [("_since", str(last_id))]
+    base = hub.feed_query(req.query)
+    parent = "/buckets/{bucket_id}/collections/{collection_id}".format(**req.params)
+    key = (("record", parent), req.header("Authorization"), tuple(base))
     try:
-        reader, first, cursor, more = await hub.open(req, view, cursor)
+        reader, first, position, more, seen = await hub.first_read(
+            key, cursor, lambda: Reader(hub.registry, view, req, base, hub.page))
     except _Refused as refused:
-        return refused.response
-    loc_parent = "/buckets/{bucket_id}/collections/{collection_id}".format(**req.params)
-    # The request lives as long as its stream: keep none of the first read there.
-    req.page_ahead = None
-    req.acl_cache = {}
-    pending_first = [first]
-    key = (("record", loc_parent), req.header("Authorization"), tuple(reader.base_query))
-
-    async def run(stream: Stream) -> None:
-        ended: Deferred = Deferred()
-
-        def send(events):
-            stream.write(sse_events(events))
-
-        def end(body):
-            if body is not None and not stream.closed:
-                stream.write(sse_control("end", body))
-            if not ended.called:
-                ended.callback(None)
-
-        sub = Subscriber(hub, key, ("record", loc_parent), reader, cursor, send, end, lambda: stream.unsent)
-        stream.on_close(lambda: sub.end(None))
-        stream.write(b"retry: 2000\n\n")
-        page = pending_first.pop()
-        if page:
-            stream.write(sse_events(page))
-        del page
-        position, pending = cursor, more
-        try:
-            while pending and not stream.closed:
-                await stream.drained()
-                events, position, pending = await _page(reader, position)
-                if events:
-                    stream.write(sse_events(events))
-            sub.cursor = position
-        except FeedEnded as refused:
-            end(refused.body)
-            return
-        if stream.closed:
-            return
-        stream.write(sse_control("ready", {"cursor": position}))
-        hub.join(sub, lambda: stream.write(b":\n\n"))
-        await ended
-
+        response = refused.response  # (shared: each answer gets its own headers)
+        return ApiResponse(response.body, response.status, list(response.headers))
+    sub = SSESubscriber(hub, key, reader, position, seen, first, more)
     headers = [
         ("Content-Type", EVENT_STREAM + "; charset=utf-8"),
         ("Cache-Control", "no-cache"),
         # nginx buffers responses unless told not to.
         ("X-Accel-Buffering", "no"),
     ]
-    return StreamingResponse(run, 200, headers)
-
-
-async def _page(reader: Reader, since: int) -> tuple[list[tuple[int, bytes]], int, bool]:
-    """One page of a backlog: C{(events, cursor after it, more)}."""
-    events, timestamp, more = await reader.read(since)
-    reached = events[-1][0] if more else max(timestamp, events[-1][0] if events else timestamp, since)
-    return events, reached, more
+    return StreamingResponse(sub.run, 200, headers)
 
 
 @implementer(IJsonSyncPlugin)
@@ -543,6 +785,8 @@ class LivePlugin:
         "live.poll_seconds": 30.0,
         "live.buffer_bytes": 1_000_000,
         "live.page_size": 500,
+        "live.open_concurrency": 2,
+        "live.open_queue": 1000,
         "live.websocket": True,
     }
 

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from jsonsync import jsonutil
 from jsonsync.errors import InvalidParameters, JsonSyncError, UnexpectedError
 from jsonsync.http import API_PREFIX, ApiRequest, ApiResponse, error_body
-from jsonsync.plugins.live import FeedEnded, Hub, Reader, Subscriber, _page, parse_cursor
+from jsonsync.plugins.live import FeedEnded, Hub, Reader, Subscriber, _Refused, parse_cursor
 from jsonsync.registry import Route
 
 _log = Logger()
@@ -41,7 +41,7 @@ class LiveProtocol(WebSocketServerProtocol):
     def onConnect(self, request):
         self.authorization = (request.headers or {}).get("authorization")
         self.host = (request.headers or {}).get("host") or "localhost"
-        self.subscriptions: dict[str, Subscriber] = {}
+        self.subscriptions: dict[str, WSSubscriber] = {}
         self.starting: dict[str, Deferred] = {}
         return None
 
@@ -144,13 +144,18 @@ class LiveProtocol(WebSocketServerProtocol):
         hub = self.hub
         path = f"{API_PREFIX}/buckets/{bucket}/collections/{collection}/records"
         headers = {"authorization": self.authorization} if self.authorization else {}
-        template = ApiRequest("GET", path, [], headers, b"", host=self.host)
-        template.params = {"bucket_id": bucket, "collection_id": collection}
+        parent = f"/buckets/{bucket}/collections/{collection}"
         try:
             base = hub.feed_query(query)
-            reader = Reader(hub.registry, self.view, template, base, hub.page)
-            events, position, more = await _first(reader, cursor)
-        except FeedEnded as refused:
+            key = (("record", parent), self.authorization, tuple(base))
+
+            def make_reader() -> Reader:
+                template = ApiRequest("GET", path, [], headers, b"", host=self.host)
+                template.params = {"bucket_id": bucket, "collection_id": collection}
+                return Reader(hub.registry, self.view, template, base, hub.page)
+
+            reader, events, position, more, seen = await hub.first_read(key, cursor, make_reader)
+        except _Refused as refused:
             self.starting.pop(sid, None)
             self.send({"type": "end", "id": sid, "error": refused.body})
             return
@@ -158,21 +163,10 @@ class LiveProtocol(WebSocketServerProtocol):
             self.starting.pop(sid, None)
             self.send({"type": "end", "id": sid, "error": _error(exc)})
             return
-        parent = f"/buckets/{bucket}/collections/{collection}"
-        key = (("record", parent), self.authorization, tuple(base))
-
-        def deliver(batch):
-            self.send(_changes(sid, batch))
-
-        def end(body):
-            self.subscriptions.pop(sid, None)
-            if body is not None:
-                self.send({"type": "end", "id": sid, "error": body})
-
-        sub = Subscriber(hub, key, ("record", parent), reader, position, deliver, end, self.unsent)
+        sub = WSSubscriber(hub, key, reader, position, seen, self, sid)
         try:
             if events:
-                deliver(events)
+                sub.send(events, 0, {})
             while more:
                 if self.unsent() > hub.buffer_bytes:
                     # A backlog goes at the pace the client reads it.
@@ -180,9 +174,10 @@ class LiveProtocol(WebSocketServerProtocol):
                         await _sleep(hub.registry.reactor, 0.01)
                 if self.state != self.STATE_OPEN:
                     return
-                events, position, more = await _page(reader, position)
+                events, position, more, seen = await hub.backlog_page(reader, position)
                 if events:
-                    deliver(events)
+                    sub.send(events, 0, {})
+                sub.cursor, sub.seen = position, seen
         except FeedEnded as refused:
             self.starting.pop(sid, None)
             self.send({"type": "end", "id": sid, "error": refused.body})
@@ -193,14 +188,30 @@ class LiveProtocol(WebSocketServerProtocol):
         sub.cursor = position
         self.subscriptions[sid] = sub
         self.send({"type": "ready", "id": sid, "cursor": position})
-        hub.join(sub, lambda: None)
+        hub.join(sub)
 
 
-async def _first(reader: Reader, cursor: int | None):
-    if cursor is None:
-        _, timestamp, _ = await reader.read(None)
-        return [], timestamp, False
-    return await _page(reader, cursor)
+class WSSubscriber(Subscriber):
+    """One subscription of a WebSocket connection."""
+
+    __slots__ = ("protocol", "sid")
+
+    def __init__(self, hub: Hub, key: tuple, reader: Reader, cursor: int, seen: int, protocol: LiveProtocol,
+                 sid: str):
+        super().__init__(hub, key, reader, cursor, seen)
+        self.protocol = protocol
+        self.sid = sid
+
+    def send(self, events, start, cache):
+        self.protocol.send(_changes(self.sid, events[start:] if start else events))
+
+    def unsent(self) -> int:
+        return self.protocol.unsent()
+
+    def finish(self, body):
+        self.protocol.subscriptions.pop(self.sid, None)
+        if body is not None:
+            self.protocol.send({"type": "end", "id": self.sid, "error": body})
 
 
 def _changes(sid: str, events: list[tuple[int, bytes]]) -> bytes:
