@@ -39,6 +39,7 @@ import argparse
 import base64
 import json
 import os
+import random
 import resource
 import signal
 import subprocess
@@ -87,8 +88,10 @@ class Histogram:
 class Subscriber(Protocol):
     """A raw-socket SSE client: HTTP/1.1, chunked body, SSE blocks."""
 
-    def __init__(self, bench, collection: str, user: str, last_id=None):
+    def __init__(self, bench, collection: str, user: str, last_id=None, slot: int = -1):
         self.bench = bench
+        self.slot = slot
+        self.retrying = False
         self.collection = collection
         self.user = user
         self.last_id = last_id
@@ -120,7 +123,17 @@ class Subscriber(Protocol):
                 return
             head, data = self.head.split(b"\r\n\r\n", 1)
             if not head.startswith(b"HTTP/1.1 200"):
-                self.bench.refused += 1
+                if head.startswith(b"HTTP/1.1 503"):
+                    # Admission control: come back after Retry-After (as a
+                    # client should), with the same cursor.
+                    delay = 1.0
+                    for line in head.split(b"\r\n"):
+                        if line.lower().startswith(b"retry-after:"):
+                            delay = float(line.split(b":", 1)[1])
+                    self.retrying = True
+                    self.bench.retry(self, delay)
+                else:
+                    self.bench.refused += 1
                 self.transport.loseConnection()
                 return
             self.in_body = True
@@ -203,6 +216,7 @@ class Bench:
         self.acked_by_collection: dict[str, list[int]] = {}
         self.write_errors = 0
         self.reconnect = False
+        self.retries = 0
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 64
         self.server: subprocess.Popen | None = None
@@ -221,7 +235,10 @@ class Bench:
             "-s", "storage_backend=postgresql", "-s", "permission_backend=postgresql",
             "-s", f"storage_url={url}", "-s", f"storage_pool_size={self.args.pool_size}",
             "-s", "access_log=false", "-s", "includes=live", "-s", "bucket_create_principals=system.Authenticated",
+            "-s", "retry_after_seconds=1",
         ]
+        if self.args.open_concurrency is not None:
+            cmd += ["-s", f"live.open_concurrency={self.args.open_concurrency}"]
         if self.args.workers > 1:
             cmd += ["--workers", str(self.args.workers)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("JSONSYNC_")}
@@ -293,10 +310,23 @@ class Bench:
             await self.call("PUT", f"/buckets/feed/collections/c{i}", {})
 
     # -- subscribers --------------------------------------------------------------
-    def subscribe(self, collection, user, last_id=None) -> Subscriber:
-        sub = Subscriber(self, collection, user, last_id)
-        reactor.connectTCP("127.0.0.1", self.port, Factory(sub))
+    def subscribe(self, collection, user, last_id=None, slot=-1) -> Subscriber:
+        sub = Subscriber(self, collection, user, last_id, slot)
+        reactor.connectTCP("127.0.0.1", self.port, Factory(sub), timeout=60)
         return sub
+
+    def retry(self, sub, delay):
+        """A subscription answered 503: open it again after C{delay} seconds (jittered)."""
+        self.retries += 1
+
+        def again():
+            new = self.subscribe(sub.collection, sub.user, sub.last_id, sub.slot)
+            new.start_cursor = sub.start_cursor
+            new.received = sub.received
+            if sub.slot >= 0:
+                self.subs[sub.slot] = new
+
+        reactor.callLater(delay * (1 + random.random()), again)
 
     def on_ready(self, sub):
         self.ready_count += 1
@@ -310,26 +340,28 @@ class Bench:
         self.acked_h.add(now - ack if ack is not None else 0.0)
 
     def on_lost(self, sub):
-        if self.reconnect and sub in self.subs:
+        if self.reconnect and not sub.retrying and sub.slot >= 0 and self.subs[sub.slot] is sub:
             # Resume where it stopped, as an EventSource does (after its retry delay).
             def again():
-                i = self.subs.index(sub)
-                new = self.subscribe(sub.collection, sub.user, sub.last_id)
+                new = self.subscribe(sub.collection, sub.user, sub.last_id, sub.slot)
                 new.start_cursor = sub.start_cursor
                 new.received = sub.received
-                self.subs[i] = new
+                self.subs[sub.slot] = new
 
             reactor.callLater(0.5, again)
 
     async def open_subscribers(self, n, collections, users):
+        t0 = time.time()
+        step = max(1, int(self.args.connect_rate / 20))
         for i in range(n):
-            self.subs.append(self.subscribe(f"c{i % collections}", f"user{i % users}"))
-            if i % 200 == 199:
-                await sleep(0.05)  # do not flood the accept queue
+            self.subs.append(self.subscribe(f"c{i % collections}", f"user{i % users}", slot=i))
+            if i % step == step - 1:
+                await sleep(0.05)  # at most --connect-rate new connections per second
         for _ in range(int(self.args.connect_timeout * 10)):
             if self.ready_count >= n:
                 break
             await sleep(0.1)
+        self.connect_seconds = round(time.time() - t0, 1)
         return self.ready_count
 
     # -- writers ------------------------------------------------------------------
@@ -378,6 +410,7 @@ def figures(bench: Bench) -> dict:
         "latency_from_ack_ms": {"p50": bench.acked_h.percentile(50), "p99": bench.acked_h.percentile(99)},
         "write_errors": bench.write_errors,
         "refused": bench.refused,
+        "retries_after_503": bench.retries,
         "ends": bench.ends[:5],
     }
 
@@ -431,6 +464,8 @@ async def run(args):
             await sleep(2)
             rss1 = bench.rss_kb()
             result["subscribers_ready"] = ready
+            result["connect_seconds"] = bench.connect_seconds
+            result["retries_after_503_while_connecting"] = bench.retries
             result["rss_per_idle_subscriber_kb"] = round((rss1 - rss0) / max(ready, 1), 2)
             result["server_rss_kb"] = {"before": rss0, "idle_subscribed": rss1}
             cpu0, wall0 = bench.cpu_seconds(), time.time()
@@ -489,7 +524,9 @@ def main():
     p.add_argument("--port", type=int, default=18893)
     p.add_argument("--db", default="bench_feed")
     p.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    p.add_argument("--connect-timeout", type=float, default=120)
+    p.add_argument("--connect-timeout", type=float, default=300)
+    p.add_argument("--connect-rate", type=float, default=2000, help="new subscriber connections per second")
+    p.add_argument("--open-concurrency", type=int, default=None, help="server live.open_concurrency")
     p.add_argument("--out", default=os.path.join(ROOT, ".bench", "results", "feed"))
     args = p.parse_args()
     task.react(lambda _: defer.ensureDeferred(run(args)))
