@@ -217,6 +217,7 @@ class Bench:
         self.write_errors = 0
         self.reconnect = False
         self.retries = 0
+        self.reconnects = 0
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 64
         self.server: subprocess.Popen | None = None
@@ -342,6 +343,8 @@ class Bench:
     def on_lost(self, sub):
         if self.reconnect and not sub.retrying and sub.slot >= 0 and self.subs[sub.slot] is sub:
             # Resume where it stopped, as an EventSource does (after its retry delay).
+            self.reconnects += 1
+
             def again():
                 new = self.subscribe(sub.collection, sub.user, sub.last_id, sub.slot)
                 new.start_cursor = sub.start_cursor
@@ -495,6 +498,7 @@ async def run(args):
                     got = sub.received
                     dups += len(got) - len(set(got))
                     gaps += len(expected - set(got))
+                result["reconnected_after_kill"] = bench.reconnects
                 result["gaps"] = gaps
                 result["duplicates"] = dups
     finally:
