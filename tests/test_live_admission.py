@@ -147,5 +147,18 @@ class OpeningTests(LiveCase):
         await self.until(lambda: [e["data"]["id"] for e in late.records()] == ["between"])
         self.assertEqual([e["data"]["id"] for e in quiet.records()], ["between"])
 
+    async def test_a_lost_notice_costs_latency_not_an_event(self):
+        hub = self.hub()
+        hub.poll_seconds = 0.2
+        client = await self.open()
+        await self.ready(client)
+        # From now on no notice reaches the feed's group (as if lost): the
+        # poll, a slice of the groups at a time, still finds the write.
+        hub.watchers.clear()
+        hub._stop_timers()
+        hub._start_timers()
+        await self.write("unannounced", {})
+        await self.until(lambda: [e["data"]["id"] for e in client.records()] == ["unannounced"])
+
 
 with_postgresql_variants(globals())

@@ -400,6 +400,10 @@ class _Opening:
         self.started = False
 
 
+# Each feed gets a heartbeat about every live.heartbeat_seconds, in this
+# many slices of the feeds.
+_BEAT_SLICES = 20
+
 _BUSY = ("Too many live feeds are opening at once on this server; retry after the delay in Retry-After"
          " (with the same Last-Event-ID: nothing is lost).")
 
@@ -436,6 +440,10 @@ class Hub:
         # Counters (for the benchmark and the tests).
         self.stats = {"opening_reads": 0, "opens": 0, "refused": 0, "join_reads": 0}
         self._timers: list[LoopingCall] = []
+        self._beat_due: list[Subscriber] = []
+        self._beat_chunk = 1
+        self._poll_due: list[Group] = []
+        self._poll_chunk = 1
         self.notifier = registry.storage.change_notifier()
         self._unsubscribe = self.notifier.subscribe(self.notice)
 
@@ -510,10 +518,10 @@ class Hub:
     def _start_timers(self) -> None:
         beat = LoopingCall(self._beat)
         beat.clock = self.reactor
-        beat.start(self.heartbeat_seconds, now=False)
-        poll = LoopingCall(lambda: self.notice(None, None, None))
+        beat.start(self.heartbeat_seconds / _BEAT_SLICES, now=False)
+        poll = LoopingCall(self._poll)
         poll.clock = self.reactor
-        poll.start(self.poll_seconds, now=False)
+        poll.start(self.poll_seconds / _BEAT_SLICES, now=False)
         self._timers = [beat, poll]
 
     def _stop_timers(self) -> None:
@@ -521,11 +529,39 @@ class Hub:
             if timer.running:
                 timer.stop()
         self._timers = []
+        self._beat_due = []
+        self._poll_due = []
 
     def _beat(self) -> None:
-        # One timer for every feed of the process.
-        for sub in list(self.subscribers):
-            sub.beat()
+        # One timer for every feed of the process, beating a slice of them
+        # at a time: ten thousand writes at once would hold the reactor
+        # (and every delivery behind them) for a good part of a second.
+        due = self._beat_due
+        if not due:
+            due = self._beat_due = list(self.subscribers)
+            self._beat_chunk = -(-len(due) // _BEAT_SLICES)
+        chunk = due[-self._beat_chunk:]
+        del due[-self._beat_chunk:]
+        for sub in chunk:
+            if not sub.ended:
+                sub.beat()
+
+    def _poll(self) -> None:
+        # Every group reads again about every live.poll_seconds, a slice at
+        # a time (not a hundred reads queued on the pool at once).
+        due = self._poll_due
+        if not due:
+            # (The per-list notice marks are forgotten once a cycle: a join
+            # then reads as if anything had moved.)
+            self.moved_all = self.seq
+            self.moved.clear()
+            due = self._poll_due = list(self.groups.values())
+            self._poll_chunk = max(1, -(-len(due) // _BEAT_SLICES))
+        chunk = due[-self._poll_chunk:]
+        del due[-self._poll_chunk:]
+        for group in chunk:
+            if self.groups.get(group.key) is group:
+                group.poke()
 
     def close(self) -> None:
         for sub in list(self.subscribers):
