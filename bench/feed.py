@@ -357,7 +357,8 @@ class Bench:
         t0 = time.time()
         step = max(1, int(self.args.connect_rate / 20))
         for i in range(n):
-            self.subs.append(self.subscribe(f"c{i % collections}", f"user{i % users}", slot=i))
+            # (users and collections vary independently: --users U gives U groups per collection)
+            self.subs.append(self.subscribe(f"c{i % collections}", f"user{(i // collections) % users}", slot=i))
             if i % step == step - 1:
                 await sleep(0.05)  # at most --connect-rate new connections per second
         for _ in range(int(self.args.connect_timeout * 10)):
