@@ -160,5 +160,28 @@ class OpeningTests(LiveCase):
         await self.write("unannounced", {})
         await self.until(lambda: [e["data"]["id"] for e in client.records()] == ["unannounced"])
 
+    async def test_a_database_busy_read_does_not_end_the_feed(self):
+        from jsonsync.errors import BackendUnavailable
+        from jsonsync.plugins import live
+
+        self.patch(live, "_READ_AGAIN_SECONDS", 0.05)
+        client = await self.open()
+        await self.ready(client)
+        original = live.Reader.read_raw
+        failed: list = []
+
+        async def busy_once(reader, since):
+            if not failed:
+                failed.append(since)
+                raise BackendUnavailable("no free database connection after 30.0s")
+            return await original(reader, since)
+
+        self.patch(live.Reader, "read_raw", busy_once)
+        await self.write("r1", {})
+        await self.until(lambda: [e["data"]["id"] for e in client.records()] == ["r1"])
+        self.assertEqual(len(failed), 1)
+        self.assertEqual([e for e in client.events if e["event"] == "end"], [])
+        self.assertFalse(client.closed.called)
+
 
 with_postgresql_variants(globals())

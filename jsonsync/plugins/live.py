@@ -36,6 +36,7 @@ describes the protocol; the design in short:
 
 from __future__ import annotations
 
+import random
 from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
@@ -283,7 +284,7 @@ class Group:
     C{_fields}): one read per notice serves them all.
     """
 
-    __slots__ = ("hub", "key", "reader", "members", "joining", "dirty", "running")
+    __slots__ = ("hub", "key", "reader", "members", "joining", "dirty", "running", "again")
 
     def __init__(self, hub: Hub, key: tuple, reader: Reader):
         self.hub = hub
@@ -293,6 +294,7 @@ class Group:
         self.joining: list[Subscriber] = []
         self.dirty = False
         self.running: Deferred | None = None
+        self.again: Any = None  # the delayed read after the database was unavailable
 
     def add(self, sub: Subscriber, fresh: bool) -> None:
         """
@@ -342,14 +344,28 @@ class Group:
             self.running = None
 
     async def refresh(self) -> None:
+        hub = self.hub
         since = min(s.cursor for s in self.members)
         while True:
+            # Live reads run at most live.read_concurrency at once: the
+            # rest of the pool stays for the API, and a group waiting its
+            # turn gathers every notice of the meantime into one read.
+            await hub.reads.acquire()
             try:
                 events, timestamp, more = await self.reader.read(since)
             except FeedEnded as ended:
+                if ended.body.get("code") == 503:
+                    # The database is overloaded or away, which is no reason
+                    # to end the feeds: they keep their cursors and the
+                    # group reads again in a moment.
+                    if self.again is None or not self.again.active():
+                        self.again = hub.reactor.callLater(_READ_AGAIN_SECONDS * (1 + random.random()), self.poke)
+                    return
                 for sub in list(self.members):
                     sub.end(ended.body)
                 return
+            finally:
+                hub.reads.release()
             if events:
                 # Members at one cursor share one encoding of what they get.
                 cache: dict = {}
@@ -400,6 +416,9 @@ class _Opening:
         self.started = False
 
 
+# A group whose read found the database unavailable reads again after about this long.
+_READ_AGAIN_SECONDS = 1.0
+
 # Each feed gets a heartbeat about every live.heartbeat_seconds, in this
 # many slices of the feeds.
 _BEAT_SLICES = 20
@@ -425,6 +444,7 @@ class Hub:
         self.open_limit = max(1, int(settings["live.open_concurrency"]))
         self.open_queue = max(1, int(settings["live.open_queue"]))
         self._slots = DeferredSemaphore(self.open_limit)
+        self.reads = DeferredSemaphore(max(1, int(settings["live.read_concurrency"])))
         self.queued: dict[tuple, _Opening] = {}
         self.groups: dict[tuple, Group] = {}
         # list -> the groups that read again when it moves: the group's own
@@ -505,6 +525,8 @@ class Hub:
             group.remove(sub)
             if group.empty and self.groups.get(group.key) is group:
                 del self.groups[group.key]
+                if group.again is not None and group.again.active():
+                    group.again.cancel()
                 for key in self.watched(sub.key[0]):
                     watchers = self.watchers.get(key)
                     if watchers is not None:
@@ -823,6 +845,7 @@ class LivePlugin:
         "live.page_size": 500,
         "live.open_concurrency": 2,
         "live.open_queue": 1000,
+        "live.read_concurrency": 4,
         "live.websocket": True,
     }
 
