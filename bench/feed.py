@@ -30,7 +30,12 @@ Full size (the issue's figures):
 
 The database (--db, default bench_feed) is dropped and created again.
 Subscribers share --users accounts (default 1: one read per collection and
-notice serves all; --users 100 makes 100 groups per collection).
+notice serves all; --users 100 makes 100 groups per collection, each with its
+own reads). Subscribers connect at --connect-rate per second (default 2000);
+one answered 503 (admission control: too many feeds opening at once) comes
+back after its Retry-After, jittered, with its cursor, as a client should.
+The benchmark raises its open-files limit to the hard limit (the server it
+starts inherits it): 10,000 subscribers need 10,000 descriptors on each side.
 """
 
 from __future__ import annotations
