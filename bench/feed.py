@@ -245,6 +245,8 @@ class Bench:
         ]
         if self.args.open_concurrency is not None:
             cmd += ["-s", f"live.open_concurrency={self.args.open_concurrency}"]
+        for setting in self.args.setting:
+            cmd += ["-s", setting]
         if self.args.workers > 1:
             cmd += ["--workers", str(self.args.workers)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("JSONSYNC_")}
@@ -537,6 +539,7 @@ def main():
     p.add_argument("--connect-timeout", type=float, default=300)
     p.add_argument("--connect-rate", type=float, default=2000, help="new subscriber connections per second")
     p.add_argument("--open-concurrency", type=int, default=None, help="server live.open_concurrency")
+    p.add_argument("-s", "--setting", action="append", default=[], help="more server settings, NAME=VALUE")
     p.add_argument("--out", default=os.path.join(ROOT, ".bench", "results", "feed"))
     args = p.parse_args()
     task.react(lambda _: defer.ensureDeferred(run(args)))
