@@ -389,7 +389,8 @@ class PostgresOutbox(CloseHooks):
         for message_id, (outcome, attempt, delay) in window.ended.items():
             message = window.messages[message_id]
             ids.append(message_id)
-            bodies.append(message["body"])
+            # Only the events going to the retries table need their body sent back.
+            bodies.append(message["body"] if outcome in ("retry", "failed") else None)
             ages.append(float(message["age"] or 0))
             codes.append(attempt.get("status_code"))
             latencies.append(attempt.get("latency_ms"))

@@ -65,13 +65,9 @@ DECLARE
     coll text;
     act text;
     plural text;
-    head text;
 BEGIN
     bucket := split_part(NEW.parent_id, '/', 3);
-    IF bucket = '' OR NOT EXISTS (
-        SELECT 1 FROM objects
-         WHERE resource_name = 'webhook' AND parent_id = '/buckets/' || bucket AND NOT deleted
-    ) THEN
+    IF bucket = '' THEN
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' THEN
@@ -99,18 +95,18 @@ BEGIN
         coll := NULL;
         plural := 'groups';
     END IF;
-    head := '{"action":"' || act || '","resource_name":"' || NEW.resource_name
-        || '","uri":' || to_json(NEW.parent_id || '/' || plural || '/' || NEW.id)::text
-        || ',"bucket_id":' || to_json(bucket)::text
-        || ',"collection_id":' || coalesce(to_json(coll)::text, 'null')
-        || ',"timestamp":' || NEW.last_modified
-        || ',"data":' || coalesce(NEW.body, NEW.data::text);
-    IF act = 'delete' THEN
-        head := head || ',"old":' || coalesce(OLD.body, OLD.data::text);
-    END IF;
+    -- One statement: the body is built only for the webhooks that match
+    -- (none, in a bucket without webhooks: one index probe).
     INSERT INTO jsonsync_webhook_events (target, body)
     SELECT '/buckets/' || bucket || '/webhooks/' || w.id,
-           head || ',"webhook":' || to_json('/buckets/' || bucket || '/webhooks/' || w.id)::text || '}'
+           '{"action":"' || act || '","resource_name":"' || NEW.resource_name
+           || '","uri":' || to_json(NEW.parent_id || '/' || plural || '/' || NEW.id)::text
+           || ',"bucket_id":' || to_json(bucket)::text
+           || ',"collection_id":' || coalesce(to_json(coll)::text, 'null')
+           || ',"timestamp":' || NEW.last_modified
+           || ',"data":' || coalesce(NEW.body, NEW.data::text)
+           || CASE WHEN act = 'delete' THEN ',"old":' || coalesce(OLD.body, OLD.data::text) ELSE '' END
+           || ',"webhook":' || to_json('/buckets/' || bucket || '/webhooks/' || w.id)::text || '}'
       FROM objects w
      WHERE w.resource_name = 'webhook' AND w.parent_id = '/buckets/' || bucket AND NOT w.deleted
        AND (w.data->>'collection' IS NULL OR w.data->>'collection' = coll)
