@@ -16,6 +16,7 @@ checks the address it connects to, and puts a timeout on each request
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -34,6 +35,9 @@ class ConnectionLostEarly(Exception):
 
 class _Connection(Protocol):
     """One connection, one exchange at a time; reused while the receiver keeps it open."""
+
+    # A TCP (or TLS) transport: ITransport and ITCPTransport's abortConnection, and `connected`.
+    transport: Any
 
     def __init__(self, pool: ConnectionPool, key: tuple):
         self.pool = pool
