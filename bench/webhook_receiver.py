@@ -5,10 +5,7 @@ answers 204 to every POST without parsing the body, counts what it received.
 
     python3 bench/webhook_receiver.py --port 18895 [--count-file /tmp/hooks.count]
 
-Prints (and writes to --count-file, every second) "<requests> <bytes> <p50 ms> <p99 ms>":
-the last two are the delivery delay of the events received so far, from the event's
-"timestamp" (its last_modified, taken by the server under the write's list lock, just
-before the commit) to its arrival here (same machine, same clock). Stop it with
+Prints (and writes to --count-file, every second) "<requests> <bytes>". Stop it with
 SIGTERM or Ctrl-C. Standard library only.
 """
 
@@ -16,34 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import signal
-import time
-from array import array
 
 ANSWER = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
 counts = {"requests": 0, "bytes": 0}
-TIMESTAMP = re.compile(rb'"timestamp":(\d+)')
-delays = array("q", [0]) * 60_001  # per millisecond, up to a minute
-
-
-def record(body: bytes) -> None:
-    match = TIMESTAMP.search(body)
-    if match:
-        delay = int(time.time() * 1000) - int(match.group(1))
-        delays[min(max(delay, 0), len(delays) - 1)] += 1
-
-
-def percentile(p: float) -> int | None:
-    total = sum(delays)
-    if not total:
-        return None
-    seen = 0
-    for ms, n in enumerate(delays):
-        seen += n
-        if seen >= p / 100 * total:
-            return ms
-    return None
 
 
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -60,7 +33,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                 elif name == b"connection" and value.strip().lower() == b"close":
                     close = True
             if length:
-                record(await reader.readexactly(length))
+                await reader.readexactly(length)
             counts["requests"] += 1
             counts["bytes"] += length
             writer.write(ANSWER)
@@ -89,14 +62,14 @@ async def main() -> None:
             await asyncio.sleep(1)
             if args.count_file:
                 with open(args.count_file, "w") as f:
-                    f.write(f"{counts['requests']} {counts['bytes']} {percentile(50)} {percentile(99)}\n")
+                    f.write(f"{counts['requests']} {counts['bytes']}\n")
 
     reporter = asyncio.ensure_future(report())
     print(f"webhook receiver on http://{args.host}:{args.port}/", flush=True)
     async with server:
         await stop.wait()
     reporter.cancel()
-    print(f"{counts['requests']} {counts['bytes']} p50={percentile(50)} ms p99={percentile(99)} ms", flush=True)
+    print(f"{counts['requests']} {counts['bytes']}", flush=True)
 
 
 if __name__ == "__main__":
