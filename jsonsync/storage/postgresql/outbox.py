@@ -55,8 +55,20 @@ RETURNING o.id, o.target, o.body, o.attempts, extract(epoch FROM clock_timestamp
 """
 
 # Events not yet handled by a cursor: committed (visible to the statement),
-# and not shown as committed by its `done` snapshot.
-_UNHANDLED = "e.target = {c}.target AND e.xid >= pg_snapshot_xmin({c}.done) AND NOT pg_visible_in_snapshot(e.xid, {c}.done)"
+# and not shown as committed by its `done` snapshot — written by a
+# transaction that began after it (xid at or above its xmax) or was running
+# then (its xip list). Both are index look-ups on (target, xid): a
+# transaction that stays open for long (a dump, a stuck client) keeps the
+# snapshot's xmin old, but costs one look-up of its own, not a scan of
+# everything written since it began.
+def _unhandled(c: str, columns: str, more: str = "") -> str:
+    return (
+        f"SELECT {columns} FROM jsonsync_webhook_events e"
+        f" WHERE e.target = {c}.target AND e.xid >= pg_snapshot_xmax({c}.done){more}"
+        f" UNION ALL SELECT {columns} FROM jsonsync_webhook_events e"
+        f" WHERE e.target = {c}.target AND e.xid = ANY(ARRAY(SELECT pg_snapshot_xip({c}.done))){more}"
+    )
+
 
 # New events: lease the cursors of up to %(streams)s webhooks with unhandled
 # events, open their window (the snapshot of now) unless one is open (a
@@ -70,7 +82,7 @@ WITH leased AS (
          upto = coalesce(k.upto, pg_current_snapshot())
     FROM (SELECT x.target FROM jsonsync_webhook_cursors x
            WHERE (x.lease_until IS NULL OR x.lease_until < clock_timestamp())
-             AND EXISTS (SELECT 1 FROM jsonsync_webhook_events e WHERE {_UNHANDLED.format(c="x")})
+             AND EXISTS ({_unhandled("x", "1")})
            LIMIT %(streams)s
            FOR UPDATE SKIP LOCKED) AS s
    WHERE k.target = s.target
@@ -79,9 +91,9 @@ SELECT l.target, e.xid::text, e.seq, e.id, e.body, extract(epoch FROM clock_time
        l.last_seq
   FROM leased l
   LEFT JOIN LATERAL (
-    SELECT e.xid, e.seq, e.id, e.body, e.created_at FROM jsonsync_webhook_events e
-     WHERE {_UNHANDLED.format(c="l")} AND pg_visible_in_snapshot(e.xid, l.upto) AND e.seq > l.last_seq
-     ORDER BY e.seq
+    SELECT * FROM ({_unhandled("l", "e.xid, e.seq, e.id, e.body, e.created_at",
+                               " AND pg_visible_in_snapshot(e.xid, l.upto) AND e.seq > l.last_seq")}) AS w
+     ORDER BY w.seq
      LIMIT %(limit)s) e ON true
  ORDER BY l.target, e.seq
 """
@@ -318,8 +330,11 @@ class PostgresOutbox(CloseHooks):
         return claimed
 
     async def _claim_streams(self, limit: int, lease: float, token: str) -> list[dict]:
+        # Prepared (as the settle statement): planning them cost more than running them.
         rows, _ = await self.pool.run(
-            _CLAIM_STREAMS, {"lease": float(lease), "token": token, "limit": limit, "streams": min(limit, 8)}
+            _CLAIM_STREAMS,
+            {"lease": float(lease), "token": token, "limit": limit, "streams": min(limit, 8)},
+            prepare=True,
         )
         per_target: dict[str, list] = {}
         last_seqs: dict[str, int] = {}
@@ -405,6 +420,7 @@ class PostgresOutbox(CloseHooks):
                 "ids": ids, "bodies": bodies, "ages": ages, "codes": codes, "latencies": latencies,
                 "errors": errors, "outcomes": outcomes, "delays": delays, "worker": worker,
             },
+            prepare=True,
         )
         if "retry" in outcomes:
             soonest = min(d for d, o in zip(delays, outcomes, strict=True) if o == "retry")
