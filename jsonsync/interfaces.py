@@ -368,6 +368,12 @@ class IOutbox(Interface):
     after its lease. The calls that end or postpone a claimed message name
     the claim (C{token}); a worker whose lease ran out and whose message
     another worker claimed since changes nothing.
+
+    A backend may settle the messages of one claim together (PostgreSQL
+    reads new events by cursor and moves it once per claimed batch): the
+    call that ends a message may then return only when every message of
+    its claim has ended, so a worker ends the messages it claimed
+    concurrently, never one after the other.
     """
 
     def fan_out():

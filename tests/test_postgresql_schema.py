@@ -57,6 +57,8 @@ class SchemaTests(TestCase):
                 "jsonsync_outbox",
                 "jsonsync_outbox_attempts",
                 "sync_horizons",
+                "jsonsync_webhook_events",
+                "jsonsync_webhook_cursors",
             },
         )
         self.assertEqual(await self.versions(), [v for v, _, _ in schema_scripts()])

@@ -13,8 +13,8 @@ worker in each process. docs/webhooks.md is the user's guide; the choices:
     bucket's webhooks before the write (a validator). Record filters are
     applied by the worker, at delivery.
   - I{Delivery.} A worker per process claims due messages with a lease
-    (bounded: at most C{webhooks.concurrency} in flight), POSTs them with
-    treq, signed (HMAC-SHA256 over C{<timestamp>.<body>}), under a timeout,
+    (at most C{webhooks.batch_size} held, C{webhooks.concurrency} requests
+    in flight), POSTs them on persistent connections (L{webhook_http}), signed (HMAC-SHA256 over C{<timestamp>.<body>}), under a timeout,
     and completes, reschedules (exponential back-off with jitter) or fails
     them. Nothing of it runs in a request: a slow or dead receiver only
     keeps the worker's slots busy.
@@ -32,9 +32,9 @@ worker in each process. docs/webhooks.md is the user's guide; the choices:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import hmac
-import io
 import ipaddress
 import random
 import secrets
@@ -46,15 +46,12 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from twisted.internet import defer
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from jsonsync import jsonutil
@@ -62,6 +59,7 @@ from jsonsync.config import ConfigurationError
 from jsonsync.errors import InvalidParameters, ObjectNotFound, ParentNotFound
 from jsonsync.http import ApiRequest, ApiResponse
 from jsonsync.interfaces import IJsonSyncPlugin, IOutbox, IResourceListener
+from jsonsync.plugins.webhook_http import ConnectionPool
 from jsonsync.query import Query, matches_all
 from jsonsync.registry import Route
 from jsonsync.resources.model import NAME_PATTERN, ResourceType
@@ -428,29 +426,40 @@ class OutboxListener:
 # -- the worker ----------------------------------------------------------------------
 
 
-@implementer(IAgentEndpointFactory)
-class _PinnedEndpoints:
-    """Connects to one checked address, whatever the URL's host resolves to by then."""
+def _endpoint(reactor, address: str, target: Target, timeout: float):
+    """An endpoint to one checked address, whatever the URL's host resolves to by then (TLS names the host)."""
+    cls = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+    endpoint = cls(reactor, address, target.port, timeout=timeout)
+    if target.scheme == "https":
+        return wrapClientTLS(optionsForClientTLS(target.host), endpoint)
+    return endpoint
 
-    def __init__(self, reactor, address: str, target: Target, timeout: float):
-        self.reactor = reactor
-        self.address = address
-        self.target = target
-        self.timeout = timeout
 
-    def endpointForURI(self, uri):
-        cls = TCP6ClientEndpoint if ":" in self.address else TCP4ClientEndpoint
-        endpoint = cls(self.reactor, self.address, self.target.port, timeout=self.timeout)
-        if self.target.scheme == "https":
-            return wrapClientTLS(optionsForClientTLS(self.target.host), endpoint)
-        return endpoint
+@functools.lru_cache(maxsize=1024)
+def _request_head(url: str) -> tuple[Target, bytes]:
+    """A webhook URL's target and the start of its request (request line, Host, fixed headers)."""
+    target = parse_target(url)
+    parts = urlsplit(url_bytes(url).decode("ascii"))
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    default = 443 if target.scheme == "https" else 80
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if target.port != default:
+        host = f"{host}:{target.port}"
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        "User-Agent: jsonsync-webhooks\r\n"
+    ).encode("ascii")
+    return target, head
 
 
 class Worker:
     """
-    Claims due messages and delivers them, at most C{concurrency} at once.
-    Polls every C{poll_interval} seconds, and at once when this process
-    appended messages or a retry falls due.
+    Claims due messages, up to C{claim_size} at a time, and delivers them,
+    at most C{concurrency} requests at once. Polls every C{poll_interval}
+    seconds, at once when this process appended messages or a retry falls
+    due, and again when half of what it holds is delivered.
     """
 
     def __init__(self, plugin: Installation):
@@ -460,8 +469,8 @@ class Worker:
         self.config = plugin.config
         self.name = f"{socket.gethostname()}:{id(self):x}:{uuid.uuid4().hex[:6]}"
         self.inflight: dict[str, Deferred] = {}
-        self.http_pool = HTTPConnectionPool(self.reactor, persistent=True)
-        self.http_pool.maxPersistentPerHost = self.config.concurrency
+        self.requests = DeferredSemaphore(self.config.concurrency)
+        self.http_pool = ConnectionPool(max_idle=self.config.concurrency)
         self._loop: LoopingCall | None = None
         self._polling: Deferred | None = None
         self._again = False
@@ -501,7 +510,7 @@ class Worker:
         try:
             while not self._stopped:
                 self._again = False
-                free = self.config.concurrency - len(self.inflight)
+                free = self.config.claim_size - len(self.inflight)
                 if free <= 0:
                     break
                 claimed = await self.outbox.claim(free, self.config.lease, self.name)
@@ -527,8 +536,8 @@ class Worker:
 
     def _delivered(self, result, message_id):
         self.inflight.pop(message_id, None)
-        if not self._stopped and len(self.inflight) <= self.config.concurrency // 2:
-            self.poke()  # half the slots are free: claim a batch
+        if not self._stopped and len(self.inflight) <= self.config.claim_size // 2:
+            self.poke()  # half of what was claimed is done: claim more
         return None
 
     async def _release(self, message) -> None:
@@ -574,7 +583,12 @@ class Worker:
             started = time.monotonic()
             status, error = None, None
             try:
-                status = await self._post(hook, message, body)
+                await self.requests.acquire()
+                started = time.monotonic()
+                try:
+                    status = await self._post(hook, message, body)
+                finally:
+                    self.requests.release()
             except (TargetRefused, DeliveryTimeout) as exc:
                 error = str(exc)
             except CancelledError:
@@ -631,7 +645,7 @@ class Worker:
         return Deferred.fromCoroutine(flush())
 
     async def _post(self, hook: dict, message, body: bytes) -> int:
-        target = parse_target(hook.get("url"))
+        target, head = _request_head(hook.get("url"))
         addresses = await resolve(self.reactor, target.host, target.port, self.config.timeout)
         if not self.config.allow_private:
             addresses = [a for a in addresses if not refused_address(a)]
@@ -639,31 +653,24 @@ class Worker:
                 raise TargetRefused(f"{target.host} resolves to no address webhooks may reach")
         if not addresses:
             raise TargetRefused(f"{target.host} does not resolve")
+        address = addresses[0]
         timestamp = str(int(time.time()))
-        headers = {
-            b"Content-Type": [b"application/json"],
-            b"User-Agent": [b"jsonsync-webhooks"],
-            EVENT_HEADER.encode(): [message["id"].encode()],
-            TIMESTAMP_HEADER.encode(): [timestamp.encode()],
-            SIGNATURE_HEADER.encode(): [sign(hook.get("secret") or "", timestamp, body).encode()],
-            ATTEMPT_HEADER.encode(): [str(message["attempts"]).encode()],
-        }
-        agent = Agent.usingEndpointFactory(
-            self.reactor, _PinnedEndpoints(self.reactor, addresses[0], target, self.config.timeout), pool=self.http_pool
-        )
-        request = agent.request(b"POST", url_bytes(hook["url"]), Headers(headers), FileBodyProducer(io.BytesIO(body)))
+        data = b"".join((
+            head,
+            f"{EVENT_HEADER}: {message['id']}\r\n{TIMESTAMP_HEADER}: {timestamp}\r\n"
+            f"{SIGNATURE_HEADER}: {sign(hook.get('secret') or '', timestamp, body)}\r\n"
+            f"{ATTEMPT_HEADER}: {message['attempts']}\r\nContent-Length: {len(body)}\r\n\r\n".encode(),
+            body,
+        ))
+        key = (target.scheme, address, target.port, target.host)
 
-        async def exchange():
-            response = await request
-            finished: Deferred = Deferred()
-            response.deliverBody(_Discard(finished))
-            await finished
-            return response.code
+        def connect(factory):
+            return _endpoint(self.reactor, address, target, self.config.timeout).connect(factory)
 
         def timed_out(result, timeout):
             raise DeliveryTimeout(f"timed out after {timeout:g} s")
 
-        d = Deferred.fromCoroutine(exchange())
+        d = Deferred.fromCoroutine(self.http_pool.request(key, connect, data))
         d.addTimeout(self.config.timeout, self.reactor, onTimeoutCancel=timed_out)
         return await d
 
@@ -690,7 +697,7 @@ class Worker:
             d.cancel()
         if pending:
             await defer.DeferredList(pending, consumeErrors=True)
-        await self.http_pool.closeCachedConnections()
+        self.http_pool.close()
 
 
 def url_bytes(url: str) -> bytes:
@@ -708,23 +715,6 @@ def url_bytes(url: str) -> bytes:
     return f"{parts.scheme}://{netloc}{path}{'?' + query if query else ''}".encode("ascii")
 
 
-class _Discard:
-    """Reads a response body away (receivers answer small bodies; nothing is kept)."""
-
-    def __init__(self, finished: Deferred):
-        self.finished = finished
-
-    def makeConnection(self, transport):
-        self.transport = transport
-
-    def dataReceived(self, data):
-        pass
-
-    def connectionLost(self, reason):
-        if not self.finished.called:
-            self.finished.callback(None)
-
-
 # -- settings -----------------------------------------------------------------------
 
 
@@ -736,10 +726,21 @@ class Config:
     retry_base: float
     retry_max_delay: float
     concurrency: int
+    batch_size: int
     poll_interval: float
     lease: float
     retention: float
     worker: bool
+
+    @property
+    def claim_size(self) -> int:
+        """
+        How many messages one worker holds at most: C{batch_size}, but no
+        more than it can try within a lease should every attempt time out
+        (a lease that ends mid-batch sends its events again).
+        """
+        rounds = max(1, int(self.lease // self.timeout) - 1)
+        return max(1, min(self.batch_size, self.concurrency * rounds))
 
     def backoff(self, attempts: int) -> float:
         """The delay before attempt C{attempts + 1}: exponential, capped, with jitter (half to all of it)."""
@@ -767,14 +768,13 @@ class Config:
             retry_period=number("retry_period_seconds", 0, "86400"),
             retry_base=number("retry_base_seconds", 0.01, "2"),
             retry_max_delay=number("retry_max_delay_seconds", 0.01, "3600"),
-            concurrency=int(settings.get("webhooks.concurrency", 16)),
+            concurrency=int(number("concurrency", 1, "16")),
+            batch_size=int(number("batch_size", 1, "256")),
             poll_interval=number("poll_interval_seconds", 0.01, "0.5"),
             lease=number("lease_seconds", 1, "60"),
             retention=number("log_retention_seconds", 0, "604800"),
             worker=bool(settings.get("webhooks.worker", True)),
         )
-        if config.concurrency < 1:
-            problems.append("webhooks.concurrency: must be at least 1")
         if config.lease <= config.timeout:
             problems.append("webhooks.lease_seconds must exceed webhooks.timeout_seconds")
         if problems:
@@ -802,6 +802,7 @@ class WebhooksPlugin:
         "webhooks.retry_base_seconds": "2",
         "webhooks.retry_max_delay_seconds": "3600",
         "webhooks.concurrency": 16,
+        "webhooks.batch_size": 256,
         "webhooks.poll_interval_seconds": "0.5",
         "webhooks.lease_seconds": "60",
         "webhooks.log_retention_seconds": "604800",

@@ -1,16 +1,22 @@
 """
-The PostgreSQL outbox (L{jsonsync.interfaces.IOutbox}), tables of schema 4
-(C{jsonsync_outbox}, C{jsonsync_outbox_attempts}).
+The PostgreSQL outbox (L{jsonsync.interfaces.IOutbox}): schema 6's event
+log and cursors, and schema 4's retries table.
 
-Messages are inserted as a deferred write of the request's unit of work:
-they travel with its next statement or with its C{COMMIT}, so they cost no
-round trip of their own and commit or roll back with the change. Workers
-claim due rows with C{FOR UPDATE SKIP LOCKED} (two workers polling at once
-take different rows) and lease them by moving C{due_at} past the lease in
-the same statement (autocommit): until then no one else claims them; a
-worker that dies leaves them due again when its lease ends. Each claim
-carries a token, and only the holder of a row's current token can end or
-postpone it.
+A change's events are written in the change's own statement (the fan-out
+trigger; L{append} for other callers, deferred to the transaction's next
+statement or its C{COMMIT}), so they commit or roll back with it, and cost
+the write one row each, never touched again on the way out.
+
+Delivery reads them by cursor: a claim leases webhooks' cursors with
+C{FOR UPDATE SKIP LOCKED} (two workers polling at once take different
+webhooks), opens a window on each (the snapshot of the moment: the events
+committed since the cursor's C{done} snapshot) and reads it in order; when
+the claimed events have all ended, one statement moves the cursor, logs
+the attempts and moves those that failed to the retries table, where each
+is claimed alone, with back-off. A worker that dies leaves its lease to
+end: another worker takes the window again from where it was (its events
+are delivered again: at least once). Only the holder of a claim's token
+can end it.
 
 Times are the database's clock (C{clock_timestamp()}), so that processes
 on several hosts agree on what is due.
@@ -18,8 +24,10 @@ on several hosts agree on what is due.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from jsonsync.interfaces import IOutbox
@@ -31,7 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
 # pg_advisory_xact_lock(int, int) key of the trigger's creation.
 FANOUT_LOCK = (0x6A73, 0x7768)
 
-_CLAIM = """
+# Retries (version 4's table): rows due, leased by moving due_at past the lease.
+_CLAIM_RETRIES = """
 UPDATE jsonsync_outbox o
    SET due_at = clock_timestamp() + make_interval(secs => %(lease)s),
        token = %(token)s,
@@ -45,6 +54,85 @@ UPDATE jsonsync_outbox o
 RETURNING o.id, o.target, o.body, o.attempts, extract(epoch FROM clock_timestamp() - o.since)::float8
 """
 
+# Events not yet handled by a cursor: committed (visible to the statement),
+# and not shown as committed by its `done` snapshot — written by a
+# transaction that began after it (xid at or above its xmax) or was running
+# then (its xip list). Both are index look-ups on (target, xid): a
+# transaction that stays open for long (a dump, a stuck client) keeps the
+# snapshot's xmin old, but costs one look-up of its own, not a scan of
+# everything written since it began.
+def _unhandled(c: str, columns: str, more: str = "") -> str:
+    return (
+        f"SELECT {columns} FROM jsonsync_webhook_events e"
+        f" WHERE e.target = {c}.target AND e.xid >= pg_snapshot_xmax({c}.done){more}"
+        f" UNION ALL SELECT {columns} FROM jsonsync_webhook_events e"
+        f" WHERE e.target = {c}.target AND e.xid = ANY(ARRAY(SELECT pg_snapshot_xip({c}.done))){more}"
+    )
+
+
+# New events: lease the cursors of up to %(streams)s webhooks with unhandled
+# events, open their window (the snapshot of now) unless one is open (a
+# worker died in it), and read each window's next events in seq order. A
+# cursor whose window has nothing left comes back with no event (NULL seq):
+# the worker closes it.
+_CLAIM_STREAMS = f"""
+WITH leased AS (
+  UPDATE jsonsync_webhook_cursors k
+     SET token = %(token)s, lease_until = clock_timestamp() + make_interval(secs => %(lease)s),
+         upto = coalesce(k.upto, pg_current_snapshot())
+    FROM (SELECT x.target FROM jsonsync_webhook_cursors x
+           WHERE (x.lease_until IS NULL OR x.lease_until < clock_timestamp())
+             AND EXISTS ({_unhandled("x", "1")})
+           LIMIT %(streams)s
+           FOR UPDATE SKIP LOCKED) AS s
+   WHERE k.target = s.target
+  RETURNING k.target, k.done, k.upto, k.last_seq)
+SELECT l.target, e.xid::text, e.seq, e.id, e.body, extract(epoch FROM clock_timestamp() - e.created_at)::float8,
+       l.last_seq
+  FROM leased l
+  LEFT JOIN LATERAL (
+    SELECT * FROM ({_unhandled("l", "e.xid, e.seq, e.id, e.body, e.created_at",
+                               " AND pg_visible_in_snapshot(e.xid, l.upto) AND e.seq > l.last_seq")}) AS w
+     ORDER BY w.seq
+     LIMIT %(limit)s) e ON true
+ ORDER BY l.target, e.seq
+"""
+
+# The end of a batch of a window, in one statement: the cursor moves (to
+# the window's end, or to the last event handled), the attempts are logged,
+# the events that failed go to the retries table. Only the holder of the
+# lease moves it.
+_SETTLE = """
+WITH moved AS (
+  UPDATE jsonsync_webhook_cursors
+     SET done = CASE WHEN %(whole)s THEN upto ELSE done END,
+         upto = CASE WHEN %(whole)s THEN NULL ELSE upto END,
+         last_seq = CASE WHEN %(whole)s THEN 0 ELSE %(last_seq)s END,
+         token = NULL, lease_until = NULL
+   WHERE target = %(target)s AND token = %(token)s
+  RETURNING target),
+input AS (
+  SELECT * FROM unnest(%(ids)s::text[], %(bodies)s::text[], %(ages)s::float8[], %(codes)s::int[],
+                       %(latencies)s::float8[], %(errors)s::text[], %(outcomes)s::text[], %(delays)s::float8[])
+           AS i(id, body, age, status_code, latency_ms, error, outcome, delay)
+   WHERE EXISTS (SELECT 1 FROM moved)),
+logged AS (
+  INSERT INTO jsonsync_outbox_attempts (message_id, attempt, status_code, latency_ms, error, worker)
+  SELECT id, 1, status_code, latency_ms, error, %(worker)s FROM input
+   WHERE outcome IN ('delivered', 'retry', 'failed')
+  ON CONFLICT (message_id, attempt) DO NOTHING),
+retried AS (
+  INSERT INTO jsonsync_outbox (id, target, body, status, attempts, created_at, since, due_at, ended_at)
+  SELECT id, %(target)s, body,
+         CASE WHEN outcome = 'failed' THEN 'failed' ELSE 'pending' END,
+         1,
+         clock_timestamp() - make_interval(secs => age), clock_timestamp() - make_interval(secs => age),
+         clock_timestamp() + make_interval(secs => delay),
+         CASE WHEN outcome = 'failed' THEN clock_timestamp() END
+    FROM input WHERE outcome IN ('retry', 'failed')
+  ON CONFLICT (id) DO NOTHING)
+SELECT count(*) FROM moved
+"""
 _LOG = """
 INSERT INTO jsonsync_outbox_attempts (message_id, attempt, status_code, latency_ms, error, worker)
 SELECT id, attempts, %(status_code)s, %(latency_ms)s, %(error)s, %(worker)s FROM ended
@@ -81,23 +169,58 @@ logged AS (
 SELECT count(*) FROM ended
 """
 
+# The newest events of a webhook, with their state: a row of the retries
+# table decides it when there is one; otherwise an event the cursor passed is
+# delivered (it has a logged attempt) or was dropped by the filters (it has
+# none: not listed), and one it did not pass yet is pending.
 _DELIVERIES = """
-SELECT o.id, o.status, o.attempts,
-       (extract(epoch FROM o.created_at) * 1000)::bigint,
-       CASE WHEN o.status = 'pending' THEN (extract(epoch FROM o.due_at) * 1000)::bigint END,
-       o.body,
+WITH k AS (SELECT * FROM jsonsync_webhook_cursors WHERE target = %(target)s),
+e AS (
+  SELECT coalesce(e.id, e.xid::text || '-' || e.seq) AS id, e.xid, e.seq, e.body, e.created_at,
+         (pg_visible_in_snapshot(e.xid, k.done)
+          OR (k.upto IS NOT NULL AND pg_visible_in_snapshot(e.xid, k.upto) AND e.seq <= k.last_seq)) AS passed
+    FROM k JOIN jsonsync_webhook_events e ON e.target = k.target
+   WHERE %(before_xid)s::xid8 IS NULL OR (e.xid, e.seq) < (%(before_xid)s::xid8, %(before_seq)s::bigint))
+SELECT e.id,
+       coalesce(o.status, CASE WHEN e.passed THEN 'delivered' ELSE 'pending' END),
+       coalesce(o.attempts, CASE WHEN e.passed THEN 1 ELSE 0 END),
+       (extract(epoch FROM e.created_at) * 1000)::bigint,
+       CASE WHEN o.id IS NOT NULL THEN
+              CASE WHEN o.status = 'pending' THEN (extract(epoch FROM o.due_at) * 1000)::bigint END
+            WHEN NOT e.passed THEN (extract(epoch FROM e.created_at) * 1000)::bigint END,
+       e.body,
        coalesce((SELECT json_agg(json_build_object(
                     'attempt', a.attempt, 'at', (extract(epoch FROM a.at) * 1000)::bigint,
                     'status_code', a.status_code, 'latency_ms', a.latency_ms,
                     'error', a.error, 'worker', a.worker) ORDER BY a.attempt)
-                   FROM jsonsync_outbox_attempts a WHERE a.message_id = o.id), '[]'::json)
-  FROM jsonsync_outbox o
- WHERE o.target = %(target)s
-   AND (%(before)s::text IS NULL
-        OR o.seq < (SELECT seq FROM jsonsync_outbox WHERE id = %(before)s AND target = %(target)s))
- ORDER BY o.seq DESC
+                   FROM jsonsync_outbox_attempts a WHERE a.message_id = e.id), '[]'::json)
+  FROM e LEFT JOIN jsonsync_outbox o ON o.id = e.id
+ WHERE o.id IS NOT NULL OR NOT e.passed
+    OR EXISTS (SELECT 1 FROM jsonsync_outbox_attempts a WHERE a.message_id = e.id)
+ ORDER BY e.xid DESC, e.seq DESC
  LIMIT %(limit)s
 """
+
+# An event of the log that is not in the retries table, put there to be sent again.
+_REDELIVER_EVENT = """
+INSERT INTO jsonsync_outbox (id, target, body, attempts, created_at)
+SELECT coalesce(e.id, e.xid::text || '-' || e.seq), e.target, e.body,
+       coalesce((SELECT max(a.attempt) FROM jsonsync_outbox_attempts a
+                  WHERE a.message_id = coalesce(e.id, e.xid::text || '-' || e.seq)), 0),
+       e.created_at
+  FROM jsonsync_webhook_events e
+ WHERE e.target = %(target)s AND {where}
+ LIMIT 1
+ON CONFLICT (id) DO NOTHING
+"""
+
+
+def event_key(event_id: str) -> tuple[str, int] | None:
+    """The (xid, seq) an event id of the log stands for ("<xid>-<seq>"), or None."""
+    xid, dash, seq = event_id.partition("-")
+    if dash and xid.isdigit() and seq.isdigit() and len(xid) <= 20 and len(seq) <= 19:
+        return xid, int(seq)
+    return None
 
 
 def _attempt_params(attempt: dict) -> dict:
@@ -109,18 +232,46 @@ def _attempt_params(attempt: dict) -> dict:
     }
 
 
+class _Window:
+    """The events of one webhook's window claimed together, settled together."""
+
+    __slots__ = ("target", "token", "whole", "last_seq", "messages", "ended", "waiters")
+
+    def __init__(self, target: str, token: str, whole: bool, last_seq: int):
+        self.target = target
+        self.token = token
+        self.whole = whole
+        self.last_seq = last_seq
+        self.messages: dict[str, dict] = {}
+        self.ended: dict[str, tuple[str, dict, float]] = {}
+        self.waiters: list[Deferred] = []
+
+
 @implementer(IOutbox)
 class PostgresOutbox(CloseHooks):
+    """
+    New events are read from the log by cursor (L{_Window}s of
+    C{jsonsync_webhook_events}); those that failed once are retried from
+    C{jsonsync_outbox}, one row each. Claims return both kinds alike.
+    """
+
+    # How often (seconds) a claim also looks at the retries table when this
+    # process knows of no retry falling due (other processes' retries).
+    RETRY_CHECK = 0.25
+
     def __init__(self, storage: PostgresStorage):
         super().__init__()
         self.storage = storage
         self.pool = storage.pool
+        self._windows: dict[tuple[str, str], _Window] = {}
+        self._next_retry_check = 0.0
 
     async def fan_out(self):
         """
-        Creates the trigger that writes the messages of changes itself (the
-        function is schema 4), once per database, under an advisory lock so
-        that processes starting together create it once.
+        Creates the triggers that write the events of changes (and keep
+        the webhooks' cursors), once per database, under an advisory lock so
+        that processes starting together create them once. Their functions
+        are schema 6.
         """
         await self.pool.run(
             "SELECT pg_advisory_xact_lock(%s, %s);"
@@ -130,6 +281,13 @@ class PostgresOutbox(CloseHooks):
             "  CREATE TRIGGER jsonsync_webhook_fanout AFTER INSERT OR UPDATE ON objects FOR EACH ROW"
             "  WHEN (NEW.resource_name IN ('record', 'collection', 'group'))"
             "  EXECUTE FUNCTION jsonsync_webhook_fanout();"
+            " END IF;"
+            " IF NOT EXISTS (SELECT 1 FROM pg_trigger"
+            "  WHERE tgname = 'jsonsync_webhook_cursor' AND tgrelid = 'objects'::regclass) THEN"
+            "  CREATE TRIGGER jsonsync_webhook_cursor AFTER INSERT OR UPDATE ON objects FOR EACH ROW"
+            "  WHEN (NEW.resource_name = 'webhook') EXECUTE FUNCTION jsonsync_webhook_cursor();"
+            "  CREATE TRIGGER jsonsync_webhook_cursor_gone AFTER DELETE ON objects FOR EACH ROW"
+            "  WHEN (OLD.resource_name = 'webhook') EXECUTE FUNCTION jsonsync_webhook_cursor();"
             " END IF; END $$",
             FANOUT_LOCK,
         )
@@ -139,58 +297,222 @@ class PostgresOutbox(CloseHooks):
         if not messages:
             return
         rows = ", ".join(["(%s, %s, %s)"] * len(messages))
+        targets = sorted({m["target"] for m in messages})
         params: list = []
         for message in messages:
-            params += [message["id"], message["target"], message["body"]]
+            params += [message["target"], message["id"], message["body"]]
+        params += targets
         # Deferred: it goes with the transaction's next statement or its COMMIT.
-        await self.storage._defer(txn, f"INSERT INTO jsonsync_outbox (id, target, body) VALUES {rows}", params)
+        await self.storage._defer(
+            txn,
+            f"WITH appended AS (INSERT INTO jsonsync_webhook_events (target, id, body) VALUES {rows})"
+            f" INSERT INTO jsonsync_webhook_cursors (target) VALUES {', '.join(['(%s)'] * len(targets))}"
+            " ON CONFLICT DO NOTHING",
+            params,
+        )
+
+    # -- claims -------------------------------------------------------------------------
 
     async def claim(self, limit, lease, worker):
         token = new_token()
-        rows, _ = await self.pool.run(_CLAIM, {"lease": float(lease), "token": token, "limit": int(limit)})
-        return [
-            {"id": r[0], "target": r[1], "body": r[2], "attempts": r[3], "age": r[4], "token": token}
-            for r in rows or ()
-        ]
+        limit = int(limit)
+        claimed: list[dict] = []
+        if time.monotonic() >= self._next_retry_check:
+            self._next_retry_check = time.monotonic() + self.RETRY_CHECK
+            rows, _ = await self.pool.run(_CLAIM_RETRIES, {"lease": float(lease), "token": token, "limit": limit})
+            claimed += [
+                {"id": r[0], "target": r[1], "body": r[2], "attempts": r[3], "age": r[4], "token": token}
+                for r in rows or ()
+            ]
+        room = limit - len(claimed)
+        if room > 0:
+            claimed += await self._claim_streams(room, lease, token)
+        return claimed
+
+    async def _claim_streams(self, limit: int, lease: float, token: str) -> list[dict]:
+        # Prepared (as the settle statement): planning them cost more than running them.
+        rows, _ = await self.pool.run(
+            _CLAIM_STREAMS,
+            {"lease": float(lease), "token": token, "limit": limit, "streams": min(limit, 8)},
+            prepare=True,
+        )
+        per_target: dict[str, list] = {}
+        last_seqs: dict[str, int] = {}
+        for target, xid, seq, event_id, body, age, last_seq in rows or ():
+            events = per_target.setdefault(target, [])
+            last_seqs[target] = last_seq
+            if seq is not None:
+                events.append((event_id or f"{xid}-{seq}", seq, body, age))
+        claimed: list[dict] = []
+        empty: list[_Window] = []
+        for target, events in per_target.items():
+            room = limit - len(claimed)
+            taken = events[:room]
+            # The window ends with this batch when its read came back short
+            # and nothing of it is left for later.
+            whole = len(events) < limit and len(taken) == len(events)
+            window = _Window(target, token, whole, taken[-1][1] if taken else last_seqs[target])
+            for event_id, _seq, body, age in taken:
+                message = {"id": event_id, "target": target, "body": body, "attempts": 1, "age": age, "token": token}
+                window.messages[event_id] = message
+                claimed.append(message)
+            if window.messages:
+                self._windows[(target, token)] = window
+            else:
+                empty.append(window)
+        for window in empty:
+            await self._settle(window)  # nothing left in it: close it (or just give the lease back)
+        return claimed
+
+    # -- the ends of claimed messages ------------------------------------------------------
+
+    def _window_of(self, message_id: str, token: str | None) -> _Window | None:
+        for key in self._windows:
+            if key[1] == token:
+                window = self._windows[key]
+                if message_id in window.messages:
+                    return window
+        return None
+
+    async def _end_in_window(self, window: _Window, message_id: str, outcome: str, attempt: dict,
+                             delay: float = 0.0) -> bool:
+        if message_id in window.ended:
+            return False
+        window.ended[message_id] = (outcome, attempt, delay)
+        done: Deferred = Deferred()
+        window.waiters.append(done)
+        if len(window.ended) == len(window.messages):
+            self._windows.pop((window.target, window.token), None)
+            Deferred.fromCoroutine(self._settle_and_tell(window))
+        return await done
+
+    async def _settle_and_tell(self, window: _Window) -> None:
+        try:
+            held = await self._settle(window)
+        except Exception as exc:
+            waiters, window.waiters = window.waiters, []
+            for d in waiters:
+                d.errback(exc)
+            return
+        waiters, window.waiters = window.waiters, []
+        for d in waiters:
+            d.callback(held)
+
+    async def _settle(self, window: _Window) -> bool:
+        ids, bodies, ages, codes, latencies, errors, outcomes, delays = [], [], [], [], [], [], [], []
+        worker = None
+        for message_id, (outcome, attempt, delay) in window.ended.items():
+            message = window.messages[message_id]
+            ids.append(message_id)
+            # Only the events going to the retries table need their body sent back.
+            bodies.append(message["body"] if outcome in ("retry", "failed") else None)
+            ages.append(float(message["age"] or 0))
+            codes.append(attempt.get("status_code"))
+            latencies.append(attempt.get("latency_ms"))
+            errors.append(attempt.get("error"))
+            outcomes.append(outcome)
+            delays.append(float(delay))
+            worker = worker or attempt.get("worker")
+        rows, _ = await self.pool.run(
+            _SETTLE,
+            {
+                "whole": window.whole, "last_seq": window.last_seq, "target": window.target, "token": window.token,
+                "ids": ids, "bodies": bodies, "ages": ages, "codes": codes, "latencies": latencies,
+                "errors": errors, "outcomes": outcomes, "delays": delays, "worker": worker,
+            },
+            prepare=True,
+        )
+        if "retry" in outcomes:
+            soonest = min(d for d, o in zip(delays, outcomes, strict=True) if o == "retry")
+            self._next_retry_check = min(self._next_retry_check, time.monotonic() + soonest)
+        return bool(rows and rows[0][0])
 
     async def _end(self, sql: str, params: dict) -> bool:
         rows, _ = await self.pool.run(sql, params)
         return bool(rows and rows[0][0])
 
     async def complete(self, message_id, token, attempt):
+        window = self._window_of(message_id, token)
+        if window is not None:
+            return await self._end_in_window(window, message_id, "delivered", attempt)
         return await self._end(_COMPLETE, {"id": message_id, "token": token, **_attempt_params(attempt)})
 
     async def complete_many(self, completions):
         if not completions:
             return 0
-        rows, _ = await self.pool.run(
-            _COMPLETE_MANY,
-            {
-                "ids": [c[0] for c in completions],
-                "tokens": [c[1] for c in completions],
-                "codes": [c[2].get("status_code") for c in completions],
-                "latencies": [c[2].get("latency_ms") for c in completions],
-                "workers": [c[2].get("worker") for c in completions],
-            },
-        )
-        return int(rows[0][0]) if rows else 0
+        retried = []
+        ends = []
+        for message_id, token, attempt in completions:
+            window = self._window_of(message_id, token)
+            if window is None:
+                retried.append((message_id, token, attempt))
+            else:
+                ends.append(Deferred.fromCoroutine(self._end_in_window(window, message_id, "delivered", attempt)))
+        held = 0
+        if retried:
+            rows, _ = await self.pool.run(
+                _COMPLETE_MANY,
+                {
+                    "ids": [c[0] for c in retried],
+                    "tokens": [c[1] for c in retried],
+                    "codes": [c[2].get("status_code") for c in retried],
+                    "latencies": [c[2].get("latency_ms") for c in retried],
+                    "workers": [c[2].get("worker") for c in retried],
+                },
+            )
+            held += int(rows[0][0]) if rows else 0
+        for d in ends:
+            held += bool(await d)
+        return held
 
     async def reschedule(self, message_id, token, delay, attempt):
-        return await self._end(
+        window = self._window_of(message_id, token)
+        if window is not None:
+            return await self._end_in_window(window, message_id, "retry", attempt, delay)
+        held = await self._end(
             _RESCHEDULE, {"id": message_id, "token": token, "delay": float(delay), **_attempt_params(attempt)}
         )
+        if held:
+            self._next_retry_check = min(self._next_retry_check, time.monotonic() + float(delay))
+        return held
 
     async def fail(self, message_id, token, attempt):
+        window = self._window_of(message_id, token)
+        if window is not None:
+            return await self._end_in_window(window, message_id, "failed", attempt)
         return await self._end(_FAIL, {"id": message_id, "token": token, **_attempt_params(attempt)})
 
     async def discard(self, message_id, token):
+        window = self._window_of(message_id, token)
+        if window is not None:
+            return await self._end_in_window(window, message_id, "discarded", {})
         _, count = await self.pool.run(
             "DELETE FROM jsonsync_outbox WHERE id = %s AND token = %s AND status = 'pending'", (message_id, token)
         )
         return bool(count)
 
+    # -- the log ---------------------------------------------------------------------------------
+
+    async def _key_of(self, target: str, event_id: str) -> tuple[str, int] | None:
+        key = event_key(event_id)
+        if key is not None:
+            return key
+        rows, _ = await self.pool.run(
+            "SELECT xid::text, seq FROM jsonsync_webhook_events WHERE target = %s AND id = %s LIMIT 1",
+            (target, event_id),
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
     async def deliveries(self, target, limit, before=None):
-        rows, _ = await self.pool.run(_DELIVERIES, {"target": target, "before": before, "limit": int(limit)})
+        before_xid = before_seq = None
+        if before is not None:
+            key = await self._key_of(target, before)
+            if key is None:
+                return []
+            before_xid, before_seq = key
+        rows, _ = await self.pool.run(
+            _DELIVERIES, {"target": target, "before_xid": before_xid, "before_seq": before_seq, "limit": int(limit)}
+        )
         return [
             {
                 "id": r[0],
@@ -210,11 +532,36 @@ class PostgresOutbox(CloseHooks):
             " since = clock_timestamp(), token = NULL, ended_at = NULL WHERE id = %s AND target = %s",
             (message_id, target),
         )
-        return bool(count)
+        if not count:
+            # Delivered from the log (not in the retries table): put it there.
+            key = await self._key_of(target, message_id)
+            if key is None:
+                return False
+            _, count = await self.pool.run(
+                _REDELIVER_EVENT.format(where="e.xid = %(xid)s::xid8 AND e.seq = %(seq)s"),
+                {"target": target, "xid": key[0], "seq": key[1]},
+            )
+            if not count:
+                # The event exists (its key was found) and is not pending a retry: already in the
+                # retries table for another reason, or not yet passed by the cursor: it is on its way.
+                rows, _ = await self.pool.run(
+                    "SELECT 1 FROM jsonsync_webhook_events WHERE target = %s AND xid = %s::xid8 AND seq = %s",
+                    (target, key[0], key[1]),
+                )
+                return bool(rows)
+        self._next_retry_check = 0.0
+        return True
 
     async def prune(self, older_than):
+        params = (float(older_than),)
         _, count = await self.pool.run(
-            "DELETE FROM jsonsync_outbox WHERE ended_at < clock_timestamp() - make_interval(secs => %s)",
-            (float(older_than),),
+            "DELETE FROM jsonsync_outbox WHERE ended_at < clock_timestamp() - make_interval(secs => %s)", params
         )
-        return count or 0
+        _, events = await self.pool.run(
+            "DELETE FROM jsonsync_webhook_events WHERE created_at < clock_timestamp() - make_interval(secs => %s)",
+            params,
+        )
+        await self.pool.run(
+            "DELETE FROM jsonsync_outbox_attempts WHERE at < clock_timestamp() - make_interval(secs => %s)", params
+        )
+        return (count or 0) + (events or 0)

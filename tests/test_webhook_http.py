@@ -1,0 +1,113 @@
+"""
+The webhook deliveries' HTTP client (jsonsync/plugins/webhook_http.py)
+against a raw TCP server that answers scripted bytes: every way an HTTP/1.x
+response can end, connections reused or not, and answers that are not HTTP.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import TestCase
+
+from jsonsync.plugins.webhook_http import ConnectionLostEarly, ConnectionPool, ResponseError
+
+REQUEST = b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class Scripted(Protocol):
+    """Answers each complete request with the next scripted answer (bytes, or None: close at once)."""
+
+    def connectionMade(self):
+        self.factory.connections += 1
+        self.buffer = b""
+
+    def dataReceived(self, data):
+        self.buffer += data
+        while REQUEST in self.buffer:
+            self.buffer = self.buffer.replace(REQUEST, b"", 1)
+            self.factory.requests += 1
+            answer = self.factory.answers.pop(0)
+            if answer is None:
+                self.transport.loseConnection()
+                return
+            for piece in answer if isinstance(answer, list) else [answer]:
+                self.transport.write(piece)
+            if self.factory.close_after:
+                self.transport.loseConnection()
+
+
+class Server(Factory):
+    protocol = Scripted
+
+    def __init__(self, answers, close_after=False):
+        self.answers = list(answers)
+        self.close_after = close_after
+        self.connections = 0
+        self.requests = 0
+
+
+class ClientTests(TestCase):
+    def serve(self, answers, close_after=False):
+        server = Server(answers, close_after)
+        port = reactor.listenTCP(0, server, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = ConnectionPool()
+        self.addCleanup(pool.close)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        key = ("http", "127.0.0.1", port.getHost().port, "x")
+
+        async def send():
+            return await pool.request(key, endpoint.connect, REQUEST)
+
+        return server, send
+
+    async def test_lengths_chunks_and_interim_answers_on_one_connection(self):
+        server, send = self.serve([
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            # in pieces, chunked, with an extension and a trailer
+            [b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nab", b"c\r\n0\r\nX-T: 1\r\n\r\n"],
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n",
+        ])
+        self.assertEqual([await send() for _ in range(4)], [200, 201, 204, 500])
+        self.assertEqual(server.connections, 1)  # kept alive throughout
+
+    async def test_a_body_that_ends_with_the_connection(self):
+        server, send = self.serve([b"HTTP/1.0 202 Accepted\r\n\r\nsome body", b"HTTP/1.1 200 OK\r\n\r\n"],
+                                  close_after=True)
+        self.assertEqual(await send(), 202)
+        self.assertEqual(await send(), 200)
+        self.assertEqual(server.connections, 2)
+
+    async def test_connection_close_is_honoured(self):
+        server, send = self.serve([
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ])
+        self.assertEqual(await send(), 200)
+        self.assertEqual(await send(), 200)
+        self.assertEqual(server.connections, 2)
+
+    async def test_an_idle_connection_closed_by_the_receiver_is_replaced(self):
+        server, send = self.serve([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", None,
+                                   b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+        self.assertEqual(await send(), 200)
+        # The receiver drops the kept-alive connection when the next request arrives, unanswered:
+        # the request goes again on a new connection.
+        self.assertEqual(await send(), 200)
+        self.assertEqual(server.connections, 2)
+
+    async def test_answers_that_are_not_http(self):
+        for answer in (b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.1 abc Bad\r\n\r\n",
+                       b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+                       b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"):
+            _, send = self.serve([answer])
+            with self.assertRaises(ResponseError, msg=answer):
+                await send()
+
+    async def test_a_response_cut_short(self):
+        _, send = self.serve([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"], close_after=True)
+        with self.assertRaises(ConnectionLostEarly):
+            await send()
