@@ -671,6 +671,19 @@ class PostgresEventLogTests(TestCase):
         self.assertEqual([(m["id"], m["attempts"]) for m in again], [("ok", 2)])
         self.assertFalse(await outbox.redeliver("/t", "never-written"))
 
+    async def test_redelivering_an_event_not_yet_sent_sends_it_once(self):
+        storage, outbox = await self.outbox()
+        txn = storage.transaction()
+        await self.append(storage, txn, "first")
+        await txn.commit()
+        self.assertEqual(await self.drain(outbox), ["first"])
+        txn = storage.transaction()
+        await self.append(storage, txn, "soon")
+        await txn.commit()
+        self.assertTrue(await outbox.redeliver("/t", "soon"))  # pending already: on its way
+        outbox._next_retry_check = 0.0
+        self.assertEqual(await self.drain(outbox), ["soon"])
+
 
 class ProcessTests(TestCase):
     """Real `twist jsonsync` processes on one PostgreSQL database."""

@@ -44,7 +44,6 @@ class _Connection(Protocol):
         self.key = key
         self.waiting: Deferred | None = None
         self.received_any = False
-        self.reused = False
         self._reset()
 
     def _reset(self) -> None:
@@ -249,7 +248,6 @@ class ConnectionPool:
         while idle:
             conn = idle.pop()
             if conn.transport is not None and conn.transport.connected:
-                conn.reused = True
                 try:
                     return await conn.send(data)
                 except ConnectionLostEarly:

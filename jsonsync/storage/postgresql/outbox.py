@@ -201,7 +201,9 @@ SELECT e.id,
  LIMIT %(limit)s
 """
 
-# An event of the log that is not in the retries table, put there to be sent again.
+# An event of the log that is not in the retries table, put there to be sent
+# again — once the cursor passed it: one it did not pass yet is on its way
+# (sending it from both places would send it twice).
 _REDELIVER_EVENT = """
 INSERT INTO jsonsync_outbox (id, target, body, attempts, created_at)
 SELECT coalesce(e.id, e.xid::text || '-' || e.seq), e.target, e.body,
@@ -209,7 +211,10 @@ SELECT coalesce(e.id, e.xid::text || '-' || e.seq), e.target, e.body,
                   WHERE a.message_id = coalesce(e.id, e.xid::text || '-' || e.seq)), 0),
        e.created_at
   FROM jsonsync_webhook_events e
+  JOIN jsonsync_webhook_cursors k ON k.target = e.target
  WHERE e.target = %(target)s AND {where}
+   AND (pg_visible_in_snapshot(e.xid, k.done)
+        OR (k.upto IS NOT NULL AND pg_visible_in_snapshot(e.xid, k.upto) AND e.seq <= k.last_seq))
  LIMIT 1
 ON CONFLICT (id) DO NOTHING
 """
