@@ -21,12 +21,16 @@ from collections.abc import Iterable, Mapping
 
 class PermissionTree:
     def __init__(self):
-        # plural path segment -> (resource name, its object permissions)
+        # plural path segment -> resource name; (parent's plural, plural) ->
+        # resource name where two types share a plural under different
+        # parents (webhooks of a bucket and of a collection)
         self._plurals: dict[str, str] = {}
+        self._nested: dict[tuple[str, str], str] = {}
         self._permissions: dict[str, tuple[str, ...]] = {"root": ()}
 
-    def register(self, name: str, plural: str, permissions: Iterable[str]):
-        self._plurals[plural] = name
+    def register(self, name: str, plural: str, permissions: Iterable[str], parent_plural: str = ""):
+        self._plurals.setdefault(plural, name)
+        self._nested[(parent_plural, plural)] = name
         self._permissions[name] = tuple(permissions)
 
     def add_root_permission(self, permission: str):
@@ -38,8 +42,12 @@ class PermissionTree:
     def type_of(self, uri: str) -> str:
         if not uri or uri == "/":
             return "root"
-        parts = uri.rsplit("/", 2)
-        return self._plurals.get(parts[-2], parts[-2]) if len(parts) == 3 else "root"
+        parts = uri.rsplit("/", 4)
+        if len(parts) < 3:
+            return "root"
+        plural = parts[-2]
+        parent_plural = parts[-4] if len(parts) == 5 else ""
+        return self._nested.get((parent_plural, plural)) or self._plurals.get(plural, plural)
 
     @staticmethod
     def chain(uri: str) -> list[str]:

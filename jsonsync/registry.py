@@ -227,7 +227,10 @@ class Registry:
         if resource_type.parent is not None and resource_type.parent not in self.resource_types:
             raise ValueError(f"resource type {resource_type.name!r}: unknown parent {resource_type.parent!r}")
         self.resource_types[resource_type.name] = resource_type
-        self.tree.register(resource_type.name, resource_type.plural, resource_type.permissions)
+        parent = self.resource_types[resource_type.parent] if resource_type.parent is not None else None
+        self.tree.register(
+            resource_type.name, resource_type.plural, resource_type.permissions, parent.plural if parent else ""
+        )
         mounted = resource_routes(self, engine or self.engine, resource_type, plural=plural, single=single)
         for route in mounted:
             self.add_route(route)
@@ -277,19 +280,22 @@ class Registry:
         return None
 
     def location(self, uri: str) -> Location | None:
-        by_plural = {rt.plural: rt for rt in self.resource_types.values()}
+        # (parent type, plural) -> type: two types may share a plural under different parents.
+        by_plural = {(rt.parent, rt.plural): rt for rt in self.resource_types.values()}
         parts = uri.strip("/").split("/")
         if len(parts) % 2 or not parts[0]:
             return None
         ancestors: list[tuple[ResourceType, str]] = []
         parent = ""
+        above: str | None = None
         for i in range(0, len(parts) - 2, 2):
-            ancestor = by_plural.get(parts[i])
+            ancestor = by_plural.get((above, parts[i]))
             if ancestor is None:
                 return None
             ancestors.append((ancestor, parts[i + 1]))
             parent = f"{parent}/{parts[i]}/{parts[i + 1]}"
-        rt = by_plural.get(parts[-2])
+            above = ancestor.name
+        rt = by_plural.get((above, parts[-2]))
         return None if rt is None else Location(rt, parent, ancestors, parts[-1])
 
     # -- activation --------------------------------------------------------------

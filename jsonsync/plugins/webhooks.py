@@ -1,7 +1,9 @@
 """
 The C{webhooks} plugin: webhook definitions under buckets
-(C{/buckets/<bid>/webhooks/<id>}), a transactional outbox, and a delivery
-worker in each process. docs/webhooks.md is the user's guide; the choices:
+(C{/buckets/<bid>/webhooks/<id>}, type C{webhook}) and collections
+(C{/buckets/<bid>/collections/<cid>/webhooks/<id>}, type
+C{collection_webhook}: two types sharing a plural under different parents),
+a transactional outbox, and a delivery worker in each process. docs/webhooks.md is the user's guide; the choices:
 
   - I{Outbox.} One message per (webhook, changed object) is written to
     the backend's outbox (L{jsonsync.interfaces.IOutbox}, the C{outbox}
@@ -56,7 +58,13 @@ from zope.interface import implementer
 
 from jsonsync import jsonutil
 from jsonsync.config import ConfigurationError
-from jsonsync.errors import InvalidParameters, ObjectNotFound, ParentNotFound
+from jsonsync.errors import (
+    BackendUnavailable,
+    InvalidParameters,
+    ObjectNotFound,
+    ParentNotFound,
+    WriteConflict,
+)
 from jsonsync.http import ApiRequest, ApiResponse
 from jsonsync.interfaces import IJsonSyncPlugin, IOutbox, IResourceListener
 from jsonsync.plugins.webhook_http import ConnectionPool
@@ -71,6 +79,11 @@ PLUGIN = "webhooks"
 ACTIONS = ("create", "update", "delete")
 # What a webhook hears of: the objects below its bucket (its own kind excepted).
 DELIVERED_TYPES = frozenset({"collection", "group", "record"})
+# Webhooks of a bucket hear of its collections, groups and records (or of
+# one collection's, with "collection"); webhooks of a collection, managed by
+# its writers, of the collection and its records.
+BUCKET_WEBHOOK = "webhook"
+COLLECTION_WEBHOOK = "collection_webhook"
 MAX_URL_LENGTH = 2048
 MAX_FILTERS = 20
 MIN_SECRET, MAX_SECRET = 16, 256
@@ -263,7 +276,7 @@ class WebhookTypes:
     async def validate(self, req: ApiRequest, loc, data: dict, existing: dict | None) -> dict:
         listener = getattr(self.plugin, "listener", None)
         if listener is not None:
-            listener.forget(req.txn, loc.parent_uri.rsplit("/", 1)[-1])
+            listener.forget(req.txn)
         unknown = sorted(set(data) - FIELDS)
         if unknown:
             raise _bad(unknown[0], "unknown field (a webhook has url, actions, collection, filters, description, secret)")
@@ -279,7 +292,12 @@ class WebhookTypes:
             raise _bad("actions", "should be a non-empty list of create, update, delete")
         data["actions"] = actions
         collection = data.get("collection")
-        if collection is not None and (not isinstance(collection, str) or not NAME_PATTERN.match(collection)):
+        if loc.resource.name == COLLECTION_WEBHOOK:
+            own = loc.ancestors[-1][1]
+            if collection is not None and collection != own:
+                raise _bad("collection", f"a webhook of collection {own!r} hears only of it")
+            data["collection"] = own
+        elif collection is not None and (not isinstance(collection, str) or not NAME_PATTERN.match(collection)):
             raise _bad("collection", "should be a collection id")
         filters = data.get("filters")
         if filters is not None:
@@ -307,11 +325,11 @@ class WebhookTypes:
             raise _bad("secret", f"should be a printable string of {MIN_SECRET} to {MAX_SECRET} characters")
         return data
 
-    def resource_type(self) -> ResourceType:
+    def resource_type(self, name: str = BUCKET_WEBHOOK) -> ResourceType:
         return ResourceType(
-            "webhook",
+            name,
             "webhooks",
-            "bucket",
+            "bucket" if name == BUCKET_WEBHOOK else "collection",
             ("read", "write"),
             validate=self.validate,
             present=_hide_secret,
@@ -355,32 +373,38 @@ class OutboxListener:
         there would keep the list's other writers waiting one more round
         trip).
         """
-        bucket_id = next((oid for rt, oid in loc.ancestors if rt.name == "bucket"), None)
+        ids = {rt.name: oid for rt, oid in loc.ancestors}
+        bucket_id = ids.get("bucket")
         if bucket_id is not None:
-            await self._webhooks(req.txn, bucket_id)
+            collection_id = loc.object_id if loc.resource.name == "collection" else ids.get("collection")
+            await self._webhooks(req.txn, bucket_id, collection_id)
         return data
 
-    def forget(self, txn, bucket_id: str) -> None:
-        """The bucket's webhooks change in C{txn}: read them again."""
+    def forget(self, txn) -> None:
+        """Webhooks change in C{txn}: read them again."""
         memo = self._seen.get(txn)
         if memo is not None:
-            memo.pop(bucket_id, None)
+            memo.clear()
 
-    async def _webhooks(self, txn, bucket_id: str) -> list[dict]:
+    async def _webhooks(self, txn, bucket_id: str, collection_id: str | None) -> list[tuple[str, dict]]:
+        """The (target URI, webhook) pairs that may hear of a change there."""
         memo = self._seen.setdefault(txn, {})
-        found = memo.get(bucket_id)
+        found = memo.get((bucket_id, collection_id))
         if found is None:
-            found = memo[bucket_id] = await self.registry.storage.list(
-                txn, "webhook", f"/buckets/{bucket_id}", Query()
-            )
+            storage = self.registry.storage
+            places = [(BUCKET_WEBHOOK, f"/buckets/{bucket_id}")]
+            if collection_id is not None:
+                places.append((COLLECTION_WEBHOOK, f"/buckets/{bucket_id}/collections/{collection_id}"))
+            found = memo[(bucket_id, collection_id)] = [
+                (f"{parent}/webhooks/{hook['id']}", hook)
+                for name, parent in places
+                for hook in await storage.list(txn, name, parent, Query())
+            ]
         return found
 
     async def before_commit(self, event, txn):
         bucket_id = event.payload.get("bucket_id")
         if not bucket_id:
-            return
-        hooks = await self._webhooks(txn, bucket_id)
-        if not hooks:
             return
         rt = self.registry.resource_types[event.resource_name]
         messages = []
@@ -390,9 +414,12 @@ class OutboxListener:
                 collection_id = obj["id"]
             else:
                 collection_id = event.payload.get("collection_id")
+            hooks = await self._webhooks(txn, bucket_id, collection_id)
+            if not hooks:
+                continue
             shown = rt.present(obj) if rt.present else obj
             uri = f"{event.parent_id}/{rt.plural}/{obj['id']}"
-            for hook in hooks:
+            for target, hook in hooks:
                 if event.action not in hook.get("actions", ACTIONS):
                     continue
                 if hook.get("collection") is not None and hook["collection"] != collection_id:
@@ -410,7 +437,6 @@ class OutboxListener:
                 }
                 if event.action == "delete" and impacted.get("old") is not None:
                     body["old"] = impacted["old"]
-                target = f"/buckets/{bucket_id}/webhooks/{hook['id']}"
                 body["webhook"] = target
                 messages.append(
                     {"id": str(uuid.uuid4()), "target": target, "body": jsonutil.dumps(body).decode("utf-8")}
@@ -424,6 +450,17 @@ class OutboxListener:
 
 
 # -- the worker ----------------------------------------------------------------------
+
+
+def webhook_key(target: str) -> tuple[str, str, str] | None:
+    """The storage key (type, parent, id) of a webhook's URI, or C{None}."""
+    parent, _, webhook_id = target.rpartition("/webhooks/")
+    parts = parent.strip("/").split("/")
+    if len(parts) == 2 and parts[0] == "buckets":
+        return (BUCKET_WEBHOOK, parent, webhook_id)
+    if len(parts) == 4 and parts[0] == "buckets" and parts[2] == "collections":
+        return (COLLECTION_WEBHOOK, parent, webhook_id)
+    return None
 
 
 def _endpoint(reactor, address: str, target: Target, timeout: float):
@@ -515,8 +552,9 @@ class Worker:
                     break
                 claimed = await self.outbox.claim(free, self.config.lease, self.name)
                 if self._stopped:
-                    for message in claimed:
-                        await self._release(message)
+                    # Together: the ends of a window are settled once all of
+                    # them are in (one at a time, the first would wait forever).
+                    await defer.gatherResults([Deferred.fromCoroutine(self._release(m)) for m in claimed])
                     break
                 hooks = await self._webhooks([m["target"] for m in claimed]) if claimed else {}
                 for message in claimed:
@@ -529,6 +567,10 @@ class Worker:
             if not self._stopped and now - self._last_prune > 60:
                 self._last_prune = now
                 await self.outbox.prune(self.config.retention)
+        except (BackendUnavailable, WriteConflict) as exc:
+            # The database restarting, or a deadlock it broke (with a flush's
+            # TRUNCATE, say): nothing was claimed; the next poll tries again.
+            _log.warn("webhooks: polling the outbox: {error}", error=exc.message)
         except Exception:
             _log.failure("webhooks: polling the outbox failed")
         finally:
@@ -550,9 +592,9 @@ class Worker:
         """The webhooks of C{targets} (their URIs), in one look-up."""
         keys, uris = [], []
         for target in set(targets):
-            parts = target.strip("/").split("/")
-            if len(parts) == 4:
-                keys.append(("webhook", f"/buckets/{parts[1]}", parts[3]))
+            key = webhook_key(target)
+            if key is not None:
+                keys.append(key)
                 uris.append(target)
         found: dict[str, dict | None] = dict.fromkeys(targets)
         if keys:
@@ -635,8 +677,10 @@ class Worker:
         async def flush():
             try:
                 await self.outbox.complete_many([(i, t, a) for i, t, a, _ in batch])
-            except Exception:
+            except (BackendUnavailable, WriteConflict) as exc:
                 # The leases end and the events are delivered again (at least once).
+                _log.warn("webhooks: recording {n} deliveries: {error}", n=len(batch), error=exc.message)
+            except Exception:
                 _log.failure("webhooks: recording {n} deliveries failed", n=len(batch))
             for *_, done in batch:
                 if not done.called:
@@ -698,6 +742,14 @@ class Worker:
         if pending:
             await defer.DeferredList(pending, consumeErrors=True)
         self.http_pool.close()
+
+
+def _parent_uri(params) -> str:
+    """The URI of the bucket or collection a webhook route is under."""
+    uri = f"/buckets/{params.get('bucket_id', '')}"
+    if "collection_id" in params:
+        uri += f"/collections/{params['collection_id']}"
+    return uri
 
 
 def url_bytes(url: str) -> bytes:
@@ -856,9 +908,9 @@ class Installation:
 
     async def install(self) -> None:
         registry = self.registry
-        rt = self.types.resource_type()
-        for route in registry.add_resource_type(rt):
-            route.view = self._guarded(route.view, plural=route.name.endswith("-plural"))
+        for name in (BUCKET_WEBHOOK, COLLECTION_WEBHOOK):
+            for route in registry.add_resource_type(self.types.resource_type(name)):
+                route.view = self._guarded(route.view, plural=route.name.endswith("-plural"))
         # A backend that fans changes out itself (PostgreSQL: a trigger, in
         # the statement of the write) needs no listener: writes keep carrying
         # their commit. Otherwise the listener appends, in the transaction.
@@ -867,26 +919,30 @@ class Installation:
             registry.add_listener(self.listener)
             for name in DELIVERED_TYPES:
                 registry.resource_types[name].validators.append(self.listener.prefetch)
-        registry.add_route(
-            Route(
-                "/buckets/<bucket_id>/webhooks/<webhook_id>/deliveries",
-                ("GET",),
-                self.deliveries_view,
-                "webhook-deliveries",
-                "resource",
-                "The delivery log of a webhook",
+        for prefix, name in (
+            ("/buckets/<bucket_id>", BUCKET_WEBHOOK),
+            ("/buckets/<bucket_id>/collections/<collection_id>", COLLECTION_WEBHOOK),
+        ):
+            registry.add_route(
+                Route(
+                    f"{prefix}/webhooks/<webhook_id>/deliveries",
+                    ("GET",),
+                    self.deliveries_view,
+                    f"{name}-deliveries",
+                    "resource",
+                    "The delivery log of a webhook",
+                )
             )
-        )
-        registry.add_route(
-            Route(
-                "/buckets/<bucket_id>/webhooks/<webhook_id>/deliveries/<delivery_id>/redeliver",
-                ("POST",),
-                self.redeliver_view,
-                "webhook-redeliver",
-                "resource",
-                "Deliver an event again",
+            registry.add_route(
+                Route(
+                    f"{prefix}/webhooks/<webhook_id>/deliveries/<delivery_id>/redeliver",
+                    ("POST",),
+                    self.redeliver_view,
+                    f"{name}-redeliver",
+                    "resource",
+                    "Deliver an event again",
+                )
             )
-        )
         registry.add_capability(
             PLUGIN,
             "Signed webhooks with a transactional outbox, retries and a delivery log.",
@@ -907,10 +963,10 @@ class Installation:
 
         async def webhooks_view(req: ApiRequest):
             (req.extras.get(PLUGIN) or {}).pop("generated", None)  # from an earlier attempt
-            bucket_uri = f"/buckets/{req.params.get('bucket_id', '')}"
             if req.method in ("GET", "HEAD"):
-                # Bucket readers do not see webhooks: their URLs are the writers' business.
-                uri = bucket_uri if plural else f"{bucket_uri}/webhooks/{req.params.get('id', '')}"
+                # Readers do not see webhooks: their URLs are the writers' business.
+                parent = _parent_uri(req.params)
+                uri = parent if plural else f"{parent}/webhooks/{req.params.get('id', '')}"
                 await registry.engine.require(req, uri, "write")
             if req.method == "PATCH" and "json-patch" in (req.header("Content-Type") or ""):
                 try:
@@ -938,21 +994,23 @@ class Installation:
         return webhooks_view
 
     async def _located(self, req: ApiRequest) -> str:
-        bucket_id = req.params["bucket_id"]
-        webhook_id = req.params["webhook_id"]
-        if not NAME_PATTERN.match(bucket_id):
-            raise ParentNotFound("bucket", bucket_id)
-        uri = f"/buckets/{bucket_id}/webhooks/{webhook_id}"
-        engine = self.registry.engine
-        await engine.require(req, uri, "write")
-        storage = self.registry.storage
-        bucket, hook = await storage.get_many(
-            req.txn, [("bucket", "", bucket_id), ("webhook", f"/buckets/{bucket_id}", webhook_id)]
-        )
-        if bucket is None:
-            raise ParentNotFound("bucket", bucket_id)
-        if hook is None:
-            raise ObjectNotFound("webhook", webhook_id)
+        params = req.params
+        parents = [("bucket", "", params["bucket_id"])]
+        if "collection_id" in params:
+            parents.append(("collection", f"/buckets/{params['bucket_id']}", params["collection_id"]))
+        for name, _, oid in parents:
+            if not NAME_PATTERN.match(oid):
+                raise ParentNotFound(name, oid)
+        uri = f"{_parent_uri(params)}/webhooks/{params['webhook_id']}"
+        await self.registry.engine.require(req, uri, "write")
+        key = webhook_key(uri)
+        assert key is not None
+        found = await self.registry.storage.get_many(req.txn, [*parents, key])
+        for (name, _, oid), obj in zip(parents, found, strict=False):
+            if obj is None:
+                raise ParentNotFound(name, oid)
+        if found[-1] is None:
+            raise ObjectNotFound("webhook", params["webhook_id"])
         return uri
 
     async def deliveries_view(self, req: ApiRequest):

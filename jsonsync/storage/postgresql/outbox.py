@@ -276,7 +276,7 @@ class PostgresOutbox(CloseHooks):
         Creates the triggers that write the events of changes (and keep
         the webhooks' cursors), once per database, under an advisory lock so
         that processes starting together create them once. Their functions
-        are schema 6.
+        are schema 7's.
         """
         await self.pool.run(
             "SELECT pg_advisory_xact_lock(%s, %s);"
@@ -290,9 +290,11 @@ class PostgresOutbox(CloseHooks):
             " IF NOT EXISTS (SELECT 1 FROM pg_trigger"
             "  WHERE tgname = 'jsonsync_webhook_cursor' AND tgrelid = 'objects'::regclass) THEN"
             "  CREATE TRIGGER jsonsync_webhook_cursor AFTER INSERT OR UPDATE ON objects FOR EACH ROW"
-            "  WHEN (NEW.resource_name = 'webhook') EXECUTE FUNCTION jsonsync_webhook_cursor();"
+            "  WHEN (NEW.resource_name IN ('webhook', 'collection_webhook'))"
+            "  EXECUTE FUNCTION jsonsync_webhook_cursor();"
             "  CREATE TRIGGER jsonsync_webhook_cursor_gone AFTER DELETE ON objects FOR EACH ROW"
-            "  WHEN (OLD.resource_name = 'webhook') EXECUTE FUNCTION jsonsync_webhook_cursor();"
+            "  WHEN (OLD.resource_name IN ('webhook', 'collection_webhook'))"
+            "  EXECUTE FUNCTION jsonsync_webhook_cursor();"
             " END IF; END $$",
             FANOUT_LOCK,
         )

@@ -115,7 +115,20 @@ class PostgresStorage(PostgresProvider):
         return writer
 
     async def flush(self):
-        await self.pool.run("TRUNCATE objects, timestamps, jsonsync_outbox, jsonsync_outbox_attempts, sync_horizons")
+        # TRUNCATE locks its tables in turn, and a webhooks worker's claim
+        # (cursors, then events) or a write (objects, then events) may hold
+        # one it wants while waiting for another: PostgreSQL breaks such a
+        # deadlock by failing one side, and a flush simply runs again.
+        for attempt in range(5):
+            try:
+                await self.pool.run(
+                    "TRUNCATE objects, timestamps, jsonsync_outbox, jsonsync_outbox_attempts, sync_horizons,"
+                    " jsonsync_webhook_events, jsonsync_webhook_cursors"
+                )
+                break
+            except WriteConflict:
+                if attempt == 4:
+                    raise
         self._max_horizon = self._horizon_read = None
 
     async def prefetch(self, txn, keys, principals, checks, members=None, acl_uri=None, page=None):
