@@ -777,6 +777,27 @@ class PostgresEventLogTests(TestCase):
         await outbox.complete_many([(m["id"], m["token"], {"status_code": 200}) for m in claimed])
         self.assertEqual(await self.drain(outbox, limit=10), ids[10:])
 
+    async def test_a_window_of_both_kinds_read_in_small_parts(self):
+        # A window holding events of a transaction that was running when the
+        # cursor last moved (its xip list) and of later ones, read two at a time.
+        storage, outbox = await self.outbox()
+        txn = storage.transaction()
+        await self.append(storage, txn, "zero")
+        await txn.commit()
+        running = storage.transaction()
+        await self.append(storage, running, "r1", "r2", "r3")
+        self.assertEqual(await self.drain(outbox), ["zero"])  # the cursor moves while `running` runs
+        later = storage.transaction()
+        await self.append(storage, later, "l1", "l2", "l3")
+        await later.commit()
+        await running.commit()
+        seen = await self.drain(outbox, limit=2)
+        self.assertEqual(sorted(seen), ["l1", "l2", "l3", "r1", "r2", "r3"])  # each once
+        self.assertEqual(seen[:3], ["r1", "r2", "r3"])  # the older transaction's first
+        rows = await outbox.deliveries("/t", 10)
+        self.assertEqual({r["status"] for r in rows}, {"delivered"})
+        self.assertEqual(len(rows), 7)
+
     async def test_a_lease_that_ends_gives_the_window_to_another_worker(self):
         storage, outbox = await self.outbox()
         txn = storage.transaction()

@@ -1,6 +1,6 @@
 """
 The PostgreSQL outbox (L{jsonsync.interfaces.IOutbox}): schema 6's event
-log and cursors, and schema 4's retries table.
+log and cursors (read by position since schema 7), and schema 4's retries table.
 
 A change's events are written in the change's own statement (the fan-out
 trigger; L{append} for other callers, deferred to the transaction's next
@@ -70,11 +70,34 @@ def _unhandled(c: str, columns: str, more: str = "") -> str:
     )
 
 
+# A window's events in primary key order, (xid, seq), from the cursor's
+# position (last_xid, last_seq): those of the transactions running when
+# `done` was taken (its xip list: a look-up each), then those of the
+# transactions that began after it, up to `upto`'s xmax (one index range
+# from the position on). Each part of a window read in parts costs what it
+# returns, whatever is left of the window or written since.
+# (In the first part the position is a filter written so that the planner
+# keeps the xid list as the index condition.)
+def _window_events(c: str, columns: str) -> str:
+    visible = f" AND pg_visible_in_snapshot(e.xid, {c}.upto)"
+    return (
+        f"(SELECT {columns} FROM jsonsync_webhook_events e"
+        f" WHERE e.target = {c}.target AND e.xid = ANY(ARRAY(SELECT pg_snapshot_xip({c}.done)))"
+        f" AND (e.xid > {c}.last_xid OR (e.xid = {c}.last_xid AND e.seq > {c}.last_seq)){visible}"
+        f" ORDER BY e.xid, e.seq LIMIT %(limit)s)"
+        f" UNION ALL (SELECT {columns} FROM jsonsync_webhook_events e"
+        f" WHERE e.target = {c}.target AND e.xid >= pg_snapshot_xmax({c}.done)"
+        f" AND e.xid < pg_snapshot_xmax({c}.upto)"
+        f" AND (e.target, e.xid, e.seq) > ({c}.target, {c}.last_xid, {c}.last_seq){visible}"
+        f" ORDER BY e.xid, e.seq LIMIT %(limit)s)"
+    )
+
+
 # New events: lease the cursors of up to %(streams)s webhooks with unhandled
 # events, open their window (the snapshot of now) unless one is open (a
-# worker died in it), and read each window's next events in seq order. A
-# cursor whose window has nothing left comes back with no event (NULL seq):
-# the worker closes it.
+# worker died in it), and read each window's next events. A cursor whose
+# window has nothing left comes back with no event (NULL seq): the worker
+# closes it.
 _CLAIM_STREAMS = f"""
 WITH leased AS (
   UPDATE jsonsync_webhook_cursors k
@@ -86,16 +109,15 @@ WITH leased AS (
            LIMIT %(streams)s
            FOR UPDATE SKIP LOCKED) AS s
    WHERE k.target = s.target
-  RETURNING k.target, k.done, k.upto, k.last_seq)
+  RETURNING k.target, k.done, k.upto, k.last_xid, k.last_seq)
 SELECT l.target, e.xid::text, e.seq, e.id, e.body, extract(epoch FROM clock_timestamp() - e.created_at)::float8,
-       l.last_seq
+       l.last_xid::text, l.last_seq
   FROM leased l
   LEFT JOIN LATERAL (
-    SELECT * FROM ({_unhandled("l", "e.xid, e.seq, e.id, e.body, e.created_at",
-                               " AND pg_visible_in_snapshot(e.xid, l.upto) AND e.seq > l.last_seq")}) AS w
-     ORDER BY w.seq
+    SELECT * FROM ({_window_events("l", "e.xid, e.seq, e.id, e.body, e.created_at")}) AS w
+     ORDER BY w.xid, w.seq
      LIMIT %(limit)s) e ON true
- ORDER BY l.target, e.seq
+ ORDER BY l.target, e.xid, e.seq
 """
 
 # The end of a batch of a window, in one statement: the cursor moves (to
@@ -107,6 +129,7 @@ WITH moved AS (
   UPDATE jsonsync_webhook_cursors
      SET done = CASE WHEN %(whole)s THEN upto ELSE done END,
          upto = CASE WHEN %(whole)s THEN NULL ELSE upto END,
+         last_xid = CASE WHEN %(whole)s THEN '0'::xid8 ELSE %(last_xid)s::xid8 END,
          last_seq = CASE WHEN %(whole)s THEN 0 ELSE %(last_seq)s END,
          token = NULL, lease_until = NULL
    WHERE target = %(target)s AND token = %(token)s
@@ -178,7 +201,8 @@ WITH k AS (SELECT * FROM jsonsync_webhook_cursors WHERE target = %(target)s),
 e AS (
   SELECT coalesce(e.id, e.xid::text || '-' || e.seq) AS id, e.xid, e.seq, e.body, e.created_at,
          (pg_visible_in_snapshot(e.xid, k.done)
-          OR (k.upto IS NOT NULL AND pg_visible_in_snapshot(e.xid, k.upto) AND e.seq <= k.last_seq)) AS passed
+          OR (k.upto IS NOT NULL AND pg_visible_in_snapshot(e.xid, k.upto)
+              AND (e.xid, e.seq) <= (k.last_xid, k.last_seq))) AS passed
     FROM k JOIN jsonsync_webhook_events e ON e.target = k.target
    WHERE %(before_xid)s::xid8 IS NULL OR (e.xid, e.seq) < (%(before_xid)s::xid8, %(before_seq)s::bigint))
 SELECT e.id,
@@ -214,7 +238,8 @@ SELECT coalesce(e.id, e.xid::text || '-' || e.seq), e.target, e.body,
   JOIN jsonsync_webhook_cursors k ON k.target = e.target
  WHERE e.target = %(target)s AND {where}
    AND (pg_visible_in_snapshot(e.xid, k.done)
-        OR (k.upto IS NOT NULL AND pg_visible_in_snapshot(e.xid, k.upto) AND e.seq <= k.last_seq))
+        OR (k.upto IS NOT NULL AND pg_visible_in_snapshot(e.xid, k.upto)
+            AND (e.xid, e.seq) <= (k.last_xid, k.last_seq)))
  LIMIT 1
 ON CONFLICT (id) DO NOTHING
 """
@@ -240,12 +265,13 @@ def _attempt_params(attempt: dict) -> dict:
 class _Window:
     """The events of one webhook's window claimed together, settled together."""
 
-    __slots__ = ("target", "token", "whole", "last_seq", "messages", "ended", "waiters")
+    __slots__ = ("target", "token", "whole", "last_xid", "last_seq", "messages", "ended", "waiters")
 
-    def __init__(self, target: str, token: str, whole: bool, last_seq: int):
+    def __init__(self, target: str, token: str, whole: bool, last_xid: str, last_seq: int):
         self.target = target
         self.token = token
         self.whole = whole
+        self.last_xid = last_xid
         self.last_seq = last_seq
         self.messages: dict[str, dict] = {}
         self.ended: dict[str, tuple[str, dict, float]] = {}
@@ -344,12 +370,12 @@ class PostgresOutbox(CloseHooks):
             prepare=True,
         )
         per_target: dict[str, list] = {}
-        last_seqs: dict[str, int] = {}
-        for target, xid, seq, event_id, body, age, last_seq in rows or ():
+        positions: dict[str, tuple[str, int]] = {}
+        for target, xid, seq, event_id, body, age, last_xid, last_seq in rows or ():
             events = per_target.setdefault(target, [])
-            last_seqs[target] = last_seq
+            positions[target] = (last_xid, last_seq)
             if seq is not None:
-                events.append((event_id or f"{xid}-{seq}", seq, body, age))
+                events.append((event_id or f"{xid}-{seq}", (xid, seq), body, age))
         claimed: list[dict] = []
         empty: list[_Window] = []
         for target, events in per_target.items():
@@ -358,8 +384,8 @@ class PostgresOutbox(CloseHooks):
             # The window ends with this batch when its read came back short
             # and nothing of it is left for later.
             whole = len(events) < limit and len(taken) == len(events)
-            window = _Window(target, token, whole, taken[-1][1] if taken else last_seqs[target])
-            for event_id, _seq, body, age in taken:
+            window = _Window(target, token, whole, *(taken[-1][1] if taken else positions[target]))
+            for event_id, _position, body, age in taken:
                 message = {"id": event_id, "target": target, "body": body, "attempts": 1, "age": age, "token": token}
                 window.messages[event_id] = message
                 claimed.append(message)
@@ -423,7 +449,7 @@ class PostgresOutbox(CloseHooks):
         rows, _ = await self.pool.run(
             _SETTLE,
             {
-                "whole": window.whole, "last_seq": window.last_seq, "target": window.target, "token": window.token,
+                "whole": window.whole, "last_xid": window.last_xid, "last_seq": window.last_seq, "target": window.target, "token": window.token,
                 "ids": ids, "bodies": bodies, "ages": ages, "codes": codes, "latencies": latencies,
                 "errors": errors, "outcomes": outcomes, "delays": delays, "worker": worker,
             },

@@ -1,4 +1,4 @@
--- jsonsync schema, version 7: webhooks of a collection.
+-- jsonsync schema, version 7: webhooks of a collection; windows read by position.
 --
 -- Besides a bucket's webhooks (resource_name 'webhook', parent
 -- /buckets/<bid>), a collection has its own (resource_name
@@ -14,6 +14,15 @@
 -- The triggers are created by the webhooks plugin at start, with the types
 -- they watch in their WHEN clause: they are dropped here so that the plugin
 -- creates them again with the new clause.
+
+-- A cursor's position in its window is now (last_xid, last_seq): a window
+-- is read in primary key order, each part from where the last one ended,
+-- instead of in seq order, which read the whole rest of the window again
+-- for each part (a backlog of n events cost about n²/batch row visits).
+ALTER TABLE jsonsync_webhook_cursors ADD COLUMN last_xid xid8 NOT NULL DEFAULT '0';
+-- A window left open by version 6 is read again from its start (at least
+-- once: its first events may be delivered twice).
+UPDATE jsonsync_webhook_cursors SET last_seq = 0 WHERE upto IS NOT NULL;
 
 DROP TRIGGER IF EXISTS jsonsync_webhook_cursor ON objects;
 DROP TRIGGER IF EXISTS jsonsync_webhook_cursor_gone ON objects;
