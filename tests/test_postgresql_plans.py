@@ -186,6 +186,13 @@ class FreshDataPlanTests(TestCase):
         self.assertTrue(claims)
         for plan in await self.explain(*claims[0]):
             self.assertNotIn("Seq Scan on jsonsync_webhook_events", plan, plan)
+            # ... nor walks all of a webhook's events: every scan of the log
+            # is bounded by an xid (a range, or one xid of a snapshot's list).
+            lines = plan.splitlines()
+            for i, line in enumerate(lines):
+                if "Scan" in line and "on jsonsync_webhook_events" in line:
+                    cond = next((x for x in lines[i + 1:] if "Index Cond" in x), "")
+                    self.assertIn("xid", cond, plan)
         self.assertEqual(len(await outbox.claim(80, 30, "w")), 80)
 
 

@@ -80,15 +80,17 @@ def _has_unhandled(c: str) -> str:
 # transactions that began after it, up to `upto`'s xmax (one index range
 # from the position on). Each part of a window read in parts costs what it
 # returns, whatever is left of the window or written since.
-# (In the first part each xid of the list is a look-up of its own: as an
-# array, "xid = ANY(...)", the planner may make it a filter over every event
-# of the webhook; the position is a filter there, for the same reason.)
+# (In the first part each xid of the list is a look-up of its own, a
+# LATERAL subquery that its LIMIT keeps from being flattened: joined or as
+# an array, "xid = ANY(...)", the planner may walk every event of the
+# webhook in xid order instead.)
 def _window_events(c: str, columns: str) -> str:
     visible = f" AND pg_visible_in_snapshot(e.xid, {c}.upto)"
     return (
-        f"(SELECT {columns} FROM pg_snapshot_xip({c}.done) AS r(xid)"
-        f" JOIN jsonsync_webhook_events e ON e.target = {c}.target AND e.xid = r.xid"
-        f" WHERE (e.xid > {c}.last_xid OR (e.xid = {c}.last_xid AND e.seq > {c}.last_seq)){visible}"
+        f"(SELECT e.* FROM pg_snapshot_xip({c}.done) AS r(xid), LATERAL (SELECT {columns}"
+        f" FROM jsonsync_webhook_events e WHERE e.target = {c}.target AND e.xid = r.xid"
+        f" AND (e.xid > {c}.last_xid OR (e.xid = {c}.last_xid AND e.seq > {c}.last_seq)){visible}"
+        f" ORDER BY e.seq LIMIT %(limit)s) AS e"
         f" ORDER BY e.xid, e.seq LIMIT %(limit)s)"
         f" UNION ALL (SELECT {columns} FROM jsonsync_webhook_events e"
         f" WHERE e.target = {c}.target AND e.xid >= pg_snapshot_xmax({c}.done)"
