@@ -491,6 +491,10 @@ def _request_head(url: str) -> tuple[Target, bytes]:
     return target, head
 
 
+# Seconds between two claims of a worker that has caught up with the log.
+CLAIM_GAP = 0.02
+
+
 class Worker:
     """
     Claims due messages, up to C{claim_size} at a time, and delivers them,
@@ -516,6 +520,8 @@ class Worker:
         self._last_prune = 0.0
         self._completions: list = []
         self._flush_timer = None
+        self._caught_up_at = 0.0
+        self._gap_timer = None
 
     def start(self) -> None:
         self._loop = LoopingCall(self.poke)
@@ -562,6 +568,7 @@ class Worker:
                     self.inflight[message["id"]] = d
                     d.addBoth(self._delivered, message["id"])
                 if len(claimed) < free and not self._again:
+                    self._caught_up_at = time.monotonic()
                     break
             now = time.time()
             if not self._stopped and now - self._last_prune > 60:
@@ -579,7 +586,16 @@ class Worker:
     def _delivered(self, result, message_id):
         self.inflight.pop(message_id, None)
         if not self._stopped and len(self.inflight) <= self.config.claim_size // 2:
-            self.poke()  # half of what was claimed is done: claim more
+            # Half of what was claimed is done: claim more, but not more often
+            # than every CLAIM_GAP seconds once a claim found all there was
+            # (each delivery would otherwise claim the two or three events
+            # written meanwhile: a claim and a settle each).
+            wait = self._caught_up_at + CLAIM_GAP - time.monotonic()
+            if wait <= 0:
+                self.poke()
+            elif self._gap_timer is None or not self._gap_timer.active():
+                self._gap_timer = self.reactor.callLater(wait, self.poke)
+                self._timers.add(self._gap_timer)
         return None
 
     async def _release(self, message) -> None:
