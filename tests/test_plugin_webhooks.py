@@ -595,6 +595,22 @@ class DeliveryTests(TestCase):
         await sleep(0.5)
         self.assertFalse([c for c in receiver.calls if c["event"]["uri"].endswith("/r2")])
 
+    async def test_paced_claims_leave_no_timers_behind(self):
+        # A worker that has caught up waits CLAIM_GAP before claiming again,
+        # with a timer; timers that fired must not pile up in the worker.
+        self.patch(webhooks, "CLAIM_GAP", 0.01)
+        receiver = Receiver()
+        url = listen(self, receiver)
+        app, client = await self.app_with()
+        await self._ok(client.put("/v1/buckets/b/webhooks/w1", {"data": {"url": url}}))
+        for n in range(20):
+            await self._ok(client.put(f"/v1/buckets/b/collections/c/records/r{n}", {"data": {}}))
+            await sleep(0.02)
+        await wait_for(lambda: len(receiver.accepted) >= 20)
+        await sleep(0.1)
+        worker = webhooks.worker_of(app.registry)
+        self.assertLessEqual(len(worker._timers), 2, worker._timers)
+
     async def test_stopping_while_a_claim_is_on_its_way(self):
         # The worker stops while a claim is running: what it then gets is
         # given back, and stopping ends (it once waited forever on PostgreSQL:

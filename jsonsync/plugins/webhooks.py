@@ -594,7 +594,7 @@ class Worker:
             if wait <= 0:
                 self.poke()
             elif self._gap_timer is None or not self._gap_timer.active():
-                self._gap_timer = self.reactor.callLater(wait, self.poke)
+                self._gap_timer = self.reactor.callLater(wait, self._timer_fired)
                 self._timers.add(self._gap_timer)
         return None
 
