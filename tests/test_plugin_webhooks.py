@@ -795,14 +795,20 @@ class PostgresEventLogTests(TestCase):
 
     async def test_a_window_of_both_kinds_read_in_small_parts(self):
         # A window holding events of a transaction that was running when the
-        # cursor last moved (its xip list) and of later ones, read two at a time.
+        # cursor last moved (in its snapshot's xip list: a later transaction
+        # had committed) and of transactions that began after, read two at a time.
         storage, outbox = await self.outbox()
         txn = storage.transaction()
         await self.append(storage, txn, "zero")
         await txn.commit()
         running = storage.transaction()
         await self.append(storage, running, "r1", "r2", "r3")
-        self.assertEqual(await self.drain(outbox), ["zero"])  # the cursor moves while `running` runs
+        before = storage.transaction()
+        await self.append(storage, before, "b1")
+        await before.commit()
+        self.assertEqual(await self.drain(outbox), ["zero", "b1"])  # the cursor moves while `running` runs
+        rows, _ = await outbox.pool.run("SELECT pg_snapshot_xip(done)::text FROM jsonsync_webhook_cursors")
+        self.assertEqual(len(rows), 1)  # `running` is in the cursor's xip list
         later = storage.transaction()
         await self.append(storage, later, "l1", "l2", "l3")
         await later.commit()
@@ -812,7 +818,7 @@ class PostgresEventLogTests(TestCase):
         self.assertEqual(seen[:3], ["r1", "r2", "r3"])  # the older transaction's first
         rows = await outbox.deliveries("/t", 10)
         self.assertEqual({r["status"] for r in rows}, {"delivered"})
-        self.assertEqual(len(rows), 7)
+        self.assertEqual(len(rows), 8)
 
     async def test_a_lease_that_ends_gives_the_window_to_another_worker(self):
         storage, outbox = await self.outbox()
