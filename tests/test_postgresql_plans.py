@@ -15,12 +15,14 @@ the server's own connection (a pool of one).
 
 from __future__ import annotations
 
+import re
+
 from twisted.trial.unittest import TestCase
 
 from jsonsync import testclient
 from jsonsync.storage.postgresql import driver, group, statistics
 from jsonsync.storage.postgresql.statements import PLACEHOLDER, array_literal, pieces, prepared_form
-from tests.pg import SKIP, scratch_url
+from tests.pg import SKIP, open_backend, scratch_url, with_query
 
 P = "/buckets/b/collections/c"
 RECORDS = "/v1/buckets/b/collections/c/records"
@@ -153,9 +155,8 @@ class FreshDataPlanTests(TestCase):
         self.assertEqual(seen, set(kinds), [s for s, _, _ in capture.sent])
 
 
-    async def test_the_webhook_claim_uses_the_indexes_on_a_grown_log(self):
-        # The worker prepares its claim while the event log is empty; the log
-        # then grows by 20,000 events (a backlog), analysed only by jsonsync.
+    async def webhooks_app(self):
+        """The application again, with the webhooks plugin (no worker), a bucket and its webhook."""
         await self.app.registry.close()
         url = self.app.registry.settings["storage_url"]
         self.app = await testclient.build_app(
@@ -170,6 +171,12 @@ class FreshDataPlanTests(TestCase):
         alice = testclient.StubClient(self.app).as_user("alice")
         await self.ok(alice.put("/v1/buckets/b"))
         await self.ok(alice.put("/v1/buckets/b/webhooks/w", {"data": {"url": "http://127.0.0.1:9/hook"}}))
+        return outbox, alice
+
+    async def test_the_webhook_claim_uses_the_indexes_on_a_grown_log(self):
+        # The worker prepares its claim while the event log is empty; the log
+        # then grows by 20,000 events (a backlog), analysed only by jsonsync.
+        outbox, alice = await self.webhooks_app()
         # Analysed while empty (by autovacuum, or an operator's ANALYZE).
         await self.pool.run("ANALYZE jsonsync_webhook_events, jsonsync_webhook_cursors")
         capture = _Capture(self, "jsonsync_webhook_events")
@@ -194,6 +201,67 @@ class FreshDataPlanTests(TestCase):
                     cond = next((x for x in lines[i + 1:] if "Index Cond" in x), "")
                     self.assertIn("xid", cond, plan)
         self.assertEqual(len(await outbox.claim(80, 30, "w")), 80)
+
+    async def test_a_claim_reads_what_it_returns_in_a_large_transaction(self):
+        # A backlog written by one transaction (an import: 30,000 events of one
+        # xid), read 80 at a time: each claim enters the index where the
+        # cursor's position is, not at the start of the window (which made
+        # reading a window of n events cost n^2 / 80 index entries).
+        outbox, _alice = await self.webhooks_app()
+        await self.pool.run(
+            "INSERT INTO jsonsync_webhook_events (target, xid, body)"
+            " SELECT '/buckets/b/webhooks/w', '5'::xid8, '{\"n\":' || i || '}' FROM generate_series(1, 30000) AS i;"
+            " ANALYZE jsonsync_webhook_events"
+        )
+        capture = _Capture(self, "jsonsync_webhook_events")
+        claimed = await outbox.claim(80, 30, "w")
+        self.assertEqual(len(claimed), 80)
+        await outbox.complete_many([(m["id"], m["token"], {"status_code": 200}) for m in claimed])
+        # The cursor now stands 80 events into its window; as if 29,000 were read:
+        await self.pool.run("UPDATE jsonsync_webhook_cursors SET last_seq = last_seq + 29000")
+        sql, params, prepare = [c for c in capture.sent if c[2] and "leased" in c[0]][0]
+        (piece,) = pieces(sql)
+        name, _, order = prepared_form(piece)
+        values = [array_literal(v) if isinstance(v, (list, tuple)) else v for v in (params[k] for k in order)]
+        conn = await self.pool.checkout()
+        try:
+            await driver.execute(conn, "BEGIN")
+            rows, _ = await driver.execute(
+                conn, f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE {name} ({', '.join(['%s'] * len(values))})", values
+            )
+            await driver.execute(conn, "ROLLBACK")
+        finally:
+            self.pool.release(conn, poke=False)
+        plan = [r[0] for r in rows]
+        read = 0
+        for i, line in enumerate(plan):
+            if "Scan" in line and "on jsonsync_webhook_events" in line and "never executed" not in line:
+                buffers = next((x for x in plan[i + 1 :] if "Buffers:" in x), "")
+                read += sum(int(n) for n in re.findall(r"=(\d+)", buffers))
+        # 80 events (~3 index pages and their heap pages); entering at the
+        # window's start would walk ~29,000 index entries first (~200 pages).
+        self.assertLess(read, 40, "\n".join(plan))
+        self.assertEqual(len(await outbox.claim(80, 30, "w")), 80)
+
+
+class SessionSettingsTests(TestCase):
+    """The settings of the server's sessions, and an operator's own in the URL."""
+
+    skip = SKIP
+
+    async def settings(self, url: str) -> tuple[str, str]:
+        storage, _ = await open_backend(self, url)
+        rows, _ = await storage.pool.run("SELECT current_setting('jit'), current_setting('plan_cache_mode')")
+        return rows[0]
+
+    async def test_generic_plans_and_no_jit_compilation(self):
+        # A generic plan whose estimated cost crosses jit_above_cost would be
+        # compiled again at every execution.
+        self.assertEqual(await self.settings(await scratch_url(self)), ("off", "force_generic_plan"))
+
+    async def test_the_operator_options_win(self):
+        url = with_query(await scratch_url(self), options="-c%20jit%3Don")
+        self.assertEqual(await self.settings(url), ("on", "force_generic_plan"))
 
 
 class StatisticsKeeperTests(TestCase):

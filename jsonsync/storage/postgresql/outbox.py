@@ -77,25 +77,33 @@ def _has_unhandled(c: str) -> str:
 # A window's events in primary key order, (xid, seq), from the cursor's
 # position (last_xid, last_seq): those of the transactions running when
 # `done` was taken (its xip list: a look-up each), then those of the
-# transactions that began after it, up to `upto`'s xmax (one index range
-# from the position on). Each part of a window read in parts costs what it
-# returns, whatever is left of the window or written since.
-# (In the first part each xid of the list is a look-up of its own, a
-# LATERAL subquery that its LIMIT keeps from being flattened: joined or as
-# an array, "xid = ANY(...)", the planner may walk every event of the
-# webhook in xid order instead.)
+# transactions that began after it, up to `upto`'s xmax: the rest of the
+# position's own transaction, then the transactions after it (an index range
+# each). Each part of a window read in parts costs what it returns, whatever
+# is left of the window or written since, however large its transactions.
+# (The index is entered at the position only with equality on target and
+# xid: a row comparison "(target, xid, seq) > (...)" beside "target = ..."
+# is a filter, not where the scan starts, which re-read the window from its
+# start at every part. In the first part each xid of the list is a look-up
+# of its own, a LATERAL subquery that its LIMIT keeps from being flattened:
+# joined or as an array, "xid = ANY(...)", the planner may walk every event
+# of the webhook in xid order instead.)
 def _window_events(c: str, columns: str) -> str:
     visible = f" AND pg_visible_in_snapshot(e.xid, {c}.upto)"
+    after = f"e.xid >= pg_snapshot_xmax({c}.done) AND e.xid < pg_snapshot_xmax({c}.upto)"
     return (
         f"(SELECT e.* FROM pg_snapshot_xip({c}.done) AS r(xid), LATERAL (SELECT {columns}"
         f" FROM jsonsync_webhook_events e WHERE e.target = {c}.target AND e.xid = r.xid"
-        f" AND (e.xid > {c}.last_xid OR (e.xid = {c}.last_xid AND e.seq > {c}.last_seq)){visible}"
+        f" AND e.seq > (CASE WHEN r.xid = {c}.last_xid THEN {c}.last_seq ELSE 0 END){visible}"
         f" ORDER BY e.seq LIMIT %(limit)s) AS e"
+        f" WHERE r.xid >= {c}.last_xid"
         f" ORDER BY e.xid, e.seq LIMIT %(limit)s)"
         f" UNION ALL (SELECT {columns} FROM jsonsync_webhook_events e"
-        f" WHERE e.target = {c}.target AND e.xid >= pg_snapshot_xmax({c}.done)"
-        f" AND e.xid < pg_snapshot_xmax({c}.upto)"
-        f" AND (e.target, e.xid, e.seq) > ({c}.target, {c}.last_xid, {c}.last_seq){visible}"
+        f" WHERE e.target = {c}.target AND e.xid = {c}.last_xid AND e.seq > {c}.last_seq"
+        f" AND {after}{visible}"
+        f" ORDER BY e.seq LIMIT %(limit)s)"
+        f" UNION ALL (SELECT {columns} FROM jsonsync_webhook_events e"
+        f" WHERE e.target = {c}.target AND e.xid > {c}.last_xid AND {after}{visible}"
         f" ORDER BY e.xid, e.seq LIMIT %(limit)s)"
     )
 

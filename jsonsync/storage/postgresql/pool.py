@@ -69,7 +69,15 @@ class Pool:
             # one made while a table was nearly empty would outlive the
             # table's growth, hence the statistics keeper (statistics.py),
             # whose ANALYZE of a grown table re-plans them everywhere.
-            kwargs["options"] = (options + " -c plan_cache_mode=force_generic_plan").strip()
+            options += " -c plan_cache_mode=force_generic_plan"
+        if "jit" not in options:
+            # No JIT compilation: it pays off on scans of millions of rows,
+            # not on our short statements, and a generic plan whose estimated
+            # cost crosses jit_above_cost compiles again at every execution
+            # (the webhook claim on a grown event log: 20 ms of compiling for
+            # 1 ms of work, each call).
+            options += " -c jit=off"
+        kwargs["options"] = options.strip()
         for conn in self.connections:
             d = conn.connect(self.url, **kwargs)
             d.addCallbacks(
