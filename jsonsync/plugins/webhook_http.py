@@ -237,23 +237,29 @@ class ConnectionPool:
         if idle and conn in idle:
             idle.remove(conn)
 
-    async def request(self, key: tuple, connect: Callable[[Factory], Deferred], data: bytes) -> int:
+    def request(self, key: tuple, connect: Callable[[Factory], Deferred], data: bytes) -> Deferred:
         """
         Sends C{data} (a whole request) to the receiver C{key} on an idle
-        connection, or a new one made by C{connect(factory)}; returns the
+        connection, or a new one made by C{connect(factory)}; fires with the
         response's status. A reused connection that the receiver closed
-        meanwhile (it answered nothing) is replaced once.
+        meanwhile (it answered nothing) is replaced once. Cancelling the
+        result aborts the connection.
         """
         idle = self._idle_by_key.get(key)
         while idle:
             conn = idle.pop()
             if conn.transport is not None and conn.transport.connected:
-                try:
-                    return await conn.send(data)
-                except ConnectionLostEarly:
-                    if conn.received_any:
-                        raise
-                    break  # closed while idle: once more on a new connection
+                d = conn.send(data)
+                d.addErrback(self._closed_while_idle, conn, key, connect, data)
+                return d
+        return Deferred.fromCoroutine(self._fresh(key, connect, data))
+
+    def _closed_while_idle(self, failure, conn: _Connection, key: tuple, connect, data: bytes):
+        if failure.check(ConnectionLostEarly) and not conn.received_any:
+            return Deferred.fromCoroutine(self._fresh(key, connect, data))  # once more, on a new connection
+        return failure
+
+    async def _fresh(self, key: tuple, connect: Callable[[Factory], Deferred], data: bytes) -> int:
         conn = await connect(_Factory(self, key))
         self._open.add(conn)
         return await conn.send(data)

@@ -33,6 +33,7 @@ a transactional outbox, and a delivery worker in each process. docs/webhooks.md 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -48,12 +49,13 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from twisted.internet import defer
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from jsonsync import jsonutil
@@ -136,6 +138,7 @@ def refused_address(address: str) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def _ip_literal(host: str) -> str | None:
     try:
         return str(ipaddress.ip_address(host.strip("[]")))
@@ -194,10 +197,6 @@ async def resolve(reactor, host: str, port: int, timeout: float) -> list[str]:
         if family in (socket.AF_INET, socket.AF_INET6) and address not in seen:
             seen.append(address)
     return seen
-
-
-class DeliveryTimeout(Exception):
-    """No complete answer within C{webhooks.timeout_seconds}."""
 
 
 class TargetRefused(Exception):
@@ -495,12 +494,44 @@ def _request_head(url: str) -> tuple[Target, bytes]:
 CLAIM_GAP = 0.02
 
 
+class _Route:
+    """Where a webhook's deliveries of one claim go: the checked address, the request's start, the secret."""
+
+    __slots__ = ("key", "connect", "head", "secret")
+
+    def __init__(self, key: tuple, connect, head: bytes, secret: str):
+        self.key = key
+        self.connect = connect
+        self.head = head
+        self.secret = secret
+
+
+class _Flight:
+    """A request on its way."""
+
+    __slots__ = ("message", "started", "d", "timed_out")
+
+    def __init__(self, message: dict, started: float):
+        self.message = message
+        self.started = started
+        self.d: Deferred | None = None
+        self.timed_out = False
+
+
 class Worker:
     """
     Claims due messages, up to C{claim_size} at a time, and delivers them,
     at most C{concurrency} requests at once. Polls every C{poll_interval}
     seconds, at once when this process appended messages or a retry falls
     due, and again when half of what it holds is delivered.
+
+    A delivery is driven by callbacks, not a coroutine each: it happens once
+    per change, and the Deferreds of a coroutine per delivery (with a
+    semaphore, a timer each and an awaited completion) cost more CPU than the
+    request itself. A claim's webhooks are looked up and their hosts resolved
+    once per claim; requests wait in a queue for one of the C{concurrency}
+    slots; one timer sweeps the requests that ran out of time; the
+    successes of one reactor turn are recorded together.
     """
 
     def __init__(self, plugin: Installation):
@@ -509,10 +540,15 @@ class Worker:
         self.outbox: IOutbox = plugin.outbox
         self.config = plugin.config
         self.name = f"{socket.gethostname()}:{id(self):x}:{uuid.uuid4().hex[:6]}"
-        self.inflight: dict[str, Deferred] = {}
-        self.requests = DeferredSemaphore(self.config.concurrency)
+        # Claimed messages, from their claim until their end is recorded.
+        self.inflight: dict[str, dict] = {}
         self.http_pool = ConnectionPool(max_idle=self.config.concurrency)
+        self._queue: collections.deque = collections.deque()  # (message, route, body) waiting for a slot
+        self._flights: dict[str, _Flight] = {}  # requests on their way, by message id
+        self._ending: set[Deferred] = set()  # ends being recorded (retries, failures, flushes)
+        self._ending_ids: set[str] = set()  # the messages they end, and those waiting for a flush
         self._loop: LoopingCall | None = None
+        self._sweeper: LoopingCall | None = None
         self._polling: Deferred | None = None
         self._again = False
         self._timers: set = set()
@@ -524,9 +560,12 @@ class Worker:
         self._gap_timer = None
 
     def start(self) -> None:
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = self.reactor
+        self._sweeper.start(min(1.0, self.config.timeout / 4), now=False)
         self._loop = LoopingCall(self.poke)
         self._loop.clock = self.reactor
-        self._loop.start(self.config.poll_interval, now=True)
+        self._loop.start(self.config.poll_interval, now=True)  # (the first poll may stop the worker)
 
     def poke(self) -> None:
         """Look for due messages now (or as soon as the running look-up ends)."""
@@ -562,11 +601,14 @@ class Worker:
                     # them are in (one at a time, the first would wait forever).
                     await defer.gatherResults([Deferred.fromCoroutine(self._release(m)) for m in claimed])
                     break
-                hooks = await self._webhooks([m["target"] for m in claimed]) if claimed else {}
-                for message in claimed:
-                    d = Deferred.fromCoroutine(self._deliver(message, hooks.get(message["target"])))
-                    self.inflight[message["id"]] = d
-                    d.addBoth(self._delivered, message["id"])
+                if claimed:
+                    for message in claimed:
+                        self.inflight[message["id"]] = message
+                    hooks = await self._webhooks([m["target"] for m in claimed])
+                    routes = await self._routes(hooks)
+                    for message in claimed:
+                        target = message["target"]
+                        self._dispatch(message, hooks.get(target), routes.get(target))
                 if len(claimed) < free and not self._again:
                     self._caught_up_at = time.monotonic()
                     break
@@ -582,21 +624,6 @@ class Worker:
             _log.failure("webhooks: polling the outbox failed")
         finally:
             self._polling = None
-
-    def _delivered(self, result, message_id):
-        self.inflight.pop(message_id, None)
-        if not self._stopped and len(self.inflight) <= self.config.claim_size // 2:
-            # Half of what was claimed is done: claim more, but not more often
-            # than every CLAIM_GAP seconds once a claim found all there was
-            # (each delivery would otherwise claim the two or three events
-            # written meanwhile: a claim and a settle each).
-            wait = self._caught_up_at + CLAIM_GAP - time.monotonic()
-            if wait <= 0:
-                self.poke()
-            elif self._gap_timer is None or not self._gap_timer.active():
-                self._gap_timer = self.reactor.callLater(wait, self._timer_fired)
-                self._timers.add(self._gap_timer)
-        return None
 
     async def _release(self, message) -> None:
         try:
@@ -622,69 +649,156 @@ class Worker:
                 await txn.rollback()
         return found
 
-    async def _deliver(self, message, hook: dict | None) -> None:
-        try:
+    async def _routes(self, hooks: dict[str, dict | None]) -> dict[str, _Route | str]:
+        """
+        Each webhook's route for this claim, or why it has none (an error
+        for the delivery log). The host is resolved now, and the connection
+        goes to the very address that was checked (no DNS rebinding).
+        """
+        routes: dict[str, _Route | str] = {}
+        for uri, hook in hooks.items():
             if hook is None:
-                await self.outbox.discard(message["id"], message["token"])
-                return
-            filters = filters_of(hook)
-            stored = message["body"]
-            if not filters and '"old":' not in stored and stored.startswith("{"):
-                # Nothing to judge nor strip: the stored text, with the id first.
-                body = ('{"id":' + jsonutil.dumps(message["id"]).decode("ascii") + "," + stored[1:]).encode("utf-8")
-            else:
-                event, subject = outgoing(message["id"], stored)
-                if filters and not matches_all(subject, filters):
-                    await self.outbox.discard(message["id"], message["token"])
-                    return
-                body = jsonutil.dumps(event)
-            started = time.monotonic()
-            status, error = None, None
+                continue
             try:
-                await self.requests.acquire()
-                started = time.monotonic()
-                try:
-                    status = await self._post(hook, message, body)
-                finally:
-                    self.requests.release()
-            except (TargetRefused, DeliveryTimeout) as exc:
-                error = str(exc)
-            except CancelledError:
-                raise  # the worker is stopping
+                target, head = _request_head(hook.get("url"))
+                addresses = await resolve(self.reactor, target.host, target.port, self.config.timeout)
+                if not self.config.allow_private:
+                    addresses = [a for a in addresses if not refused_address(a)]
+                    if not addresses:
+                        raise TargetRefused(f"{target.host} resolves to no address webhooks may reach")
+                if not addresses:
+                    raise TargetRefused(f"{target.host} does not resolve")
+            except TargetRefused as exc:
+                routes[uri] = str(exc)
+                continue
             except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"[:500]
-            attempt = {
-                "status_code": status,
-                "latency_ms": round((time.monotonic() - started) * 1000, 1),
-                "error": error,
-                "worker": self.name,
-            }
-            if status is not None and 200 <= status < 300:
-                await self._complete(message, attempt)
+                routes[uri] = f"{type(exc).__name__}: {exc}"[:500]
+                continue
+            routes[uri] = _Route(
+                (target.scheme, addresses[0], target.port, target.host),
+                functools.partial(self._connect, addresses[0], target),
+                head,
+                hook.get("secret") or "",
+            )
+        return routes
+
+    def _connect(self, address: str, target: Target, factory) -> Deferred:
+        return _endpoint(self.reactor, address, target, self.config.timeout).connect(factory)
+
+    # -- one delivery --------------------------------------------------------------------
+    def _dispatch(self, message: dict, hook: dict | None, route: _Route | str | None) -> None:
+        """Queues a claimed message's request, or ends it at once (no webhook, filtered out, no route)."""
+        if hook is None:
+            self._end(message, self.outbox.discard(message["id"], message["token"]))
+            return
+        filters = filters_of(hook)
+        stored = message["body"]
+        if not filters and '"old":' not in stored and stored.startswith("{"):
+            # Nothing to judge nor strip: the stored text, with the id first.
+            body = ('{"id":' + jsonutil.dumps(message["id"]).decode("ascii") + "," + stored[1:]).encode("utf-8")
+        else:
+            try:
+                event, subject = outgoing(message["id"], stored)
+            except Exception:
+                _log.failure("webhooks: reading event {id} failed", id=message["id"])
+                self._settled(message["id"])
                 return
-            if attempt["error"] is None:
-                attempt["error"] = f"HTTP {status}"
-            delay = self.config.backoff(message["attempts"])
-            if message["age"] + delay > self.config.retry_period:
-                await self.outbox.fail(message["id"], message["token"], attempt)
+            if filters and not matches_all(subject, filters):
+                self._end(message, self.outbox.discard(message["id"], message["token"]))
                 return
+            body = jsonutil.dumps(event)
+        if not isinstance(route, _Route):
+            self._attempted(message, None, route or "no route", time.monotonic())
+            return
+        self._queue.append((message, route, body))
+        self._start_next()
+
+    def _start_next(self) -> None:
+        while self._queue and len(self._flights) < self.config.concurrency and not self._stopped:
+            message, route, body = self._queue.popleft()
+            timestamp = str(int(time.time()))
+            data = b"".join((
+                route.head,
+                f"{EVENT_HEADER}: {message['id']}\r\n{TIMESTAMP_HEADER}: {timestamp}\r\n"
+                f"{SIGNATURE_HEADER}: {sign(route.secret, timestamp, body)}\r\n"
+                f"{ATTEMPT_HEADER}: {message['attempts']}\r\nContent-Length: {len(body)}\r\n\r\n".encode(),
+                body,
+            ))
+            flight = _Flight(message, time.monotonic())
+            self._flights[message["id"]] = flight
+            d = self.http_pool.request(route.key, route.connect, data)
+            flight.d = d
+            d.addCallbacks(self._answered, self._unanswered, callbackArgs=(flight,), errbackArgs=(flight,))
+
+    def _answered(self, status: int, flight: _Flight) -> None:
+        self._flights.pop(flight.message["id"], None)
+        self._attempted(flight.message, status, None, flight.started)
+        self._start_next()
+
+    def _unanswered(self, failure, flight: _Flight) -> None:
+        self._flights.pop(flight.message["id"], None)
+        if flight.timed_out:
+            error = f"timed out after {self.config.timeout:g} s"
+        elif failure.check(CancelledError):
+            return None  # the worker is stopping: stop() gives the message back
+        else:
+            error = f"{failure.type.__name__}: {failure.value}"[:500]
+        self._attempted(flight.message, None, error, flight.started)
+        self._start_next()
+        return None
+
+    def _sweep(self) -> None:
+        """Cancels the requests that ran out of time (their connections are aborted)."""
+        if not self._flights:
+            return
+        late = time.monotonic() - self.config.timeout
+        for flight in [f for f in self._flights.values() if f.started <= late]:
+            flight.timed_out = True
+            if flight.d is not None:
+                flight.d.cancel()
+
+    def _attempted(self, message: dict, status: int | None, error: str | None, started: float) -> None:
+        """An attempt ended: recorded as delivered (with the turn's others), to be retried, or failed."""
+        if self._stopped:
+            return
+        attempt = {
+            "status_code": status,
+            "latency_ms": round((time.monotonic() - started) * 1000, 1),
+            "error": error,
+            "worker": self.name,
+        }
+        if status is not None and 200 <= status < 300:
+            self._completions.append((message["id"], message["token"], attempt))
+            self._ending_ids.add(message["id"])
+            if self._flush_timer is None:
+                self._flush_timer = self.reactor.callLater(0, self._flush_completions)
+            return
+        if error is None:
+            attempt["error"] = f"HTTP {status}"
+        delay = self.config.backoff(message["attempts"])
+        if message["age"] + delay > self.config.retry_period:
+            self._end(message, self.outbox.fail(message["id"], message["token"], attempt))
+            return
+
+        async def retry():
             if await self.outbox.reschedule(message["id"], message["token"], delay, attempt):
                 self.poke_later(delay)
-        except CancelledError:
-            if self._stopped:
-                await self._release(message)
-                return
-            raise
-        except Exception:
-            _log.failure("webhooks: delivering {id} failed", id=message["id"])
 
-    async def _complete(self, message, attempt) -> None:
-        """Completions of one reactor turn go to the outbox together (one statement on PostgreSQL)."""
-        done: Deferred = Deferred()
-        self._completions.append((message["id"], message["token"], attempt, done))
-        if len(self._completions) == 1:
-            self._flush_timer = self.reactor.callLater(0, self._flush_completions)
-        await done
+        self._end(message, retry())
+
+    def _end(self, message: dict, ending) -> None:
+        """Runs C{ending} (an outbox call ending C{message}); the message is let go when it is done."""
+        self._ending_ids.add(message["id"])
+        d = Deferred.fromCoroutine(ending) if not isinstance(ending, Deferred) else ending
+        self._ending.add(d)
+
+        def done(result):
+            self._ending.discard(d)
+            if isinstance(result, Failure) and not result.check(CancelledError):
+                _log.failure("webhooks: ending {id} failed", result, id=message["id"])
+            self._settled(message["id"])
+
+        d.addBoth(done)
 
     def _flush_completions(self) -> Deferred:
         self._flush_timer = None
@@ -692,54 +806,49 @@ class Worker:
 
         async def flush():
             try:
-                await self.outbox.complete_many([(i, t, a) for i, t, a, _ in batch])
+                await self.outbox.complete_many(batch)
             except (BackendUnavailable, WriteConflict) as exc:
                 # The leases end and the events are delivered again (at least once).
                 _log.warn("webhooks: recording {n} deliveries: {error}", n=len(batch), error=exc.message)
             except Exception:
                 _log.failure("webhooks: recording {n} deliveries failed", n=len(batch))
-            for *_, done in batch:
-                if not done.called:
-                    done.callback(None)
+            for message_id, _, _ in batch:
+                self._settled(message_id)
 
-        return Deferred.fromCoroutine(flush())
+        d = Deferred.fromCoroutine(flush())
+        if not d.called:
+            self._ending.add(d)
 
-    async def _post(self, hook: dict, message, body: bytes) -> int:
-        target, head = _request_head(hook.get("url"))
-        addresses = await resolve(self.reactor, target.host, target.port, self.config.timeout)
-        if not self.config.allow_private:
-            addresses = [a for a in addresses if not refused_address(a)]
-            if not addresses:
-                raise TargetRefused(f"{target.host} resolves to no address webhooks may reach")
-        if not addresses:
-            raise TargetRefused(f"{target.host} does not resolve")
-        address = addresses[0]
-        timestamp = str(int(time.time()))
-        data = b"".join((
-            head,
-            f"{EVENT_HEADER}: {message['id']}\r\n{TIMESTAMP_HEADER}: {timestamp}\r\n"
-            f"{SIGNATURE_HEADER}: {sign(hook.get('secret') or '', timestamp, body)}\r\n"
-            f"{ATTEMPT_HEADER}: {message['attempts']}\r\nContent-Length: {len(body)}\r\n\r\n".encode(),
-            body,
-        ))
-        key = (target.scheme, address, target.port, target.host)
+            def gone(result):
+                self._ending.discard(d)
+                return result
 
-        def connect(factory):
-            return _endpoint(self.reactor, address, target, self.config.timeout).connect(factory)
+            d.addBoth(gone)
+        return d
 
-        def timed_out(result, timeout):
-            raise DeliveryTimeout(f"timed out after {timeout:g} s")
-
-        d = Deferred.fromCoroutine(self.http_pool.request(key, connect, data))
-        d.addTimeout(self.config.timeout, self.reactor, onTimeoutCancel=timed_out)
-        return await d
+    def _settled(self, message_id: str) -> None:
+        """A message's end is recorded: its place may go to another."""
+        self.inflight.pop(message_id, None)
+        self._ending_ids.discard(message_id)
+        if not self._stopped and len(self.inflight) <= self.config.claim_size // 2:
+            # Half of what was claimed is done: claim more, but not more often
+            # than every CLAIM_GAP seconds once a claim found all there was
+            # (each delivery would otherwise claim the two or three events
+            # written meanwhile: a claim and a settle each).
+            wait = self._caught_up_at + CLAIM_GAP - time.monotonic()
+            if wait <= 0:
+                self.poke()
+            elif self._gap_timer is None or not self._gap_timer.active():
+                self._gap_timer = self.reactor.callLater(wait, self._timer_fired)
+                self._timers.add(self._gap_timer)
 
     async def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._sweeper):
+            if loop is not None and loop.running:
+                loop.stop()
         for timer in self._timers:
             if timer.active():
                 timer.cancel()
@@ -749,14 +858,23 @@ class Worker:
                 await self._polling
             except Exception:
                 pass
+        # Requests on their way are abandoned (their connections aborted).
+        self._queue.clear()
+        for flight in list(self._flights.values()):
+            if flight.d is not None:
+                flight.d.cancel()
+        self._flights.clear()
         if self._flush_timer is not None and self._flush_timer.active():
             self._flush_timer.cancel()
-            await self._flush_completions()  # what was delivered is recorded before leaving
-        pending = list(self.inflight.values())
-        for d in pending:
-            d.cancel()
-        if pending:
-            await defer.DeferredList(pending, consumeErrors=True)
+            self._flush_completions()  # what was delivered is recorded before leaving
+        # What was claimed and is not being ended is given back, at the same
+        # time as the ends under way are recorded: an end waits for the
+        # others of its window (PostgreSQL), given back or recorded.
+        left = [m for i, m in self.inflight.items() if i not in self._ending_ids]
+        waits = list(self._ending) + [Deferred.fromCoroutine(self._release(m)) for m in left]
+        if waits:
+            await defer.DeferredList(waits, consumeErrors=True)
+        self.inflight.clear()
         self.http_pool.close()
 
 

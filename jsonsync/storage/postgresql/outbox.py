@@ -422,17 +422,30 @@ class PostgresOutbox(CloseHooks):
                     return window
         return None
 
-    async def _end_in_window(self, window: _Window, message_id: str, outcome: str, attempt: dict,
-                             delay: float = 0.0) -> bool:
+    @staticmethod
+    def _record_end(window: _Window, message_id: str, outcome: str, attempt: dict, delay: float = 0.0) -> bool:
+        """Notes the end of a message of C{window}; False when it had ended already."""
         if message_id in window.ended:
             return False
         window.ended[message_id] = (outcome, attempt, delay)
+        return True
+
+    def _settled(self, window: _Window) -> Deferred:
+        """
+        Fires with whether the lease still held when C{window} was settled;
+        settles it now if all its messages have ended.
+        """
         done: Deferred = Deferred()
         window.waiters.append(done)
-        if len(window.ended) == len(window.messages):
-            self._windows.pop((window.target, window.token), None)
+        if len(window.ended) == len(window.messages) and self._windows.pop((window.target, window.token), None) is not None:
             Deferred.fromCoroutine(self._settle_and_tell(window))
-        return await done
+        return done
+
+    async def _end_in_window(self, window: _Window, message_id: str, outcome: str, attempt: dict,
+                             delay: float = 0.0) -> bool:
+        if not self._record_end(window, message_id, outcome, attempt, delay):
+            return False
+        return await self._settled(window)
 
     async def _settle_and_tell(self, window: _Window) -> None:
         try:
@@ -489,13 +502,15 @@ class PostgresOutbox(CloseHooks):
         if not completions:
             return 0
         retried = []
-        ends = []
+        # Many completions come at once (a reactor turn's): one wait per window, not one per message.
+        counts: dict[_Window, int] = {}
         for message_id, token, attempt in completions:
             window = self._window_of(message_id, token)
             if window is None:
                 retried.append((message_id, token, attempt))
-            else:
-                ends.append(Deferred.fromCoroutine(self._end_in_window(window, message_id, "delivered", attempt)))
+            elif self._record_end(window, message_id, "delivered", attempt):
+                counts[window] = counts.get(window, 0) + 1
+        ends = [(self._settled(window), n) for window, n in counts.items()]
         held = 0
         if retried:
             rows, _ = await self.pool.run(
@@ -509,8 +524,9 @@ class PostgresOutbox(CloseHooks):
                 },
             )
             held += int(rows[0][0]) if rows else 0
-        for d in ends:
-            held += bool(await d)
+        for d, n in ends:
+            if await d:
+                held += n
         return held
 
     async def reschedule(self, message_id, token, delay, attempt):

@@ -118,11 +118,21 @@ psycopg2.extensions.register_adapter(ArrayLiteral, lambda v: v)
 
 def array_literal(values) -> ArrayLiteral:
     """C{values} as an array literal (the parameter of a prepared statement)."""
-    parts = []
+    parts: list[str] = []
+    append = parts.append
     for v in values:
-        if v is None:
-            parts.append("NULL")
+        kind = type(v)
+        if kind is str:
+            if "\\" in v or '"' in v:
+                v = v.replace("\\", "\\\\").replace('"', '\\"')
+            append('"' + v + '"')
+        elif v is None:
+            append("NULL")
+        elif kind is int or kind is float:
+            append(repr(v))
+        elif kind is bool:
+            append("true" if v else "false")
         else:
-            text = v if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
-            parts.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+            text = str(v).replace("\\", "\\\\").replace('"', '\\"')
+            append('"' + text + '"')
     return ArrayLiteral("{" + ",".join(parts) + "}")
