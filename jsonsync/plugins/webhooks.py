@@ -497,13 +497,19 @@ CLAIM_GAP = 0.02
 class _Route:
     """Where a webhook's deliveries of one claim go: the checked address, the request's start, the secret."""
 
-    __slots__ = ("key", "connect", "head", "secret")
+    __slots__ = ("key", "connect", "head", "_mac")
 
     def __init__(self, key: tuple, connect, head: bytes, secret: str):
         self.key = key
         self.connect = connect
         self.head = head
-        self.secret = secret
+        self._mac = hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha256)  # keyed once, copied per request
+
+    def sign(self, timestamp: str, body: bytes) -> str:
+        """L{sign} with this webhook's secret."""
+        mac = self._mac.copy()
+        mac.update(timestamp.encode("ascii") + b"." + body)
+        return "v1=" + mac.hexdigest()
 
 
 class _Flight:
@@ -720,7 +726,7 @@ class Worker:
             data = b"".join((
                 route.head,
                 f"{EVENT_HEADER}: {message['id']}\r\n{TIMESTAMP_HEADER}: {timestamp}\r\n"
-                f"{SIGNATURE_HEADER}: {sign(route.secret, timestamp, body)}\r\n"
+                f"{SIGNATURE_HEADER}: {route.sign(timestamp, body)}\r\n"
                 f"{ATTEMPT_HEADER}: {message['attempts']}\r\nContent-Length: {len(body)}\r\n\r\n".encode(),
                 body,
             ))
@@ -918,7 +924,7 @@ class Config:
     retention: float
     worker: bool
 
-    @property
+    @functools.cached_property
     def claim_size(self) -> int:
         """
         How many messages one worker holds at most: C{batch_size}, but no
