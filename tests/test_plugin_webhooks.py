@@ -682,6 +682,30 @@ class DeliveryTests(TestCase):
         self.assertEqual({c["id"] for c in receiver.calls}, {c["id"] for c in receiver.calls[:3]})
         self.assertTrue({c["id"] for c in receiver.calls[1:3]} <= {c["id"] for c in again})
 
+    async def test_an_unreadable_event_fails_and_the_others_go_on(self):
+        # An event whose body is not JSON (written by hand into the outbox)
+        # cannot be sent: it is marked failed, and the events after it of the
+        # same batch are delivered (on PostgreSQL, its window settles).
+        receiver = Receiver()
+        url = listen(self, receiver)
+        app, client = await self.app_with()
+        await self._ok(client.put("/v1/buckets/b/webhooks/w1", {"data": {"url": url}}))
+        storage = app.registry.storage
+        txn = storage.transaction()
+        await storage.outbox.append(txn, [{"target": "/buckets/b/webhooks/w1", "id": "broken", "body": "not json"}])
+        await txn.commit()
+        for n in range(2):
+            await self._ok(client.put(f"/v1/buckets/b/collections/c/records/r{n}", {"data": {}}))
+        await wait_for(lambda: len(receiver.accepted) == 2)
+
+        async def broken():
+            rows = await self.deliveries(client)
+            return [r for r in rows if r["id"] == "broken" and r["status"] == "failed"]
+
+        (row,) = await wait_for(broken)
+        self.assertIn("unreadable event", row["log"][-1]["error"])
+        self.assertNotIn("broken", {c["id"] for c in receiver.calls})
+
     async def test_target_checked_again_at_delivery(self):
         # The host resolved to a public address when the webhook was made,
         # and to loopback at delivery (DNS rebinding): nothing is sent.

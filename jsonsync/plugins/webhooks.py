@@ -491,7 +491,11 @@ def _request_head(url: str) -> tuple[Target, bytes]:
 
 
 # Seconds between two claims of a worker that has caught up with the log.
-CLAIM_GAP = 0.02
+# A claim costs about 1 ms of CPU (its statement, the webhooks' look-up,
+# the settle), whatever it returns: under steady writes a gap of 50 ms makes
+# batches of ~70 events at 1,400 writes/s (~15 us each) where 20 ms made
+# batches of ~28 (~37 us each), for 30 ms more of delivery delay on average.
+CLAIM_GAP = 0.05
 
 
 class _Route:
@@ -705,9 +709,10 @@ class Worker:
         else:
             try:
                 event, subject = outgoing(message["id"], stored)
-            except Exception:
-                _log.failure("webhooks: reading event {id} failed", id=message["id"])
-                self._settled(message["id"])
+            except Exception as exc:
+                # Not JSON (written by hand?): it cannot be sent; failed, so that its window moves on.
+                error = f"unreadable event: {type(exc).__name__}"
+                self._end(message, self.outbox.fail(message["id"], message["token"], {"error": error, "worker": self.name}))
                 return
             if filters and not matches_all(subject, filters):
                 self._end(message, self.outbox.discard(message["id"], message["token"]))
@@ -765,8 +770,6 @@ class Worker:
 
     def _attempted(self, message: dict, status: int | None, error: str | None, started: float) -> None:
         """An attempt ended: recorded as delivered (with the turn's others), to be retried, or failed."""
-        if self._stopped:
-            return
         attempt = {
             "status_code": status,
             "latency_ms": round((time.monotonic() - started) * 1000, 1),
