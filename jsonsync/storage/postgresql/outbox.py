@@ -139,7 +139,7 @@ SELECT l.target, e.xid::text, e.seq, e.id, e.body, extract(epoch FROM clock_time
 # the window's end, or to the last event handled), the attempts are logged,
 # the events that failed go to the retries table. Only the holder of the
 # lease moves it.
-_SETTLE = """
+_MOVE_CURSOR = """
 WITH moved AS (
   UPDATE jsonsync_webhook_cursors
      SET done = CASE WHEN %(whole)s THEN upto ELSE done END,
@@ -149,7 +149,8 @@ WITH moved AS (
          token = NULL, lease_until = NULL
    WHERE target = %(target)s AND token = %(token)s
   RETURNING target),
-input AS (
+"""
+_SETTLE = _MOVE_CURSOR + """input AS (
   SELECT * FROM unnest(%(ids)s::text[], %(bodies)s::text[], %(ages)s::float8[], %(codes)s::int[],
                        %(latencies)s::float8[], %(errors)s::text[], %(outcomes)s::text[], %(delays)s::float8[])
            AS i(id, body, age, status_code, latency_ms, error, outcome, delay)
@@ -174,17 +175,7 @@ SELECT count(*) FROM moved
 # The end of a batch whose events were all delivered at their first attempt
 # (the common case): the cursor moves and the attempts are logged, from three
 # arrays instead of eight.
-_SETTLE_DELIVERED = """
-WITH moved AS (
-  UPDATE jsonsync_webhook_cursors
-     SET done = CASE WHEN %(whole)s THEN upto ELSE done END,
-         upto = CASE WHEN %(whole)s THEN NULL ELSE upto END,
-         last_xid = CASE WHEN %(whole)s THEN '0'::xid8 ELSE %(last_xid)s::xid8 END,
-         last_seq = CASE WHEN %(whole)s THEN 0 ELSE %(last_seq)s END,
-         token = NULL, lease_until = NULL
-   WHERE target = %(target)s AND token = %(token)s
-  RETURNING target),
-logged AS (
+_SETTLE_DELIVERED = _MOVE_CURSOR + """logged AS (
   INSERT INTO jsonsync_outbox_attempts (message_id, attempt, status_code, latency_ms, error, worker)
   SELECT i.id, 1, i.status_code, i.latency_ms, NULL, %(worker)s
     FROM unnest(%(ids)s::text[], %(codes)s::int[], %(latencies)s::float8[]) AS i(id, status_code, latency_ms)
