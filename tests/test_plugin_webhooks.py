@@ -19,13 +19,14 @@ import time
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from jsonsync import jsonutil
-from jsonsync.errors import ListenerRejected
+from jsonsync.errors import BackendUnavailable, ListenerRejected, WriteConflict
 from jsonsync.interfaces import IResourceListener
 from jsonsync.plugins import webhooks
 from jsonsync.testclient import (
@@ -705,6 +706,58 @@ class DeliveryTests(TestCase):
         (row,) = await wait_for(broken)
         self.assertIn("unreadable event", row["log"][-1]["error"])
         self.assertNotIn("broken", {c["id"] for c in receiver.calls})
+
+    async def test_a_busy_database_is_a_warning_and_the_worker_goes_on(self):
+        # The outbox refusing a claim (the database restarting) and then the
+        # record of deliveries (a deadlock it broke): each is a warning in the
+        # log, not a traceback; the worker claims again, and what it could not
+        # record is delivered again once its lease ends (at least once).
+        events: list = []
+
+        def observe(event):
+            if event.get("log_namespace") == webhooks._log.namespace:
+                events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        receiver = Receiver()
+        url = listen(self, receiver)
+        app, client = await self.app_with(webhooks__lease_seconds="3")
+        outbox = app.registry.storage.outbox
+        real_claim, real_complete_many = outbox.claim, outbox.complete_many
+        refusals = {"claim": 1, "complete_many": 1}
+
+        async def claim(*args):
+            if refusals["claim"]:
+                refusals["claim"] -= 1
+                raise BackendUnavailable()
+            return await real_claim(*args)
+
+        async def complete_many(completions):
+            if refusals["complete_many"]:
+                refusals["complete_many"] -= 1
+                raise WriteConflict()
+            return await real_complete_many(completions)
+
+        outbox.claim, outbox.complete_many = claim, complete_many
+        self.addCleanup(lambda: (setattr(outbox, "claim", real_claim), setattr(outbox, "complete_many", real_complete_many)))
+        await self._ok(client.put("/v1/buckets/b/webhooks/w1", {"data": {"url": url}}))
+        await self._ok(client.put("/v1/buckets/b/collections/c/records/r1", {"data": {}}))
+        await wait_for(lambda: refusals == {"claim": 0, "complete_many": 0})
+        # Delivered, not recorded, delivered again after the lease: then recorded.
+
+        async def recorded():
+            rows = await self.deliveries(client)
+            return [r for r in rows if r["status"] == "delivered"]
+
+        await wait_for(recorded, timeout=20)
+        self.assertGreaterEqual(len(receiver.calls), 2)
+        self.assertEqual({c["id"] for c in receiver.calls}, {receiver.calls[0]["id"]})
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 2, [e.get("log_format") for e in events])
+        self.assertIn("polling the outbox", warnings[0]["log_format"])
+        self.assertIn("recording", warnings[1]["log_format"])
+        self.assertFalse([e for e in events if "log_failure" in e], events)
 
     async def test_target_checked_again_at_delivery(self):
         # The host resolved to a public address when the webhook was made,
