@@ -759,6 +759,32 @@ class DeliveryTests(TestCase):
         self.assertIn("recording", warnings[1]["log_format"])
         self.assertFalse([e for e in events if "log_failure" in e], events)
 
+    async def test_a_failed_look_up_of_the_webhooks_lets_the_claim_go(self):
+        # The worker claims an event, then cannot read its webhook (the
+        # database restarting): the event is let go at once (a warning), not
+        # held in the worker's count until something claims it again; it is
+        # delivered once its lease ends.
+        receiver = Receiver()
+        url = listen(self, receiver)
+        app, client = await self.app_with(webhooks__lease_seconds="3")
+        await self._ok(client.put("/v1/buckets/b/webhooks/w1", {"data": {"url": url}}))
+        worker = webhooks.worker_of(app.registry)
+        real = worker._webhooks
+        refused: list = []
+
+        async def look_up(targets):
+            if not refused:
+                refused.append(targets)
+                raise BackendUnavailable()
+            return await real(targets)
+
+        worker._webhooks = look_up
+        await self._ok(client.put("/v1/buckets/b/collections/c/records/r1", {"data": {}}))
+        await wait_for(lambda: refused)
+        await sleep(0.3)
+        self.assertEqual(worker.inflight, {})
+        await wait_for(lambda: receiver.accepted, timeout=20)
+
     async def test_target_checked_again_at_delivery(self):
         # The host resolved to a public address when the webhook was made,
         # and to loopback at delivery (DNS rebinding): nothing is sent.

@@ -614,8 +614,15 @@ class Worker:
                 if claimed:
                     for message in claimed:
                         self.inflight[message["id"]] = message
-                    hooks = await self._webhooks([m["target"] for m in claimed])
-                    routes = await self._routes(hooks)
+                    try:
+                        hooks = await self._webhooks([m["target"] for m in claimed])
+                        routes = await self._routes(hooks)
+                    except BaseException:
+                        # Not sent: let them go (their leases end, and they
+                        # are claimed again, here or by another process).
+                        for message in claimed:
+                            self.inflight.pop(message["id"], None)
+                        raise
                     for message in claimed:
                         target = message["target"]
                         self._dispatch(message, hooks.get(target), routes.get(target))
@@ -803,7 +810,10 @@ class Worker:
 
         def done(result):
             self._ending.discard(d)
-            if isinstance(result, Failure) and not result.check(CancelledError):
+            if isinstance(result, Failure) and result.check(BackendUnavailable, WriteConflict):
+                # Its lease ends and it is tried again (at least once).
+                _log.warn("webhooks: ending {id}: {error}", id=message["id"], error=getattr(result.value, "message", result.value))
+            elif isinstance(result, Failure) and not result.check(CancelledError):
                 _log.failure("webhooks: ending {id} failed", result, id=message["id"])
             self._settled(message["id"])
 
