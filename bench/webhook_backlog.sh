@@ -7,6 +7,7 @@
 # when pg_stat_statements is loaded (it is not by default; nothing is printed then).
 #
 #   bench/webhook_backlog.sh [N=50000]
+#   RATE=1000 bench/webhook_backlog.sh 20000   # a trickle: N events at RATE per second, 5 per transaction
 #   JSONSYNC_TWIST=/work/old/.venv/bin/twist bench/webhook_backlog.sh 50000   # another checkout
 #
 # One process, so that the CPU it uses is the delivery's: the figures are comparable from one
@@ -34,10 +35,27 @@ pgss=$(psql -At "$PGADMIN" -c "SELECT count(*) FROM pg_extension WHERE extname =
 ticks() { awk '{print $14 + $15, $14}' "/proc/$1/stat"; }
 read -r s0 u0 < <(ticks "$JSONSYNC_PID"); read -r r0 _ < <(ticks "$RPID")
 t0=$(date +%s.%N)
-for _ in $(seq 10); do
-  psql -q "$PGBASE/$DB" -c "INSERT INTO jsonsync_webhook_events (target, body)
-    SELECT '/buckets/b/webhooks/bench', '$body' FROM generate_series(1, $((N / 10)))"
-done
+if [ -n "${RATE:-}" ]; then
+  # As API writes make them (group commits of about 5 events), at a steady pace: the worker
+  # claims small batches, as it does under load.
+  "$REPO/.venv/bin/python" - "$PGBASE/$DB" "$N" "$RATE" "$body" <<'PY'
+import sys, time, psycopg2
+url, n, rate, body = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+conn = psycopg2.connect(url); conn.autocommit = True; cur = conn.cursor()
+start = time.monotonic()
+for i in range(0, n, 5):
+    cur.execute("INSERT INTO jsonsync_webhook_events (target, body) SELECT '/buckets/b/webhooks/bench', %s"
+                " FROM generate_series(1, %s)", (body, min(5, n - i)))
+    wait = start + (i + 5) / rate - time.monotonic()
+    if wait > 0:
+        time.sleep(wait)
+PY
+else
+  for _ in $(seq 10); do
+    psql -q "$PGBASE/$DB" -c "INSERT INTO jsonsync_webhook_events (target, body)
+      SELECT '/buckets/b/webhooks/bench', '$body' FROM generate_series(1, $((N / 10)))"
+  done
+fi
 for _ in $(seq 1200); do
   [ "$(cut -d' ' -f1 "$COUNT" 2>/dev/null || echo 0)" -ge "$N" ] && break; sleep 0.25
 done

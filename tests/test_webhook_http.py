@@ -111,3 +111,63 @@ class ClientTests(TestCase):
         _, send = self.serve([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"], close_after=True)
         with self.assertRaises(ConnectionLostEarly):
             await send()
+
+
+class Counting(Protocol):
+    """Reads requests by Content-Length (slowly, at first: reading paused) and answers 204 to each."""
+
+    def connectionMade(self):
+        self.buffer = b""
+        self.factory.protocols.append(self)
+        if self.factory.pause:
+            self.transport.pauseProducing()
+            reactor.callLater(self.factory.pause, self.transport.resumeProducing)
+
+    def dataReceived(self, data):
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head, _, rest = self.buffer.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(rest) < length:
+                return
+            self.factory.bodies.append(rest[:length])
+            self.buffer = rest[length:]
+            self.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+
+class DirectWriteTests(TestCase):
+    """Requests go straight to the socket when the transport holds nothing; the rest, in order."""
+
+    def serve(self, pause=0.0):
+        server = Factory.forProtocol(Counting)
+        server.protocols, server.bodies, server.pause = [], [], pause
+        port = reactor.listenTCP(0, server, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = ConnectionPool()
+        self.addCleanup(pool.close)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        return server, pool, ("http", "127.0.0.1", port.getHost().port, "x"), endpoint.connect
+
+    @staticmethod
+    def request(body: bytes) -> bytes:
+        return b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    async def test_a_small_request_leaves_at_once(self):
+        server, pool, key, connect = self.serve()
+        self.assertEqual(await pool.request(key, connect, self.request(b"{}")), 204)
+        # On the now idle connection, the next request is in the socket before request() returns.
+        d = pool.request(key, connect, self.request(b'{"n":2}'))
+        (conn,) = pool._open
+        self.assertEqual((conn.transport._tempDataLen, conn.transport.dataBuffer), (0, b""))
+        self.assertEqual(await d, 204)
+        self.assertEqual(server.bodies, [b"{}", b'{"n":2}'])
+
+    async def test_a_request_larger_than_the_socket_takes_arrives_whole(self):
+        # The receiver does not read for a while: the socket takes part, the transport the rest.
+        server, pool, key, connect = self.serve(pause=0.3)
+        big = bytes(range(256)) * (16 * 1024 * 1024 // 256)
+        self.assertEqual(await pool.request(key, connect, self.request(big)), 204)
+        self.assertEqual(await pool.request(key, connect, self.request(b"after")), 204)
+        self.assertEqual(len(server.protocols), 1)
+        self.assertEqual([len(b) for b in server.bodies], [len(big), 5])
+        self.assertEqual(server.bodies[0], big)
