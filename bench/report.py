@@ -4,7 +4,9 @@
 Usage: report.py RESULTS.jsonl [ENV.txt]
 Per workload and server: median req/s, p50, p99 over rounds, non-2xx summed; then the
 ratios jsonsync/Kinto (req/s: > 1 means jsonsync serves more; p99: < 1 means jsonsync is
-faster). A second table lists every run with the CPU seconds per process class.
+faster), and the median of the rounds' own req/s ratios (round i of the first server against
+round i of the second, run one after the other: on a machine whose speed drifts during a run,
+the steadier figure). A second table lists every run with the CPU seconds per process class.
 """
 import json
 import statistics
@@ -38,7 +40,7 @@ def main():
     for s in servers:
         head += ["%s req/s" % s, "p50 ms", "p99 ms", "non-2xx"]
     if two:
-        head += ["req/s ratio %s/%s" % names, "p99 ratio %s/%s" % names]
+        head += ["req/s ratio %s/%s" % names, "p99 ratio %s/%s" % names, "paired req/s ratio (range)"]
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "---|" * len(head))
     for group, wl in order:
@@ -71,10 +73,16 @@ def main():
             j, k = agg.get(first), agg.get(second)
             cells.append("**%.2f**" % (j["rps"] / k["rps"]) if j and k and k["rps"] else "-")
             cells.append("%.2f" % (j["p99"] / k["p99"]) if j and k and k["p99"] else "-")
+            by_round = {}
+            for r in runs:
+                if r["wl"] == wl and r.get("group", "") == group:
+                    by_round.setdefault(r["round"], {})[r["server"]] = r["rps"]
+            paired = [v[first] / v[second] for v in by_round.values() if v.get(first) and v.get(second)]
+            cells.append("%.2f (%.2f–%.2f)" % (statistics.median(paired), min(paired), max(paired)) if paired else "-")
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     out.append("req/s: median over rounds (min–max of the rounds in brackets); p50/p99: median over rounds; "
-               "non-2xx: summed over rounds.")
+               "non-2xx: summed over rounds; paired ratio: median of the per-round ratios.")
     for r in rows:
         if r.get("rss"):
             out += ["", "RSS of the whole process tree (kB), empty and after seeding (the record count reached "

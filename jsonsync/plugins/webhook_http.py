@@ -49,6 +49,7 @@ def _write(transport: Any, data: bytes) -> None:
             not transport.TLS
             and transport.connected
             and not transport.disconnecting
+            and not transport._writeDisconnected
             and not transport._tempDataLen
             and transport.offset == len(transport.dataBuffer)
         )
