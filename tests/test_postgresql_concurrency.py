@@ -12,10 +12,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
+from txpostgres.txpostgres import Connection
 
 from jsonsync.errors import BackendUnavailable, InvalidParameters
 from jsonsync.query import Filter, Op, Query, Sort
-from tests.pg import SKIP, open_backend, scratch_url
+from tests.pg import SKIP, open_backend, scratch_schema, scratch_url
 
 R = "record"
 P = "/buckets/b/collections/concurrency"
@@ -206,3 +207,45 @@ class SharedTransactionTests(TestCase):
             await storage.create(waiting, R, P, {"id": "b"})
         await waiting.rollback()
         await holder.rollback()
+
+
+class FlushDeadlockTests(TestCase):
+    """
+    A flush's TRUNCATE locks its tables one after the other: a transaction
+    that holds one of the later ones and then waits for an earlier one
+    deadlocks with it. PostgreSQL breaks the deadlock by failing one side;
+    when that is the flush, it runs again.
+    """
+
+    skip = SKIP
+
+    async def test_a_flush_chosen_to_break_a_deadlock_runs_again(self):
+        scratch = await scratch_schema(self)
+        storage, _ = await open_backend(self, scratch.url)
+        txn = storage.transaction()
+        await storage.create(txn, R, P, {"id": "kept-until-the-flush"})
+        await txn.commit()
+        other = Connection(reactor)
+        await other.connect(scratch.url)
+        self.addCleanup(other.close)
+        # Only the flush's side looks for the deadlock (after its own 1 s).
+        await other.runOperation("SET deadlock_timeout = '60s'")
+        await other.runOperation("BEGIN")
+        await other.runOperation("LOCK TABLE jsonsync_webhook_cursors IN ACCESS SHARE MODE")
+        flushing = Deferred.fromCoroutine(storage.flush())
+        waiting = (
+            "SELECT count(*) FROM pg_locks"
+            f" WHERE NOT granted AND relation = '{scratch.schema}.jsonsync_webhook_cursors'::regclass"
+        )
+        for _ in range(500):
+            if (await scratch.admin.runQuery(waiting))[0][0]:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        else:
+            self.fail("the flush never waited for the table the other transaction holds")
+        # The other transaction now waits for the table the flush holds: a deadlock.
+        rows = await other.runQuery("SELECT count(*) FROM objects")
+        self.assertEqual(rows[0][0], 1)  # the flush gave way (its TRUNCATE failed), nothing truncated yet
+        await other.runOperation("COMMIT")
+        await flushing  # ran again, and went through
+        self.assertEqual((await scratch.admin.runQuery(f"SELECT count(*) FROM {scratch.schema}.objects"))[0][0], 0)
