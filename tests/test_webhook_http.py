@@ -171,3 +171,44 @@ class DirectWriteTests(TestCase):
         self.assertEqual(len(server.protocols), 1)
         self.assertEqual([len(b) for b in server.bodies], [len(big), 5])
         self.assertEqual(server.bodies[0], big)
+
+    async def test_tls_goes_through_the_tls_transport(self):
+        # A TLS connection's transport wraps the TCP one: a request must be encrypted, never
+        # written to the socket beneath it.
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+        from twisted.internet.endpoints import wrapClientTLS
+        from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        server = Factory.forProtocol(Counting)
+        server.protocols, server.bodies, server.pause = [], [], 0.0
+        port = reactor.listenSSL(0, server, PrivateCertificate.loadPEM(cert_pem + key_pem).options(),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = ConnectionPool()
+        self.addCleanup(pool.close)
+        endpoint = wrapClientTLS(
+            optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(cert_pem)),
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+        )
+        key_ = ("https", "127.0.0.1", port.getHost().port, "localhost")
+        for body in (b"{}", b'{"n":2}'):
+            self.assertEqual(await pool.request(key_, endpoint.connect, self.request(body)), 204)
+        self.assertEqual(server.bodies, [b"{}", b'{"n":2}'])

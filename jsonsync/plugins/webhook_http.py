@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
@@ -45,8 +46,10 @@ def _write(transport: Any, data: bytes) -> None:
     usual way, in order.
     """
     try:
+        sock = transport.socket
         direct = (
-            not transport.TLS
+            isinstance(transport, tcp.Connection)  # not a TLS wrapper, whatever it delegates
+            and not transport.TLS
             and transport.connected
             and not transport.disconnecting
             and not transport._writeDisconnected
@@ -57,7 +60,7 @@ def _write(transport: Any, data: bytes) -> None:
         direct = False
     if direct:
         try:
-            sent = transport.socket.send(data)
+            sent = sock.send(data)
         except OSError:
             sent = 0  # full (EAGAIN), or broken: the transport's own write finds out
         if sent == len(data):
