@@ -131,6 +131,7 @@ int main(int argc, char **argv) {
                 while ((fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK)) >= 0) {
                     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
                     c = calloc(1, sizeof *c);
+                    if (!c) { close(fd); continue; }
                     c->fd = fd;
                     struct epoll_event cev = {.events = EPOLLIN, .data.ptr = c};
                     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &cev);
@@ -148,7 +149,15 @@ int main(int argc, char **argv) {
             while (k > 0) {
                 int m = k > 64 ? 64 : k;
                 for (int j = 0; j < m; j++) memcpy(answers + j * (sizeof ANSWER - 1), ANSWER, sizeof ANSWER - 1);
-                if (write(c->fd, answers, m * (sizeof ANSWER - 1)) < 0) break;
+                /* Short writes (a full socket buffer: only with many pipelined requests) are
+                 * finished before reading more: the answers must all go, in order. */
+                size_t left = m * (sizeof ANSWER - 1), off = 0;
+                while (left > 0) {
+                    ssize_t w = write(c->fd, answers + off, left);
+                    if (w < 0 && errno != EAGAIN && errno != EINTR) break;
+                    if (w > 0) { off += w; left -= w; }
+                }
+                if (left > 0) break;
                 k -= m;
             }
         }

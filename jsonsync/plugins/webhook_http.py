@@ -52,6 +52,7 @@ def _write(transport: Any, data: bytes) -> None:
             and not transport.TLS
             and transport.connected
             and not transport.disconnecting
+            and not transport._aborting  # (connected until its connectionLost, a reactor turn later)
             and not transport._writeDisconnected
             and not transport._tempDataLen
             and transport.offset == len(transport.dataBuffer)
@@ -123,7 +124,8 @@ class _Connection(Protocol):
     # -- parsing ---------------------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
         if self.waiting is None:
-            # Bytes nobody asked for (on an idle connection): it cannot be reused.
+            # Bytes nobody asked for (on an idle connection): it cannot be reused, from now on.
+            self.pool._gone(self)
             self.transport.abortConnection()
             return
         self.received_any = True
@@ -284,7 +286,7 @@ class ConnectionPool:
         idle = self._idle_by_key.get(key)
         while idle:
             conn = idle.pop()
-            if conn.transport is not None and conn.transport.connected:
+            if conn.transport is not None and conn.transport.connected and not getattr(conn.transport, "_aborting", False):
                 d = conn.send(data)
                 d.addErrback(self._closed_while_idle, conn, key, connect, data)
                 return d
