@@ -8,6 +8,7 @@
 #
 #   bench/webhook_backlog.sh [N=50000]
 #   RATE=1000 bench/webhook_backlog.sh 20000   # a trickle: N events at RATE per second, 5 per transaction
+#   RECEIVER=c bench/webhook_backlog.sh            # the C receiver (bench/webhook_receiver.c)
 #   JSONSYNC_TWIST=/work/old/.venv/bin/twist bench/webhook_backlog.sh 50000   # another checkout
 #
 # One process, so that the CPU it uses is the delivery's: the figures are comparable from one
@@ -22,8 +23,8 @@ recreate_db "$DB" 2>/dev/null
 JSONSYNC_PORT=$PORT start_jsonsync postgresql "$DB" 1 "$LOGF" \
   -s includes=webhooks -s webhooks.allow_private_targets=true
 wait_http "http://127.0.0.1:$PORT/v1" "$JSONSYNC_PID" jsonsync "$LOGF"
-python3 "$BENCH/webhook_receiver.py" --port "$RPORT" --count-file "$COUNT" > /dev/null 2>&1 &
-RPID=$!; STARTED_PIDS+=("$RPID")
+start_receiver "$RPORT" "$COUNT"
+RPID=$RECEIVER_PID
 curl -sf -u "$AUTH" -X PUT "http://127.0.0.1:$PORT/v1/buckets/b" > /dev/null
 curl -sf -u "$AUTH" -X PUT "http://127.0.0.1:$PORT/v1/buckets/b/collections/c" > /dev/null
 python3 "$BENCH/make_webhook.py" "http://127.0.0.1:$PORT/v1" "http://127.0.0.1:$RPORT/hook" > /dev/null 2>&1

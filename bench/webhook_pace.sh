@@ -9,6 +9,7 @@
 #
 #   bench/webhook_pace.sh [more twist arguments, e.g. -s webhooks.concurrency=16]
 #   WORKLOAD=w1_create DURATION=20s bench/webhook_pace.sh
+#   RECEIVER=c bench/webhook_pace.sh   # the C receiver (bench/webhook_receiver.c)
 set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 PORT=${PACE_PORT:-18902}; RPORT=${PACE_RECEIVER_PORT:-18903}; DB=bench_pace
@@ -19,8 +20,7 @@ recreate_db "$DB" 2>/dev/null
 JSONSYNC_PORT=$PORT start_jsonsync postgresql "$DB" "$JSONSYNC_WORKERS" "$LOGF" \
   -s includes=webhooks -s webhooks.allow_private_targets=true "$@"
 wait_http "http://127.0.0.1:$PORT/v1" "$JSONSYNC_PID" jsonsync "$LOGF"
-python3 "$BENCH/webhook_receiver.py" --port "$RPORT" --count-file "$COUNT" > /dev/null 2>&1 &
-STARTED_PIDS+=("$!")
+start_receiver "$RPORT" "$COUNT"
 python3 "$BENCH/seed.py" "http://127.0.0.1:$PORT/v1" --auth "$AUTH" --records "$N_RECORDS" --concurrency 2 --reset > /dev/null 2>&1
 psql -q "$PGBASE/$DB" -c "ANALYZE"
 python3 "$BENCH/make_webhook.py" "http://127.0.0.1:$PORT/v1" "http://127.0.0.1:$RPORT/hook" > /dev/null 2>&1
