@@ -9,6 +9,7 @@ from __future__ import annotations
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from jsonsync.plugins.webhook_http import ConnectionLostEarly, ConnectionPool, ResponseError
@@ -161,6 +162,20 @@ class DirectWriteTests(TestCase):
         self.assertEqual((conn.transport._tempDataLen, conn.transport.dataBuffer), (0, b""))
         self.assertEqual(await d, 204)
         self.assertEqual(server.bodies, [b"{}", b'{"n":2}'])
+
+    async def test_a_connection_dropped_for_unasked_bytes_takes_no_more_requests(self):
+        # Bytes arrive on an idle connection (nobody asked for them): it is aborted, which
+        # Twisted completes a reactor turn later. A request made before then must go on a new
+        # connection, and reach the receiver once (sent on the dying one, then again after its
+        # loss, it arrived twice).
+        server, pool, key, connect = self.serve()
+        self.assertEqual(await pool.request(key, connect, self.request(b"{}")), 204)
+        (conn,) = pool._open
+        conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(await pool.request(key, connect, self.request(b'{"n":2}')), 204)
+        await deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(server.bodies, [b"{}", b'{"n":2}'])
+        self.assertEqual(len(server.protocols), 2)
 
     async def test_a_request_larger_than_the_socket_takes_arrives_whole(self):
         # The receiver does not read for a while: the socket takes part, the transport the rest.

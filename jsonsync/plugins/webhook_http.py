@@ -48,7 +48,7 @@ def _write(transport: Any, data: bytes) -> None:
     try:
         sock = transport.socket
         direct = (
-            isinstance(transport, tcp.Connection)  # not a TLS wrapper, whatever it delegates
+            isinstance(transport, tcp.Connection)  # plain TCP: a TLS transport encrypts what it is given
             and not transport.TLS
             and transport.connected
             and not transport.disconnecting
@@ -286,7 +286,7 @@ class ConnectionPool:
         idle = self._idle_by_key.get(key)
         while idle:
             conn = idle.pop()
-            if conn.transport is not None and conn.transport.connected and not getattr(conn.transport, "_aborting", False):
+            if conn.transport is not None and conn.transport.connected:
                 d = conn.send(data)
                 d.addErrback(self._closed_while_idle, conn, key, connect, data)
                 return d
