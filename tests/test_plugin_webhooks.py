@@ -1021,6 +1021,113 @@ class PostgresEventLogTests(TestCase):
         self.assertEqual(await self.drain(outbox), ["soon"])
 
 
+class GroupWriteEventsTests(TestCase):
+    """
+    On PostgreSQL the group write of records (a request's whole
+    transaction) writes its webhooks' events in its own statement, and the
+    row trigger writes those of every other write: both write the same
+    events, and never both for one change.
+    """
+
+    skip = SKIP
+
+    async def setUp(self):
+        from tests.pg import open_backend
+
+        self.storage, _ = await open_backend(self)
+        await self.storage.outbox.fan_out()
+
+    async def hooks(self, bucket):
+        """Webhooks of C{bucket} that hear all, deletions only, another collection; one of collection c."""
+        txn = self.storage.transaction()
+        for wid, data in (("all", {}), ("gone", {"actions": ["delete"]}), ("other", {"collection": "x"})):
+            await self.storage.create(txn, "webhook", f"/buckets/{bucket}", {"id": wid, **data})
+        await self.storage.create(
+            txn, "collection_webhook", f"/buckets/{bucket}/collections/c", {"id": "mine", "actions": ["create"]}
+        )
+        await txn.commit()
+
+    async def changes(self, bucket, group):
+        """Create, update, delete, create again, create another: one transaction each."""
+        parent = f"/buckets/{bucket}/collections/c"
+
+        async def one(write):
+            txn = self.storage.transaction()
+            txn.last_write = group  # the group write when the write is the whole transaction
+            await write(txn)
+            await txn.commit()
+
+        await one(lambda t: self.storage.create(t, "record", parent, {"id": "r1", "n": 1}))
+        await one(lambda t: self.storage.update(t, "record", parent, "r1", {"n": 2}))
+        await one(lambda t: self.storage.delete(t, "record", parent, "r1"))
+        await one(lambda t: self.storage.create(t, "record", parent, {"id": "r1", "n": 3}))
+        await one(lambda t: self.storage.create(t, "record", parent, {"id": "r2", "n": "é\"}"}))
+
+    async def events(self, bucket):
+        """
+        The events written for C{bucket}'s webhooks, by transaction and
+        target (each target's events are a stream of their own), the
+        bucket's name and timestamps taken out.
+        """
+        rows, _ = await self.storage.pool.run(
+            "SELECT target, body FROM jsonsync_webhook_events WHERE target LIKE %s ORDER BY xid, target, seq",
+            (f"/buckets/{bucket}/%",),
+        )
+        found = []
+        for target, body in rows:
+            event = jsonutil.loads(body)
+            self.assertEqual(event["timestamp"], event["data"]["last_modified"])
+            for part in (event, event["data"], event.get("old", {})):
+                part.pop("timestamp", None)
+                part.pop("last_modified", None)
+            self.assertEqual(event.pop("bucket_id"), bucket)
+            for key in ("uri", "webhook"):
+                event[key] = event[key].replace(f"/buckets/{bucket}/", "/buckets/B/", 1)
+            found.append((target.replace(f"/buckets/{bucket}/", "/buckets/B/", 1), event))
+        return found
+
+    def summary(self, events):
+        return [(target.rsplit("/", 1)[1], e["action"], e["data"]["id"], e["data"].get("n")) for target, e in events]
+
+    async def test_the_group_write_and_the_trigger_write_the_same_events_once(self):
+        await self.hooks("g")
+        await self.hooks("t")
+        await self.changes("g", group=True)
+        await self.changes("t", group=False)
+        by_group, by_trigger = await self.events("g"), await self.events("t")
+        self.assertEqual(
+            self.summary(by_group),
+            [
+                ("mine", "create", "r1", 1), ("all", "create", "r1", 1),
+                ("all", "update", "r1", 2),
+                ("all", "delete", "r1", None), ("gone", "delete", "r1", None),
+                ("mine", "create", "r1", 3), ("all", "create", "r1", 3),
+                ("mine", "create", "r2", 'é"}'), ("all", "create", "r2", 'é"}'),
+            ],
+        )
+        self.assertEqual(by_group, by_trigger)
+        deleted = [e for _, e in by_group if e["action"] == "delete"]
+        self.assertEqual(deleted[0]["old"], {"id": "r1", "n": 2})
+        self.assertEqual(deleted[0]["uri"], "/buckets/B/collections/c/records/r1")
+        self.assertEqual(deleted[0]["collection_id"], "c")
+
+    async def test_the_group_write_writes_its_events_without_the_trigger(self):
+        await self.storage.pool.run("ALTER TABLE objects DISABLE TRIGGER jsonsync_webhook_fanout")
+        self.addCleanup(self.storage.pool.run, "ALTER TABLE objects ENABLE TRIGGER jsonsync_webhook_fanout")
+        await self.hooks("g")
+        await self.changes("g", group=True)
+        # All but the deletion, which is no group write (the trigger's, off here).
+        self.assertEqual(
+            self.summary(await self.events("g")),
+            [
+                ("mine", "create", "r1", 1), ("all", "create", "r1", 1),
+                ("all", "update", "r1", 2),
+                ("mine", "create", "r1", 3), ("all", "create", "r1", 3),
+                ("mine", "create", "r2", 'é"}'), ("all", "create", "r2", 'é"}'),
+            ],
+        )
+
+
 class ProcessTests(TestCase):
     """Real `twist jsonsync` processes on one PostgreSQL database."""
 

@@ -59,7 +59,7 @@ GROUP_WRITE = (
     "   last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted, data = EXCLUDED.data,"
     "   body = EXCLUDED.body"
     "   WHERE objects.deleted"
-    "  RETURNING id, last_modified),"
+    "  RETURNING id, last_modified, deleted, body),"
     # Compare-and-swap: a write that names the version it decided on
     # (expect) happens only while that live version is the stored one.
     " updated AS ("
@@ -72,7 +72,7 @@ GROUP_WRITE = (
     "  ON CONFLICT (resource_name, parent_id, id) DO UPDATE SET"
     "   last_modified = EXCLUDED.last_modified, deleted = EXCLUDED.deleted, data = EXCLUDED.data,"
     "   body = EXCLUDED.body"
-    "  RETURNING id, last_modified),"
+    "  RETURNING id, last_modified, deleted, body),"
     # With strict, a refused create (a live object holds the id) fails the
     # whole statement, or what was sent with it (the new object's ACL) would
     # commit alone: inserting the id again is a certain unique violation
@@ -87,7 +87,33 @@ GROUP_WRITE = (
     "  FROM (SELECT last_modified FROM created UNION ALL SELECT last_modified FROM updated) w"
     "  HAVING count(*) > 0"
     "  ON CONFLICT (resource_name, parent_id) DO UPDATE SET last_modified = EXCLUDED.last_modified"
-    "  RETURNING 1)"
+    "  RETURNING 1),"
+    # The webhooks' events of these writes (with events, for records): what
+    # the row trigger would write (the same functions, schema 8), with one
+    # look-up of the list's webhooks for the whole group instead of one per
+    # row. prev: the objects before the statement (its snapshot), for the
+    # action and a deletion's "old".
+    " prev AS ("
+    "  SELECT o.id, o.deleted, COALESCE(o.body, o.data::text) AS old FROM input i"
+    "  JOIN objects o ON o.resource_name = %(res)s::text AND o.parent_id = %(parent)s::text AND o.id = i.id"
+    "  WHERE %(events)s::boolean),"
+    " hooks AS ("
+    "  SELECT * FROM jsonsync_webhook_targets(split_part(%(parent)s::text, '/', 3), split_part(%(parent)s::text, '/', 5))"
+    "  WHERE %(events)s::boolean),"
+    " changes AS ("
+    "  SELECT w.id, w.last_modified, w.body, p.old, CASE"
+    "   WHEN p.id IS NULL THEN CASE WHEN w.deleted THEN NULL ELSE 'create' END"
+    "   WHEN w.deleted THEN CASE WHEN p.deleted THEN NULL ELSE 'delete' END"
+    "   WHEN p.deleted THEN 'create' ELSE 'update' END AS act"
+    "  FROM (SELECT * FROM created UNION ALL SELECT * FROM updated) w LEFT JOIN prev p ON p.id = w.id"
+    "  WHERE %(events)s::boolean),"
+    " events AS ("
+    "  INSERT INTO jsonsync_webhook_events (target, body)"
+    "  SELECT h.target, jsonsync_webhook_event(c.act, 'record', %(parent)s::text || '/records/' || c.id,"
+    "   split_part(%(parent)s::text, '/', 3), split_part(%(parent)s::text, '/', 5), c.last_modified, c.body,"
+    "   c.old, h.target)"
+    "  FROM changes c JOIN hooks h ON h.actions IS NULL OR h.actions ? c.act"
+    "  WHERE c.act IS NOT NULL ORDER BY c.last_modified, h.target)"
     " SELECT id, last_modified FROM created UNION ALL SELECT id, last_modified FROM updated"
     # Likewise a refused compare-and-swap, or a write beneath a deleted
     # object, with strict, fails the statement (SQLSTATE JS409, a
@@ -96,13 +122,24 @@ GROUP_WRITE = (
     "  WHERE %(strict)s::boolean AND (NOT b.ok OR (NOT i.only_tomb AND i.id NOT IN (SELECT id FROM updated)))"
 )
 
+# Sent just before a group's L{GROUP_WRITE} that writes its events itself:
+# the row trigger (see L{PostgresOutbox.fan_out}) then writes none for the
+# rows of that statement. Local to the transaction, which that statement
+# ends (a group is its requests' whole transactions).
+EVENTS_HERE = "SELECT set_config('jsonsync.events', 'written', true);"
+
 # At most this many writes share one statement (and one commit).
 GROUP_MAX = 64
 
 
-def group_params(resource_name: str, parent_id: str, items, strict: bool, within=()) -> dict:
-    """The parameters of L{GROUP_WRITE} for C{(id, head, deleted, only_tomb, expect)} items."""
+def group_params(resource_name: str, parent_id: str, items, strict: bool, within=(), events=False) -> dict:
+    """
+    The parameters of L{GROUP_WRITE} for C{(id, head, deleted, only_tomb,
+    expect)} items. C{events}: the statement writes the webhooks' events of
+    these records itself (see L{EVENTS_HERE}).
+    """
     return {
+        "events": events,
         "a_res": [a[0] for a in within],
         "a_parent": [a[1] for a in within],
         "a_id": [a[2] for a in within],
@@ -143,9 +180,12 @@ class ListWriter:
     one, so that the one at fault fails alone.
     """
 
-    def __init__(self, key: tuple[str, str, tuple]):
+    def __init__(self, key: tuple[str, str, tuple], events=lambda: False):
         # (resource name, parent id, the objects the list lives under)
         self.key = key
+        # Whether the webhooks' events are this process's to write (a
+        # record list's groups then write them in their statement).
+        self.events = events
         self.queue: deque[GroupItem] = deque()
         self.running = False
 
@@ -210,13 +250,16 @@ class ListWriter:
         # ACLs), then the objects: everything of the list under its lock.
         resource_name, parent_id, within = self.key
         lock = lock_sql([((resource_name, parent_id), False)] + [(subtree_key(*a), True) for a in within])
+        events = resource_name == "record" and self.events()
         rows, _ = await driver.execute(
             sender.conn,
             GROUP_WRITE,
-            group_params(resource_name, parent_id, [item.write for item in group], strict=True, within=within),
+            group_params(
+                resource_name, parent_id, [item.write for item in group], strict=True, within=within, events=events
+            ),
             sender.generation,
             True,
-            lock + "".join(item.prefix for item in group),
+            lock + "".join(item.prefix for item in group) + (EVENTS_HERE if events else ""),
         )
         stamps = dict(rows)
         return [stamps[item.id] for item in group]

@@ -323,13 +323,17 @@ class PostgresOutbox(CloseHooks):
         self.pool = storage.pool
         self._windows: dict[tuple[str, str], _Window] = {}
         self._next_retry_check = 0.0
+        # fan_out() ran: the group write of records writes their events in
+        # its own statement (GROUP_WRITE's events), and the row trigger
+        # skips the rows of that statement (jsonsync.events, EVENTS_HERE).
+        self.fanning_out = False
 
     async def fan_out(self):
         """
         Creates the triggers that write the events of changes (and keep
         the webhooks' cursors), once per database, under an advisory lock so
         that processes starting together create them once. Their functions
-        are schema 7's.
+        are schema 7's; the fan-out trigger's condition schema 8's.
         """
         await self.pool.run(
             "SELECT pg_advisory_xact_lock(%s, %s);"
@@ -337,7 +341,8 @@ class PostgresOutbox(CloseHooks):
             " IF NOT EXISTS (SELECT 1 FROM pg_trigger"
             "  WHERE tgname = 'jsonsync_webhook_fanout' AND tgrelid = 'objects'::regclass) THEN"
             "  CREATE TRIGGER jsonsync_webhook_fanout AFTER INSERT OR UPDATE ON objects FOR EACH ROW"
-            "  WHEN (NEW.resource_name IN ('record', 'collection', 'group'))"
+            "  WHEN (NEW.resource_name IN ('record', 'collection', 'group')"
+            "   AND current_setting('jsonsync.events', true) IS DISTINCT FROM 'written')"
             "  EXECUTE FUNCTION jsonsync_webhook_fanout();"
             " END IF;"
             " IF NOT EXISTS (SELECT 1 FROM pg_trigger"
@@ -351,6 +356,7 @@ class PostgresOutbox(CloseHooks):
             " END IF; END $$",
             FANOUT_LOCK,
         )
+        self.fanning_out = True
         return True
 
     async def append(self, txn, messages):

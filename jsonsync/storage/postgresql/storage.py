@@ -64,6 +64,11 @@ class PostgresStorage(PostgresProvider):
             self._outbox = PostgresOutbox(self)
         return self._outbox
 
+    def _events_here(self) -> bool:
+        # The outbox's fan-out is on in this process: the group writes of
+        # records write their webhooks' events themselves.
+        return self._outbox is not None and self._outbox.fanning_out
+
     def change_notifier(self) -> PostgresNotifier:
         """Notices of committed list writes across the processes on this database (IChangeNotifier)."""
         if self._notifier is None:
@@ -111,7 +116,7 @@ class PostgresStorage(PostgresProvider):
             if len(self._writers) > 1000:  # forget idle lists
                 for k in [k for k, w in self._writers.items() if not w.running]:
                     del self._writers[k]
-            writer = self._writers[key] = ListWriter(key)
+            writer = self._writers[key] = ListWriter(key, self._events_here)
         return writer
 
     async def flush(self):
