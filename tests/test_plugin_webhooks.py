@@ -17,7 +17,7 @@ import signal
 import time
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -1110,6 +1110,47 @@ class GroupWriteEventsTests(TestCase):
         self.assertEqual(deleted[0]["old"], {"id": "r1", "n": 2})
         self.assertEqual(deleted[0]["uri"], "/buckets/B/collections/c/records/r1")
         self.assertEqual(deleted[0]["collection_id"], "c")
+
+    async def test_writes_sent_together_have_their_events_once_in_order(self):
+        # Requests writing one list at once share its group statements: their
+        # events come out of one statement each group, in timestamp order; a
+        # group with a refused create runs again one write at a time, and only
+        # what committed has events.
+        from jsonsync.errors import ObjectExists
+
+        await self.hooks("g")
+        parent = "/buckets/g/collections/c"
+        txn = self.storage.transaction()
+        await self.storage.create(txn, "record", parent, {"id": "taken"})
+        await txn.commit()
+
+        async def create(rid):
+            txn = self.storage.transaction()
+            txn.last_write = True
+            try:
+                return await self.storage.create(txn, "record", parent, {"id": rid})
+            except ObjectExists:
+                await txn.rollback()
+                return None
+
+        ids = [f"r{n}" for n in range(12)]
+        ids.insert(7, "taken")  # refused: its group runs again, write by write
+        stored = await gatherResults([Deferred.fromCoroutine(create(rid)) for rid in ids])
+        self.assertEqual([s is None for s in stored], [rid == "taken" for rid in ids])
+        rows, _ = await self.storage.pool.run(
+            "SELECT xid::text, body FROM jsonsync_webhook_events WHERE target = '/buckets/g/webhooks/all'"
+            " ORDER BY xid, seq"
+        )
+        events = [(xid, jsonutil.loads(body)) for xid, body in rows]
+        self.assertEqual([e["data"]["id"] for _, e in events][0], "taken")  # the record written first
+        created = [(xid, e) for xid, e in events[1:]]
+        self.assertEqual(sorted(e["data"]["id"] for _, e in created), sorted(ids[:7] + ids[8:]))  # each once
+        stamps = [e["timestamp"] for _, e in created]
+        self.assertEqual(stamps, sorted(stamps))
+        per_statement = collections.Counter(xid for xid, _ in created)
+        self.assertGreater(max(per_statement.values()), 1)  # some went together
+        by_stamp = {s["id"]: s["last_modified"] for s in stored if s is not None}
+        self.assertEqual({e["data"]["id"]: e["timestamp"] for _, e in created}, by_stamp)
 
     async def test_the_group_write_writes_its_events_without_the_trigger(self):
         await self.storage.pool.run("ALTER TABLE objects DISABLE TRIGGER jsonsync_webhook_fanout")

@@ -102,6 +102,55 @@ class SchemaTests(TestCase):
         self.assertEqual(rows, [("kept", True)])
         self.assertEqual(await self.versions(), [v for v, _, _ in scripts])
 
+    async def fanout_trigger(self) -> str | None:
+        rows = await self.admin.runQuery(
+            "SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = 'objects' AND t.tgname = 'jsonsync_webhook_fanout'",
+            (self.schema,),
+        )
+        return rows[0][0] if rows else None
+
+    async def test_version_8_replaces_the_fanout_trigger_in_place(self):
+        # A database of version 7 whose webhooks plugin made the fan-out
+        # trigger (without version 8's condition, as the plugin then did):
+        # the migration replaces it in place, so that writes made meanwhile by
+        # processes without the plugin still have their events.
+        scripts = schema_scripts()
+        self.assertEqual(await migrate(self.url, reactor, scripts=scripts, target=7), 7)
+        self.assertIsNone(await self.fanout_trigger())
+        await self.admin.runOperation(
+            f"CREATE TRIGGER jsonsync_webhook_fanout AFTER INSERT OR UPDATE ON {self.schema}.objects FOR EACH ROW"
+            " WHEN (NEW.resource_name IN ('record', 'collection', 'group'))"
+            f" EXECUTE FUNCTION {self.schema}.jsonsync_webhook_fanout()"
+        )
+        self.assertNotIn("jsonsync.events", await self.fanout_trigger())
+        await migrate(self.url, reactor, scripts=scripts)
+        self.assertIn("current_setting('jsonsync.events'", await self.fanout_trigger())
+        # Without the trigger (webhooks never used), the migration makes none.
+        other = await scratch_schema(self)
+        await migrate(other.url, reactor)
+        rows = await other.admin.runQuery(
+            "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND NOT t.tgisinternal",
+            (other.schema,),
+        )
+        self.assertEqual(rows, [(0,)])
+
+    async def test_the_plugin_start_brings_an_old_fanout_trigger_up_to_date(self):
+        # An older process started first on a new database and made the
+        # trigger without the condition: the next fan_out() replaces it.
+        storage, _ = await open_backend(self, self.url)
+        await self.admin.runOperation(
+            f"CREATE TRIGGER jsonsync_webhook_fanout AFTER INSERT OR UPDATE ON {self.schema}.objects FOR EACH ROW"
+            " WHEN (NEW.resource_name IN ('record', 'collection', 'group'))"
+            f" EXECUTE FUNCTION {self.schema}.jsonsync_webhook_fanout()"
+        )
+        await storage.outbox.fan_out()
+        self.assertIn("current_setting('jsonsync.events'", await self.fanout_trigger())
+        await storage.outbox.fan_out()  # and again: nothing to do
+        self.assertIn("current_setting('jsonsync.events'", await self.fanout_trigger())
+
     async def test_a_skipped_earlier_script_is_applied(self):
         # A database that got a later script first (two lines of work, each
         # with its own script, merged): the earlier one is applied next time.

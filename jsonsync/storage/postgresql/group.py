@@ -35,7 +35,7 @@ _log = Logger()
 # The list's lock is taken by a statement sent ahead of this one (see
 # Unit.lock_statement): this statement's snapshot then follows the lock, so
 # it sees what the previous holder committed.
-GROUP_WRITE = (
+_HEAD = (
     "WITH input AS ("
     "  SELECT i.id, i.head, i.deleted, i.only_tomb, i.expect, i.n"
     "  FROM unnest(%(ids)s::text[], %(heads)s::text[], %(deleted)s::boolean[], %(tombs)s::boolean[],"
@@ -87,26 +87,25 @@ GROUP_WRITE = (
     "  FROM (SELECT last_modified FROM created UNION ALL SELECT last_modified FROM updated) w"
     "  HAVING count(*) > 0"
     "  ON CONFLICT (resource_name, parent_id) DO UPDATE SET last_modified = EXCLUDED.last_modified"
-    "  RETURNING 1),"
-    # The webhooks' events of these writes (with events, for records): what
-    # the row trigger would write (the same functions, schema 8), with one
-    # look-up of the list's webhooks for the whole group instead of one per
-    # row. prev: the objects before the statement (its snapshot), for the
-    # action and a deletion's "old".
-    " prev AS ("
+    "  RETURNING 1)"
+)
+
+# The webhooks' events of these writes, for records: what the row trigger
+# would write (the same functions, schema 8), with one look-up of the list's
+# webhooks for the whole group instead of one per row. prev: the objects
+# before the statement (its snapshot), for the action and a deletion's "old".
+_EVENTS = (
+    ", prev AS ("
     "  SELECT o.id, o.deleted, COALESCE(o.body, o.data::text) AS old FROM input i"
-    "  JOIN objects o ON o.resource_name = %(res)s::text AND o.parent_id = %(parent)s::text AND o.id = i.id"
-    "  WHERE %(events)s::boolean),"
+    "  JOIN objects o ON o.resource_name = %(res)s::text AND o.parent_id = %(parent)s::text AND o.id = i.id),"
     " hooks AS ("
-    "  SELECT * FROM jsonsync_webhook_targets(split_part(%(parent)s::text, '/', 3), split_part(%(parent)s::text, '/', 5))"
-    "  WHERE %(events)s::boolean),"
+    "  SELECT * FROM jsonsync_webhook_targets(split_part(%(parent)s::text, '/', 3), split_part(%(parent)s::text, '/', 5))),"
     " changes AS ("
     "  SELECT w.id, w.last_modified, w.body, p.old, CASE"
     "   WHEN p.id IS NULL THEN CASE WHEN w.deleted THEN NULL ELSE 'create' END"
     "   WHEN w.deleted THEN CASE WHEN p.deleted THEN NULL ELSE 'delete' END"
     "   WHEN p.deleted THEN 'create' ELSE 'update' END AS act"
-    "  FROM (SELECT * FROM created UNION ALL SELECT * FROM updated) w LEFT JOIN prev p ON p.id = w.id"
-    "  WHERE %(events)s::boolean),"
+    "  FROM (SELECT * FROM created UNION ALL SELECT * FROM updated) w LEFT JOIN prev p ON p.id = w.id),"
     " events AS ("
     "  INSERT INTO jsonsync_webhook_events (target, body)"
     "  SELECT h.target, jsonsync_webhook_event(c.act, 'record', %(parent)s::text || '/records/' || c.id,"
@@ -114,6 +113,9 @@ GROUP_WRITE = (
     "   c.old, h.target)"
     "  FROM changes c JOIN hooks h ON h.actions IS NULL OR h.actions ? c.act"
     "  WHERE c.act IS NOT NULL ORDER BY c.last_modified, h.target)"
+)
+
+_TAIL = (
     " SELECT id, last_modified FROM created UNION ALL SELECT id, last_modified FROM updated"
     # Likewise a refused compare-and-swap, or a write beneath a deleted
     # object, with strict, fails the statement (SQLSTATE JS409, a
@@ -121,6 +123,10 @@ GROUP_WRITE = (
     " UNION ALL SELECT i.id, jsonsync_write_conflict(i.id) FROM input i, base b"
     "  WHERE %(strict)s::boolean AND (NOT b.ok OR (NOT i.only_tomb AND i.id NOT IN (SELECT id FROM updated)))"
 )
+
+GROUP_WRITE = _HEAD + _TAIL
+# The same, writing the webhooks' events of its records (see L{EVENTS_HERE}).
+GROUP_WRITE_EVENTS = _HEAD + _EVENTS + _TAIL
 
 # Sent just before a group's L{GROUP_WRITE} that writes its events itself:
 # the row trigger (see L{PostgresOutbox.fan_out}) then writes none for the
@@ -132,14 +138,9 @@ EVENTS_HERE = "SELECT set_config('jsonsync.events', 'written', true);"
 GROUP_MAX = 64
 
 
-def group_params(resource_name: str, parent_id: str, items, strict: bool, within=(), events=False) -> dict:
-    """
-    The parameters of L{GROUP_WRITE} for C{(id, head, deleted, only_tomb,
-    expect)} items. C{events}: the statement writes the webhooks' events of
-    these records itself (see L{EVENTS_HERE}).
-    """
+def group_params(resource_name: str, parent_id: str, items, strict: bool, within=()) -> dict:
+    """The parameters of L{GROUP_WRITE} for C{(id, head, deleted, only_tomb, expect)} items."""
     return {
-        "events": events,
         "a_res": [a[0] for a in within],
         "a_parent": [a[1] for a in within],
         "a_id": [a[2] for a in within],
@@ -253,10 +254,8 @@ class ListWriter:
         events = resource_name == "record" and self.events()
         rows, _ = await driver.execute(
             sender.conn,
-            GROUP_WRITE,
-            group_params(
-                resource_name, parent_id, [item.write for item in group], strict=True, within=within, events=events
-            ),
+            GROUP_WRITE_EVENTS if events else GROUP_WRITE,
+            group_params(resource_name, parent_id, [item.write for item in group], strict=True, within=within),
             sender.generation,
             True,
             lock + "".join(item.prefix for item in group) + (EVENTS_HERE if events else ""),

@@ -331,29 +331,12 @@ class PostgresOutbox(CloseHooks):
     async def fan_out(self):
         """
         Creates the triggers that write the events of changes (and keep
-        the webhooks' cursors), once per database, under an advisory lock so
-        that processes starting together create them once. Their functions
-        are schema 7's; the fan-out trigger's condition schema 8's.
+        the webhooks' cursors), or brings them up to date, under an advisory
+        lock so that processes starting together do it once: schema 8's
+        C{jsonsync_webhook_triggers()}.
         """
         await self.pool.run(
-            "SELECT pg_advisory_xact_lock(%s, %s);"
-            " DO $$ BEGIN"
-            " IF NOT EXISTS (SELECT 1 FROM pg_trigger"
-            "  WHERE tgname = 'jsonsync_webhook_fanout' AND tgrelid = 'objects'::regclass) THEN"
-            "  CREATE TRIGGER jsonsync_webhook_fanout AFTER INSERT OR UPDATE ON objects FOR EACH ROW"
-            "  WHEN (NEW.resource_name IN ('record', 'collection', 'group')"
-            "   AND current_setting('jsonsync.events', true) IS DISTINCT FROM 'written')"
-            "  EXECUTE FUNCTION jsonsync_webhook_fanout();"
-            " END IF;"
-            " IF NOT EXISTS (SELECT 1 FROM pg_trigger"
-            "  WHERE tgname = 'jsonsync_webhook_cursor' AND tgrelid = 'objects'::regclass) THEN"
-            "  CREATE TRIGGER jsonsync_webhook_cursor AFTER INSERT OR UPDATE ON objects FOR EACH ROW"
-            "  WHEN (NEW.resource_name IN ('webhook', 'collection_webhook'))"
-            "  EXECUTE FUNCTION jsonsync_webhook_cursor();"
-            "  CREATE TRIGGER jsonsync_webhook_cursor_gone AFTER DELETE ON objects FOR EACH ROW"
-            "  WHEN (OLD.resource_name IN ('webhook', 'collection_webhook'))"
-            "  EXECUTE FUNCTION jsonsync_webhook_cursor();"
-            " END IF; END $$",
+            "SELECT pg_advisory_xact_lock(%s, %s); SELECT jsonsync_webhook_triggers()",
             FANOUT_LOCK,
         )
         self.fanning_out = True

@@ -12,11 +12,12 @@
 --
 -- The row trigger now skips the rows of a transaction that set
 -- jsonsync.events to 'written' (the group write sets it, local to its
--- transaction, just before its statement). The trigger is created by the
--- webhooks plugin at start with that condition: it is dropped here so that
--- the plugin creates it again. A process of an older version on the same
--- database would write such rows' events twice (its trigger has no
--- condition): upgrade the processes of a database together.
+-- transaction, just before its statement). The triggers are (re)created by
+-- jsonsync_webhook_triggers(), which the webhooks plugin calls at start; a
+-- database that has the fan-out trigger gets the new one here, in place, so
+-- that no write goes without its events in between. A process of an older
+-- version still running on the database sets no jsonsync.events: the
+-- trigger keeps writing its events, once.
 
 -- The live webhooks that hear of a change under bucket (and collection
 -- coll, if any): the bucket's (all of them, or those naming the
@@ -102,4 +103,39 @@ BEGIN
 END
 $$;
 
-DROP TRIGGER IF EXISTS jsonsync_webhook_fanout ON objects;
+-- The webhooks' triggers, created or brought up to date (at the webhooks
+-- plugin's start, under an advisory lock): the fan-out trigger on the
+-- changes of records, collections and groups, but not on the rows of a
+-- statement that wrote their events itself, and the triggers that keep
+-- the webhooks' cursors.
+CREATE OR REPLACE FUNCTION jsonsync_webhook_triggers() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                    WHERE tgname = 'jsonsync_webhook_fanout' AND tgrelid = 'objects'::regclass
+                      AND pg_get_triggerdef(oid) LIKE '%jsonsync.events%') THEN
+        DROP TRIGGER IF EXISTS jsonsync_webhook_fanout ON objects;
+        CREATE TRIGGER jsonsync_webhook_fanout AFTER INSERT OR UPDATE ON objects FOR EACH ROW
+        WHEN (NEW.resource_name IN ('record', 'collection', 'group')
+              AND current_setting('jsonsync.events', true) IS DISTINCT FROM 'written')
+        EXECUTE FUNCTION jsonsync_webhook_fanout();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                    WHERE tgname = 'jsonsync_webhook_cursor' AND tgrelid = 'objects'::regclass) THEN
+        CREATE TRIGGER jsonsync_webhook_cursor AFTER INSERT OR UPDATE ON objects FOR EACH ROW
+        WHEN (NEW.resource_name IN ('webhook', 'collection_webhook'))
+        EXECUTE FUNCTION jsonsync_webhook_cursor();
+        CREATE TRIGGER jsonsync_webhook_cursor_gone AFTER DELETE ON objects FOR EACH ROW
+        WHEN (OLD.resource_name IN ('webhook', 'collection_webhook'))
+        EXECUTE FUNCTION jsonsync_webhook_cursor();
+    END IF;
+END
+$$;
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'jsonsync_webhook_fanout' AND tgrelid = 'objects'::regclass) THEN
+        PERFORM jsonsync_webhook_triggers();
+    END IF;
+END
+$$;
