@@ -128,7 +128,7 @@ GROUP_WRITE = _HEAD + _TAIL
 # The same, writing the webhooks' events of its records (see L{EVENTS_HERE}).
 GROUP_WRITE_EVENTS = _HEAD + _EVENTS + _TAIL
 
-# Sent just before a group's L{GROUP_WRITE} that writes its events itself:
+# Sent just before a group's L{GROUP_WRITE_EVENTS} (it writes its events):
 # the row trigger (see L{PostgresOutbox.fan_out}) then writes none for the
 # rows of that statement. Local to the transaction, which that statement
 # ends (a group is its requests' whole transactions).

@@ -324,7 +324,7 @@ class PostgresOutbox(CloseHooks):
         self._windows: dict[tuple[str, str], _Window] = {}
         self._next_retry_check = 0.0
         # fan_out() ran: the group write of records writes their events in
-        # its own statement (GROUP_WRITE's events), and the row trigger
+        # its own statement (GROUP_WRITE_EVENTS), and the row trigger
         # skips the rows of that statement (jsonsync.events, EVENTS_HERE).
         self.fanning_out = False
 

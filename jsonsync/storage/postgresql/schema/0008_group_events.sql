@@ -1,5 +1,5 @@
 -- jsonsync schema, version 8: the group write of records writes its
--- webhooks' events in its own statement (GROUP_WRITE in
+-- webhooks' events in its own statement (GROUP_WRITE_EVENTS in
 -- jsonsync/storage/postgresql/group.py), and the row trigger writes those of
 -- every other write. Both build the events with the two functions below, so
 -- that an event has one shape whoever writes it.
