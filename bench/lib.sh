@@ -22,15 +22,17 @@ PAUSE=${PAUSE:-2}                            # seconds of rest after each measur
 # The standard workloads, key:script:label, in the order they run (reads on the
 # untouched collection first, then the writes); compare.sh and ab.sh both run them.
 WORKLOADS="w2:w2_get.lua:W2_get_one w3:w3_list.lua:W3_list100 w4:w4_since.lua:W4_since50
-w5:w5_filter.lua:W5_filter w6:w6_patch.lua:W6_patch w1:w1_create.lua:W1_create w7:w7_batch.lua:W7_batch25"
-export AUTH
+w5:w5_filter.lua:W5_filter w6:w6_patch.lua:W6_patch w1:w1_create.lua:W1_create w7:w7_batch.lua:W7_batch25
+w6p:w6_paced.lua:W6_paced"
+export AUTH CONNS
 
 mkdir -p "$STATE"
 # The state dir ignores itself, so the repository's root .gitignore needs no line for it.
 [ -f "$STATE/.gitignore" ] || echo '*' > "$STATE/.gitignore"
 
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+# w6p (W6 at a fixed pace, for CPU per request) runs only when ONLY names it.
+want() { if [ -z "$ONLY" ]; then [ "$1" != w6p ]; else [[ ",$ONLY," == *",$1,"* ]]; fi; }
 command -v wrk >/dev/null || { echo "wrk not found (apt-get install wrk)" >&2; exit 2; }
 
 STARTED_PIDS=()
