@@ -18,6 +18,7 @@ import time
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -38,6 +39,7 @@ from jsonsync.testclient import (
 )
 from tests.pg import SKIP, scratch_url
 from tests.test_postgresql_processes import ServerProcesses, _Client
+from tests.test_webhook_http import Pipelined
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "webhooks.md")
 
@@ -836,6 +838,67 @@ class DeliveryTests(TestCase):
         # connection is closed before the next starts).
         await wait_for(lambda: len(receiver.calls) >= 4)
         self.assertLessEqual(receiver.most_in_flight, 2)
+
+    async def test_a_quick_receiver_gets_its_requests_pipelined_each_event_once(self):
+        # A receiver that reads the requests as they come (several may arrive in one read) and
+        # answers each at once: after its first answers, the worker writes several requests at a
+        # time on one connection. Every event still arrives once, and is logged delivered once.
+        server = Factory.forProtocol(Pipelined)
+        server.connections, server.bodies, server.reads = [], [], []
+        server.answer = lambda body: b"HTTP/1.1 204 No Content\r\n\r\n"
+        port = reactor.listenTCP(0, server, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        app, client = await self.app_with()
+        url = f"http://127.0.0.1:{port.getHost().port}/hook"
+        await self._ok(client.put("/v1/buckets/b/webhooks/w1", {"data": {"url": url}}))
+        written = 0
+        for _ in range(4):
+            batch = [{"method": "PUT", "path": f"/buckets/b/collections/c/records/r{written + n}", "body": {"data": {}}}
+                     for n in range(25)]
+            await self._ok(client.post("/v1/batch", {"requests": batch}))
+            written += 25
+            await wait_for(lambda written=written: len(server.bodies) >= written)
+        await wait_for(lambda: all(not c.exchanges for c in webhooks.worker_of(app.registry).http_pool._open))
+        ids = [jsonutil.loads(body)["id"] for body in server.bodies]
+        self.assertEqual(len(ids), written)
+        self.assertEqual(len(set(ids)), written)
+        self.assertGreater(max(server.reads), 1, server.reads)  # pipelined
+        self.assertLess(len(server.connections), written)
+
+        async def all_delivered():
+            rows = await self.deliveries(client)
+            return len(rows) == written and all(r["status"] == "delivered" and r["attempts"] == 1 for r in rows)
+
+        await wait_for(all_delivered)
+
+
+class PipeliningPolicyTests(TestCase):
+    """Which receivers get pipelined requests: those that answer quickly, as their answers tell."""
+
+    memory_only = True  # no storage
+
+    def test_quick_receivers_are_pipelined_slow_ones_are_not(self):
+        policy = webhooks.Pipelining(16)
+        quick, slow = ("http", "127.0.0.1", 1, "a"), ("http", "127.0.0.1", 2, "b")
+        self.assertEqual((policy.depth(quick), policy.depth(slow)), (1, 1))  # not heard from yet
+        policy.answered(quick, 0.002)
+        policy.answered(slow, 0.2)
+        self.assertEqual((policy.depth(quick), policy.depth(slow)), (16, 1))
+        # One slow answer among quick ones (a pause) does not end it...
+        policy.answered(quick, 0.3)
+        self.assertEqual(policy.depth(quick), 16)
+        # ...answers that stay slow do (pipelined requests wait on each other).
+        for _ in range(10):
+            policy.answered(quick, 0.3)
+        self.assertEqual(policy.depth(quick), 1)
+        # Between the two thresholds nothing changes; quick again, pipelined again.
+        for _ in range(40):
+            policy.answered(quick, 0.05)
+        self.assertEqual(policy.depth(quick), 1)
+        for _ in range(40):
+            policy.answered(quick, 0.001)
+        self.assertEqual(policy.depth(quick), 16)
+        self.assertEqual(webhooks.Pipelining(1).depth(quick), 1)
 
 
 with_postgresql_variants(globals())

@@ -6,7 +6,9 @@ response can end, connections reused or not, and answers that are not HTTP.
 
 from __future__ import annotations
 
-from twisted.internet import reactor
+import collections
+
+from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
@@ -227,3 +229,174 @@ class DirectWriteTests(TestCase):
         for body in (b"{}", b'{"n":2}'):
             self.assertEqual(await pool.request(key_, endpoint.connect, self.request(body)), 204)
         self.assertEqual(server.bodies, [b"{}", b'{"n":2}'])
+
+
+class Pipelined(Protocol):
+    """
+    Reads requests by Content-Length and answers each with C{factory.answer(body)}: bytes; or
+    C{None}: the connection is closed there (after what was written before), the requests read
+    with it left unanswered; or C{b""}: no answer, and none to the requests after it on this
+    connection; or C{(bytes,)}: those bytes, then likewise nothing more. Notes how many requests
+    each read brought.
+    """
+
+    def connectionMade(self):
+        self.buffer = b""
+        self.stuck = False
+        self.factory.connections.append(self)
+
+    def dataReceived(self, data):
+        self.buffer += data
+        brought = 0
+        while b"\r\n\r\n" in self.buffer and not self.stuck:
+            head, _, rest = self.buffer.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(rest) < length:
+                break
+            body, self.buffer = rest[:length], rest[length:]
+            brought += 1
+            self.factory.bodies.append(body)
+            answer = self.factory.answer(body)
+            if answer is None:
+                self.transport.loseConnection()
+                self.stuck = True
+                break
+            if isinstance(answer, tuple):
+                self.transport.write(answer[0])
+                answer = b""
+            if not answer:
+                self.stuck = True
+                break
+            self.transport.write(answer)
+            if b"connection: close" in answer.lower():
+                self.transport.loseConnection()
+                break
+        if brought:
+            self.factory.reads.append(brought)
+
+
+def ok(status: int = 200, extra: bytes = b"", version: bytes = b"HTTP/1.1") -> bytes:
+    return version + b" %d OK\r\n%sContent-Length: 0\r\n\r\n" % (status, extra)
+
+
+class PipeliningTests(TestCase):
+    """Several requests on one connection at once, written together, answered in order."""
+
+    def serve(self, answer, depth=8):
+        server = Factory.forProtocol(Pipelined)
+        server.connections, server.bodies, server.reads, server.answer = [], [], [], answer
+        port = reactor.listenTCP(0, server, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = ConnectionPool(depth=depth)
+        self.addCleanup(pool.close)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        key = ("http", "127.0.0.1", port.getHost().port, "x")
+
+        def send(bodies, depth=None):
+            requests = [DirectWriteTests.request(b) for b in bodies]
+            return defer.gatherResults(pool.request_many(key, endpoint.connect, requests, depth), consumeErrors=True)
+
+        return server, pool, send
+
+    @staticmethod
+    def numbered(body: bytes) -> int:
+        return int(body.split(b":")[1].rstrip(b"}"))
+
+    async def test_requests_go_together_on_a_proven_connection_and_are_matched_in_order(self):
+        server, pool, send = self.serve(lambda body: ok(200 + self.numbered(body)))
+        self.assertEqual(await send([b'{"n":0}']), [200])  # proves the connection
+        statuses = await send([b'{"n":%d}' % n for n in range(1, 7)])
+        self.assertEqual(statuses, [201, 202, 203, 204, 205, 206])
+        self.assertEqual(len(server.connections), 1)
+        self.assertEqual(server.reads, [1, 6])  # the six in one write, read at once
+
+    async def test_no_more_than_the_depth_on_one_connection(self):
+        server, pool, send = self.serve(lambda body: ok(), depth=2)
+        await send([b'{"n":0}'])
+        self.assertEqual(await send([b'{"n":%d}' % n for n in range(1, 6)]), [200] * 5)
+        # Two on the proven connection, each of the other three on a new one.
+        self.assertEqual(len(server.connections), 4)
+        self.assertEqual(sorted(server.reads), [1, 1, 1, 1, 2])
+
+    async def test_depth_one_sends_one_at_a_time(self):
+        server, pool, send = self.serve(lambda body: ok())
+        await send([b'{"n":0}'])
+        self.assertEqual(await send([b'{"n":%d}' % n for n in range(1, 4)], depth=1), [200] * 3)
+        self.assertEqual(len(server.connections), 3)
+        self.assertEqual(server.reads, [1, 1, 1, 1])
+
+    async def test_a_connection_that_is_not_http11_is_not_pipelined(self):
+        server, pool, send = self.serve(lambda body: ok(extra=b"Connection: keep-alive\r\n", version=b"HTTP/1.0"))
+        await send([b'{"n":0}'])
+        self.assertEqual(await send([b'{"n":%d}' % n for n in range(1, 4)]), [200] * 3)
+        self.assertEqual(server.reads, [1, 1, 1, 1])
+        self.assertEqual(len(server.connections), 3)  # the kept one took one, two new ones the rest
+
+    async def test_requests_left_unanswered_by_a_closing_receiver_go_again(self):
+        # It answers the second request of the pipeline with "Connection: close": the three behind
+        # it were never answered there, and go again, each once, on new connections.
+        def answer(body):
+            return ok(extra=b"Connection: close\r\n") if self.numbered(body) == 2 else ok()
+
+        server, pool, send = self.serve(answer)
+        await send([b'{"n":0}'])
+        self.assertEqual(await send([b'{"n":%d}' % n for n in range(1, 6)]), [200] * 5)
+        answered = [self.numbered(b) for b in server.bodies]
+        self.assertEqual(sorted(answered), [0, 1, 2, 3, 4, 5])  # the dropped ones were not read there
+
+    async def test_a_receiver_dropping_the_connection_mid_pipeline(self):
+        # The receiver closes the connection when the third request arrives (unanswered, and no
+        # "Connection: close" before): it and those behind it go again on new connections; those
+        # answered before are not sent twice.
+        seen = collections.Counter()
+
+        def answer(body):
+            n = self.numbered(body)
+            seen[n] += 1
+            return None if n == 3 and seen[n] == 1 else ok(200 + n)
+
+        server, pool, send = self.serve(answer)
+        await send([b'{"n":0}'])
+        self.assertEqual(await send([b'{"n":%d}' % n for n in range(1, 6)]), [201, 202, 203, 204, 205])
+        self.assertEqual(seen, {0: 1, 1: 1, 2: 1, 3: 2, 4: 1, 5: 1})
+
+    async def test_a_response_cut_short_in_a_pipeline_is_an_error_for_that_request_only(self):
+        def answer(body):
+            n = self.numbered(body)
+            return (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",) if n == 2 else ok()
+
+        server, pool, send = self.serve(answer)
+        await send([b'{"n":0}'])
+        key = ("http", "127.0.0.1", server.connections[0].transport.getHost().port, "x")
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", key[2])
+        ds = pool.request_many(key, endpoint.connect, [DirectWriteTests.request(b'{"n":%d}' % n) for n in (1, 2, 3)])
+        self.assertEqual(await ds[0], 200)
+        # Request 2's response is incomplete when request 3 is cancelled (the connection goes).
+        await deferLater(reactor, 0.05, lambda: None)
+        ds[2].cancel()
+        with self.assertRaises(ConnectionLostEarly):
+            await ds[1]
+        with self.assertRaises(defer.CancelledError):
+            await ds[2]
+
+    async def test_cancelling_a_stuck_request_sends_those_behind_it_again(self):
+        stuck = {"once": True}
+
+        def answer(body):
+            if self.numbered(body) == 2 and stuck["once"]:
+                stuck["once"] = False
+                return b""  # the receiver never answers it, nor anything after it on that connection
+            return ok(200 + self.numbered(body))
+
+        server, pool, send = self.serve(answer)
+        await send([b'{"n":0}'])
+        key = ("http", "127.0.0.1", server.connections[0].transport.getHost().port, "x")
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", key[2])
+        ds = pool.request_many(key, endpoint.connect, [DirectWriteTests.request(b'{"n":%d}' % n) for n in (1, 2, 3, 4)])
+        self.assertEqual(await ds[0], 201)
+        await deferLater(reactor, 0.05, lambda: None)
+        ds[1].cancel()  # (the worker's timeout)
+        with self.assertRaises(defer.CancelledError):
+            await ds[1]
+        self.assertEqual([await ds[2], await ds[3]], [203, 204])
+        self.assertEqual(len(server.connections), 3)

@@ -1,7 +1,10 @@
 """
 The HTTP client of webhook deliveries: persistent HTTP/1.1 connections per
 receiver, a request written as one buffer, and a response read only as far
-as its status and its end (the body is discarded).
+as its status and its end (the body is discarded). To a receiver that
+answers quickly, several requests go at once on one connection, written
+together (HTTP/1.1 pipelining: one send and one wake-up on each side for
+several deliveries, instead of one each); the responses come back in order.
 
 Twisted's C{Agent} (and treq on top of it) is general: body producers,
 response objects, redirects, a connection pool keyed by URI. A delivery needs
@@ -9,18 +12,26 @@ none of that and happens once per change: profiled under write load, the
 C{Agent} path cost as much server CPU as the write it reported. This client
 keeps to what a delivery needs and is driven by the delivery worker
 (L{jsonsync.plugins.webhooks.Worker}), which bounds the requests in flight,
-checks the address it connects to, and puts a timeout on each request
-(cancelling the L{Deferred} aborts its connection).
+chooses how deep to pipeline for each receiver, checks the address it
+connects to, and puts a timeout on each request (cancelling the
+L{Deferred} aborts its connection).
+
+Pipelining is only used on a connection that has answered a request as a
+persistent HTTP/1.1 connection. When a connection ends before a request on
+it was answered at all (the receiver closed it, after a "Connection: close"
+or without one, or another request on it was cancelled), that request is
+sent once more on a new connection: it may have reached the receiver, which
+at-least-once delivery allows (the event id is there to deduplicate).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 
 MAX_HEAD = 64 * 1024
@@ -70,8 +81,27 @@ def _write(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
+class Unanswered(ConnectionLostEarly):
+    """The connection ended before any byte of this request's response: it may be sent again."""
+
+
+class _Exchange:
+    """A request written on a connection, and what came of its response so far."""
+
+    __slots__ = ("d", "received")
+
+    def __init__(self, d: Deferred):
+        self.d = d
+        self.received = False
+
+
 class _Connection(Protocol):
-    """One connection, one exchange at a time; reused while the receiver keeps it open."""
+    """
+    One connection to a receiver, reused while the receiver keeps it open.
+    Its requests are answered in the order they were written: once it has
+    answered one as a persistent HTTP/1.1 connection, several may be on
+    their way at once (pipelined), written together.
+    """
 
     # A TCP (or TLS) transport: ITransport and ITCPTransport's abortConnection, and `connected`.
     transport: Any
@@ -79,8 +109,10 @@ class _Connection(Protocol):
     def __init__(self, pool: ConnectionPool, key: tuple):
         self.pool = pool
         self.key = key
-        self.waiting: Deferred | None = None
-        self.received_any = False
+        self.exchanges: deque[_Exchange] = deque()
+        # It answered a request as a persistent HTTP/1.1 connection: it may carry several at once.
+        self.proven = False
+        self.ending = False  # aborted or closing: it takes no more requests
         self._reset()
 
     def _reset(self) -> None:
@@ -88,47 +120,74 @@ class _Connection(Protocol):
         self.state = "head"
         self.status = 0
         self.keep_alive = True
+        self.http11 = False
         self.left = 0  # body bytes to skip (length or current chunk)
         self.chunked = False
 
     # -- exchange ------------------------------------------------------------------------
+    def send_many(self, requests: list[bytes]) -> list[Deferred]:
+        """Writes C{requests} (whole requests) in one go; a Deferred for each response's status."""
+        ds = []
+        for _ in requests:
+            d: Deferred = Deferred(self._cancel)
+            self.exchanges.append(_Exchange(d))
+            ds.append(d)
+        _write(self.transport, requests[0] if len(requests) == 1 else b"".join(requests))
+        return ds
+
     def send(self, data: bytes) -> Deferred:
-        self._reset()
-        self.received_any = False
-        d: Deferred = Deferred(self._cancel)
-        self.waiting = d
-        _write(self.transport, data)
-        return d
+        return self.send_many([data])[0]
 
     def _cancel(self, d: Deferred) -> None:
-        self.waiting = None
+        # The connection goes (what follows it on the connection cannot be
+        # told apart from its response): the other requests on it are
+        # unanswered, and sent again.
+        for exchange in self.exchanges:
+            if exchange.d is d:
+                self.exchanges.remove(exchange)
+                break
+        self._end_abruptly()
+
+    def _end_abruptly(self) -> None:
+        self.ending = True
+        self.pool._gone(self)
         self.transport.abortConnection()
 
     def _finish(self) -> None:
-        d, self.waiting = self.waiting, None
+        exchange = self.exchanges.popleft()
         status = self.status
         if self.keep_alive:
+            self.proven = self.proven or self.http11
+            buffer = self.buffer  # (what follows belongs to the next request's response)
             self._reset()
-            self.pool._idle(self)
+            self.buffer = buffer
+            if self.exchanges:
+                pass
+            elif buffer:
+                self._end_abruptly()  # more than was asked for: it cannot be reused
+            else:
+                self.pool._idle(self)
         else:
+            # The receiver closes it: the requests written after this one are not answered.
+            self.ending = True
+            self.pool._gone(self)
             self.transport.loseConnection()
-        if d is not None:
-            d.callback(status)
+        exchange.d.callback(status)
 
     def _fail(self, exc: Exception) -> None:
-        d, self.waiting = self.waiting, None
-        self.transport.abortConnection()
-        if d is not None:
-            d.errback(exc)
+        exchange = self.exchanges.popleft() if self.exchanges else None
+        self._end_abruptly()
+        if exchange is not None:
+            exchange.d.errback(exc)
 
     # -- parsing ---------------------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
-        if self.waiting is None:
+        if self.ending:
+            return  # it is going: nothing more is read from it
+        if not self.exchanges:
             # Bytes nobody asked for (on an idle connection): it cannot be reused, from now on.
-            self.pool._gone(self)
-            self.transport.abortConnection()
+            self._end_abruptly()
             return
-        self.received_any = True
         self.buffer += data
         try:
             self._parse()
@@ -136,7 +195,9 @@ class _Connection(Protocol):
             self._fail(exc)
 
     def _parse(self) -> None:
-        while self.waiting is not None:
+        while self.exchanges and not self.ending:
+            if self.buffer:
+                self.exchanges[0].received = True
             if self.state == "head":
                 end = self.buffer.find(b"\r\n\r\n")
                 if end < 0:
@@ -153,7 +214,6 @@ class _Connection(Protocol):
                 if self.left:
                     return
                 self._finish()
-                return
             elif self.state == "chunk-size":
                 end = self.buffer.find(b"\r\n")
                 if end < 0:
@@ -186,7 +246,6 @@ class _Connection(Protocol):
                 line, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
                 if not line:
                     self._finish()
-                    return
             else:  # "close": the body ends with the connection
                 self.buffer = b""
                 return
@@ -201,7 +260,8 @@ class _Connection(Protocol):
         if 100 <= status < 200 and status != 101:
             return False
         self.status = status
-        self.keep_alive = parts[0] != b"HTTP/1.0"
+        self.http11 = parts[0] == b"HTTP/1.1"
+        self.keep_alive = self.http11
         length = None
         for line in lines[1:]:
             name, _, value = line.partition(b":")
@@ -233,16 +293,20 @@ class _Connection(Protocol):
         return True
 
     def connectionLost(self, reason=None) -> None:
+        self.ending = True
         self.pool._gone(self)
-        d, self.waiting = self.waiting, None
-        if d is None:
+        exchanges, self.exchanges = self.exchanges, deque()
+        if not exchanges:
             return
+        first = exchanges.popleft()
         if self.state == "close" and self.status:
-            d.callback(self.status)
-        elif reason is not None and reason.check(ConnectionDone) and not self.received_any:
-            d.errback(ConnectionLostEarly("the receiver closed the connection without answering"))
+            first.d.callback(self.status)
+        elif not first.received:
+            first.d.errback(Unanswered("the receiver closed the connection without answering"))
         else:
-            d.errback(ConnectionLostEarly("the connection was lost before the whole response"))
+            first.d.errback(ConnectionLostEarly("the connection was lost before the whole response"))
+        for exchange in exchanges:
+            exchange.d.errback(Unanswered("the connection ended before this request was answered"))
 
 
 class _Factory(Factory):
@@ -255,16 +319,30 @@ class _Factory(Factory):
 
 
 class ConnectionPool:
-    """Idle connections per receiver (C{key}: scheme, address, port, host), reused in turn."""
+    """
+    Connections per receiver (C{key}: scheme, address, port, host), reused.
+    A request goes on an idle connection, or, up to C{depth} at once, on one
+    that proved it keeps HTTP/1.1 connections open (pipelined: fewer
+    system calls and wake-ups on both ends when a receiver gets many), or
+    on a new connection.
+    """
 
-    def __init__(self, max_idle: int = 16):
+    def __init__(self, max_idle: int = 16, depth: int = 1):
         self.max_idle = max_idle
+        self.depth = max(1, depth)
         self._idle_by_key: dict[tuple, list[_Connection]] = {}
+        # Proven connections with requests on their way (pipelining takes them too).
+        self._busy_by_key: dict[tuple, set[_Connection]] = {}
         self._open: set[_Connection] = set()
 
     def _idle(self, conn: _Connection) -> None:
+        busy = self._busy_by_key.get(conn.key)
+        if busy is not None:
+            busy.discard(conn)
         idle = self._idle_by_key.setdefault(conn.key, [])
         if len(idle) >= self.max_idle:
+            conn.ending = True
+            self._open.discard(conn)
             conn.transport.loseConnection()
             return
         idle.append(conn)
@@ -274,26 +352,62 @@ class ConnectionPool:
         idle = self._idle_by_key.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
+        busy = self._busy_by_key.get(conn.key)
+        if busy is not None:
+            busy.discard(conn)
 
-    def request(self, key: tuple, connect: Callable[[Factory], Deferred], data: bytes) -> Deferred:
-        """
-        Sends C{data} (a whole request) to the receiver C{key} on an idle
-        connection, or a new one made by C{connect(factory)}; fires with the
-        response's status. A reused connection that the receiver closed
-        meanwhile (it answered nothing) is replaced once. Cancelling the
-        result aborts the connection.
-        """
+    def _usable(self, conn: _Connection) -> bool:
+        return not conn.ending and conn.transport is not None and conn.transport.connected
+
+    def _room(self, key: tuple, depth: int) -> tuple[_Connection, int] | None:
+        """A connection for more requests to C{key}, and how many it takes now."""
         idle = self._idle_by_key.get(key)
         while idle:
             conn = idle.pop()
-            if conn.transport is not None and conn.transport.connected:
-                d = conn.send(data)
-                d.addErrback(self._closed_while_idle, conn, key, connect, data)
-                return d
-        return Deferred.fromCoroutine(self._fresh(key, connect, data))
+            if self._usable(conn):
+                return conn, (depth if conn.proven else 1)
+        if depth > 1:
+            for conn in self._busy_by_key.get(key, ()):
+                room = depth - len(conn.exchanges)
+                if room > 0 and self._usable(conn):
+                    return conn, room
+        return None
 
-    def _closed_while_idle(self, failure, conn: _Connection, key: tuple, connect, data: bytes):
-        if failure.check(ConnectionLostEarly) and not conn.received_any:
+    def request(self, key: tuple, connect: Callable[[Factory], Deferred], data: bytes) -> Deferred:
+        """
+        Sends C{data} (a whole request) to the receiver C{key} on a
+        connection it keeps open, or a new one made by C{connect(factory)};
+        fires with the response's status. A request that a reused
+        connection ended without answering (the receiver closed it
+        meanwhile, or before reaching it in a pipeline) is sent once more,
+        on a new connection. Cancelling the result aborts its connection.
+        """
+        return self.request_many(key, connect, [data])[0]
+
+    def request_many(self, key: tuple, connect: Callable[[Factory], Deferred], requests: list[bytes],
+                     depth: int | None = None) -> list[Deferred]:
+        """L{request} for several requests to one receiver, written together where they can be."""
+        depth = self.depth if depth is None else max(1, depth)
+        results: list[Deferred] = []
+        i = 0
+        while i < len(requests):
+            found = self._room(key, depth)
+            if found is None:
+                break
+            conn, room = found
+            batch = requests[i : i + room]
+            i += len(batch)
+            if conn.proven and depth > 1:
+                self._busy_by_key.setdefault(key, set()).add(conn)
+            for d, data in zip(conn.send_many(batch), batch, strict=True):
+                d.addErrback(self._unanswered, key, connect, data)
+                results.append(d)
+        # The rest, each on a new connection (which proves itself before it carries more).
+        results += [Deferred.fromCoroutine(self._fresh(key, connect, data)) for data in requests[i:]]
+        return results
+
+    def _unanswered(self, failure, key: tuple, connect, data: bytes):
+        if failure.check(Unanswered):
             return Deferred.fromCoroutine(self._fresh(key, connect, data))  # once more, on a new connection
         return failure
 
@@ -305,7 +419,8 @@ class ConnectionPool:
     def close(self) -> None:
         for conn in list(self._open):
             if conn.transport is not None:
+                conn.ending = True
                 conn.transport.abortConnection()
         self._idle_by_key.clear()
+        self._busy_by_key.clear()
         self._open.clear()
-

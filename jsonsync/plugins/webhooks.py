@@ -501,6 +501,38 @@ def _request_head(url: str) -> tuple[Target, bytes]:
 # an event written after a quiet spell waits for the next poll anyway.
 CLAIM_GAP = 0.2
 
+class Pipelining:
+    """
+    How many requests may be on their way at once on one connection to a
+    receiver: up to C{max_depth} (pipelined, written together) to a
+    receiver whose answers come quickly, one to a slow one, whose requests
+    would wait on each other (they go side by side, on connections of their
+    own). A receiver is judged by the moving average of its answer times:
+    pipelined below C{ON} seconds, back to one at a time above C{OFF}
+    (pipelined answer times include the wait behind the requests before
+    them). A receiver not yet heard from gets one at a time.
+    """
+
+    ON = 0.01
+    OFF = 0.1
+
+    def __init__(self, max_depth: int):
+        self.max_depth = max(1, max_depth)
+        self._latency: dict[tuple, float] = {}
+        self._piped: set[tuple] = set()
+
+    def answered(self, key: tuple, seconds: float) -> None:
+        before = self._latency.get(key)
+        latency = seconds if before is None else before + (seconds - before) / 8
+        self._latency[key] = latency
+        if latency < self.ON:
+            self._piped.add(key)
+        elif latency > self.OFF:
+            self._piped.discard(key)
+
+    def depth(self, key: tuple) -> int:
+        return self.max_depth if key in self._piped else 1
+
 
 class _Route:
     """Where a webhook's deliveries of one claim go: the checked address, the request's start, the secret."""
@@ -557,6 +589,8 @@ class Worker:
         # Claimed messages, from their claim until their end is recorded.
         self.inflight: dict[str, dict] = {}
         self.http_pool = ConnectionPool(max_idle=self.config.concurrency)
+        self._kick_timer = None
+        self.pipelining = Pipelining(self.config.pipeline_depth)
         self._queue: collections.deque = collections.deque()  # (message, route, body) waiting for a slot
         self._flights: dict[str, _Flight] = {}  # requests on their way, by message id
         self._ending: set[Deferred] = set()  # ends being recorded (retries, failures, flushes)
@@ -733,9 +767,16 @@ class Worker:
             self._attempted(message, None, route or "no route", time.monotonic())
             return
         self._queue.append((message, route, body))
-        self._start_next()
+        self._kick()
+
+    def _kick(self) -> None:
+        """Sends what waits, once this reactor turn's answers are in (written together, where they can be)."""
+        if self._kick_timer is None and self._queue and not self._stopped:
+            self._kick_timer = self.reactor.callLater(0, self._start_next)
 
     def _start_next(self) -> None:
+        self._kick_timer = None
+        batches: dict[tuple, tuple[_Route, list]] = {}
         while self._queue and len(self._flights) < self.config.concurrency and not self._stopped:
             message, route, body = self._queue.popleft()
             timestamp = str(int(time.time()))
@@ -748,14 +789,22 @@ class Worker:
             ))
             flight = _Flight(message, time.monotonic())
             self._flights[message["id"]] = flight
-            d = self.http_pool.request(route.key, route.connect, data)
-            flight.d = d
-            d.addCallbacks(self._answered, self._unanswered, callbackArgs=(flight,), errbackArgs=(flight,))
+            batch = batches.get(route.key)
+            if batch is None:
+                batches[route.key] = (route, [(flight, data)])
+            else:
+                batch[1].append((flight, data))
+        for key, (route, items) in batches.items():
+            ds = self.http_pool.request_many(key, route.connect, [data for _, data in items], self.pipelining.depth(key))
+            for (flight, _), d in zip(items, ds, strict=True):
+                flight.d = d
+                d.addCallbacks(self._answered, self._unanswered, callbackArgs=(flight, key), errbackArgs=(flight,))
 
-    def _answered(self, status: int, flight: _Flight) -> None:
+    def _answered(self, status: int, flight: _Flight, key: tuple) -> None:
         self._flights.pop(flight.message["id"], None)
+        self.pipelining.answered(key, time.monotonic() - flight.started)
         self._attempted(flight.message, status, None, flight.started)
-        self._start_next()
+        self._kick()
 
     def _unanswered(self, failure, flight: _Flight) -> None:
         self._flights.pop(flight.message["id"], None)
@@ -766,7 +815,7 @@ class Worker:
         else:
             error = f"{failure.type.__name__}: {failure.value}"[:500]
         self._attempted(flight.message, None, error, flight.started)
-        self._start_next()
+        self._kick()
         return None
 
     def _sweep(self) -> None:
@@ -882,6 +931,8 @@ class Worker:
             except Exception:
                 pass
         # Requests on their way are abandoned (their connections aborted).
+        if self._kick_timer is not None and self._kick_timer.active():
+            self._kick_timer.cancel()
         self._queue.clear()
         for flight in list(self._flights.values()):
             if flight.d is not None:
@@ -937,6 +988,7 @@ class Config:
     concurrency: int
     batch_size: int
     poll_interval: float
+    pipeline_depth: int
     lease: float
     retention: float
     worker: bool
@@ -980,6 +1032,7 @@ class Config:
             concurrency=int(number("concurrency", 1, "64")),
             batch_size=int(number("batch_size", 1, "256")),
             poll_interval=number("poll_interval_seconds", 0.01, "0.5"),
+            pipeline_depth=int(number("pipeline_depth", 1, "16")),
             lease=number("lease_seconds", 1, "60"),
             retention=number("log_retention_seconds", 0, "604800"),
             worker=bool(settings.get("webhooks.worker", True)),
@@ -1016,6 +1069,7 @@ class WebhooksPlugin:
         "webhooks.concurrency": 64,
         "webhooks.batch_size": 256,
         "webhooks.poll_interval_seconds": "0.5",
+        "webhooks.pipeline_depth": 16,
         "webhooks.lease_seconds": "60",
         "webhooks.log_retention_seconds": "604800",
         "webhooks.worker": True,
