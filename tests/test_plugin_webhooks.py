@@ -18,7 +18,7 @@ import time
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -871,6 +871,47 @@ class DeliveryTests(TestCase):
 
         await wait_for(all_delivered)
 
+    async def test_a_receiver_that_ignores_pipelined_requests_gets_one_at_a_time(self):
+        # Pipelined requests after the first of a read are never answered: they time out (once
+        # each at most), and the receiver gets its requests one at a time from then on.
+        server = Factory.forProtocol(FirstOfEachRead)
+        server.connections, server.requests, server.answered = 0, 0, []
+        port = reactor.listenTCP(0, server, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        app, client = await self.app_with(webhooks__timeout_seconds="0.5")
+        url = f"http://127.0.0.1:{port.getHost().port}/hook"
+        await self._ok(client.put("/v1/buckets/b/webhooks/w1", {"data": {"url": url}}))
+        for round_ in range(3):
+            batch = [{"method": "PUT", "path": f"/buckets/b/collections/c/records/r{round_}-{n}", "body": {"data": {}}}
+                     for n in range(20)]
+            await self._ok(client.post("/v1/batch", {"requests": batch}))
+
+            async def all_delivered(expected=20 * (round_ + 1)):
+                rows = await self.deliveries(client)
+                return len(rows) == expected and all(r["status"] == "delivered" for r in rows) and rows
+
+            rows = await wait_for(all_delivered)
+        attempts = collections.Counter(r["attempts"] for r in rows)
+        self.assertLessEqual(set(attempts), {1, 2}, attempts)
+        timeouts = [a for r in rows for a in r["log"] if a["error"] and "timed out" in a["error"]]
+        self.assertEqual(len(timeouts), attempts[2])
+        self.assertTrue(timeouts)  # (it was pipelined, after the first quick answers)
+        self.assertEqual(len({e["id"] for e in server.answered}), 60)
+
+
+class FirstOfEachRead(Protocol):
+    """A receiver that answers the first request of each read and silently ignores the others."""
+
+    def connectionMade(self):
+        self.factory.connections += 1
+
+    def dataReceived(self, data):
+        heads = data.split(b"POST ")[1:]
+        self.factory.requests += len(heads)
+        if heads:
+            self.factory.answered.append(jsonutil.loads(b"{" + heads[0].split(b"\r\n\r\n{", 1)[1]))
+            self.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+
 
 class PipeliningPolicyTests(TestCase):
     """Which receivers get pipelined requests: those that answer quickly, as their answers tell."""
@@ -899,6 +940,23 @@ class PipeliningPolicyTests(TestCase):
             policy.answered(quick, 0.001)
         self.assertEqual(policy.depth(quick), 16)
         self.assertEqual(webhooks.Pipelining(1).depth(quick), 1)
+
+    def test_timeouts_end_pipelining_and_three_spells_end_it_for_good(self):
+        policy = webhooks.Pipelining(8)
+        key = ("http", "127.0.0.1", 1, "a")
+        for spell in range(3):
+            for _ in range(60):
+                policy.answered(key, 0.001)
+            self.assertEqual(policy.depth(key), 8, spell)
+            for _ in range(5):  # a spell's requests time out together: one strike
+                policy.timed_out(key)
+            self.assertEqual(policy.depth(key), 1)
+            for _ in range(10):
+                policy.answered(key, 0.001)
+            self.assertEqual(policy.depth(key), 1)  # quick for a while first
+        for _ in range(200):
+            policy.answered(key, 0.001)
+        self.assertEqual(policy.depth(key), 1)  # never again
 
 
 with_postgresql_variants(globals())

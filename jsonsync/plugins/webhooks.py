@@ -511,15 +511,22 @@ class Pipelining:
     pipelined below C{ON} seconds, back to one at a time above C{OFF}
     (pipelined answer times include the wait behind the requests before
     them). A receiver not yet heard from gets one at a time.
+
+    A request that times out ends it too (a receiver may leave pipelined
+    requests unanswered, or be stalled): the answers must be quick for a
+    while before it comes back, and after C{STRIKES} spells of pipelining
+    that ended so it never does (in this process).
     """
 
     ON = 0.01
     OFF = 0.1
+    STRIKES = 3
 
     def __init__(self, max_depth: int):
         self.max_depth = max(1, max_depth)
         self._latency: dict[tuple, float] = {}
         self._piped: set[tuple] = set()
+        self._strikes: dict[tuple, int] = {}
 
     def answered(self, key: tuple, seconds: float) -> None:
         before = self._latency.get(key)
@@ -530,8 +537,16 @@ class Pipelining:
         elif latency > self.OFF:
             self._piped.discard(key)
 
+    def timed_out(self, key: tuple) -> None:
+        if key in self._piped:  # (one strike for all the requests of a pipelining spell)
+            self._piped.discard(key)
+            self._strikes[key] = self._strikes.get(key, 0) + 1
+        self._latency[key] = max(self._latency.get(key, 0.0), 4 * self.OFF)
+
     def depth(self, key: tuple) -> int:
-        return self.max_depth if key in self._piped else 1
+        if key in self._piped and self._strikes.get(key, 0) < self.STRIKES:
+            return self.max_depth
+        return 1
 
 
 class _Route:
@@ -798,7 +813,7 @@ class Worker:
             ds = self.http_pool.request_many(key, route.connect, [data for _, data in items], self.pipelining.depth(key))
             for (flight, _), d in zip(items, ds, strict=True):
                 flight.d = d
-                d.addCallbacks(self._answered, self._unanswered, callbackArgs=(flight, key), errbackArgs=(flight,))
+                d.addCallbacks(self._answered, self._unanswered, callbackArgs=(flight, key), errbackArgs=(flight, key))
 
     def _answered(self, status: int, flight: _Flight, key: tuple) -> None:
         self._flights.pop(flight.message["id"], None)
@@ -806,10 +821,11 @@ class Worker:
         self._attempted(flight.message, status, None, flight.started)
         self._kick()
 
-    def _unanswered(self, failure, flight: _Flight) -> None:
+    def _unanswered(self, failure, flight: _Flight, key: tuple) -> None:
         self._flights.pop(flight.message["id"], None)
         if flight.timed_out:
             error = f"timed out after {self.config.timeout:g} s"
+            self.pipelining.timed_out(key)
         elif failure.check(CancelledError):
             return None  # the worker is stopping: stop() gives the message back
         else:
