@@ -400,3 +400,35 @@ class PipeliningTests(TestCase):
             await ds[1]
         self.assertEqual([await ds[2], await ds[3]], [203, 204])
         self.assertEqual(len(server.connections), 3)
+
+    async def test_nothing_more_goes_on_a_connection_with_requests_on_their_way(self):
+        # A receiver that drops what follows the request it read would otherwise answer a later
+        # request in the place of a dropped one: the next requests take new connections.
+        server, pool, send = self.serve(lambda body: ok() if self.numbered(body) != 2 else b"")
+        await send([b'{"n":0}'])
+        key = ("http", "127.0.0.1", server.connections[0].transport.getHost().port, "x")
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", key[2])
+        first = pool.request_many(key, endpoint.connect, [DirectWriteTests.request(b'{"n":%d}' % n) for n in (1, 2)])
+        self.assertEqual(await first[0], 200)
+        self.assertEqual(await send([b'{"n":3}']), [200])
+        self.assertEqual(len(server.connections), 2)
+        first[1].cancel()
+        with self.assertRaises(defer.CancelledError):
+            await first[1]
+
+    async def test_a_cancelled_request_does_not_pass_its_status_to_the_next(self):
+        # Its response head came (no length: the body would end with the connection), then it was
+        # cancelled: the request behind it is not taken as answered with that status.
+        def answer(body):
+            return (b"HTTP/1.1 200 OK\r\n\r\npartial",) if self.numbered(body) == 1 else ok(201)
+
+        server, pool, send = self.serve(answer)
+        await send([b'{"n":0}'])
+        key = ("http", "127.0.0.1", server.connections[0].transport.getHost().port, "x")
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", key[2])
+        ds = pool.request_many(key, endpoint.connect, [DirectWriteTests.request(b'{"n":%d}' % n) for n in (1, 2)])
+        await deferLater(reactor, 0.05, lambda: None)
+        ds[0].cancel()
+        with self.assertRaises(defer.CancelledError):
+            await ds[0]
+        self.assertEqual(await ds[1], 201)  # sent again, and answered there

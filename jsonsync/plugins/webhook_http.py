@@ -142,11 +142,14 @@ class _Connection(Protocol):
         # The connection goes (what follows it on the connection cannot be
         # told apart from its response): the other requests on it are
         # unanswered, and sent again.
-        for exchange in self.exchanges:
+        for i, exchange in enumerate(self.exchanges):
             if exchange.d is d:
-                self.exchanges.remove(exchange)
+                del self.exchanges[i]
+                if i == 0:
+                    self._reset()  # its response, part read, is nobody else's
                 break
-        self._end_abruptly()
+        if not self.ending:
+            self._end_abruptly()
 
     def _end_abruptly(self) -> None:
         self.ending = True
@@ -306,7 +309,8 @@ class _Connection(Protocol):
         else:
             first.d.errback(ConnectionLostEarly("the connection was lost before the whole response"))
         for exchange in exchanges:
-            exchange.d.errback(Unanswered("the connection ended before this request was answered"))
+            if not exchange.d.called:
+                exchange.d.errback(Unanswered("the connection ended before this request was answered"))
 
 
 class _Factory(Factory):
@@ -321,24 +325,19 @@ class _Factory(Factory):
 class ConnectionPool:
     """
     Connections per receiver (C{key}: scheme, address, port, host), reused.
-    A request goes on an idle connection, or, up to C{depth} at once, on one
-    that proved it keeps HTTP/1.1 connections open (pipelined: fewer
-    system calls and wake-ups on both ends when a receiver gets many), or
-    on a new connection.
+    Requests go on an idle connection, up to C{depth} of them written
+    together when it proved it keeps HTTP/1.1 connections open (pipelined:
+    fewer system calls and wake-ups on both ends when a receiver gets
+    many), or on a new connection.
     """
 
     def __init__(self, max_idle: int = 16, depth: int = 1):
         self.max_idle = max_idle
         self.depth = max(1, depth)
         self._idle_by_key: dict[tuple, list[_Connection]] = {}
-        # Proven connections with requests on their way (pipelining takes them too).
-        self._busy_by_key: dict[tuple, set[_Connection]] = {}
         self._open: set[_Connection] = set()
 
     def _idle(self, conn: _Connection) -> None:
-        busy = self._busy_by_key.get(conn.key)
-        if busy is not None:
-            busy.discard(conn)
         idle = self._idle_by_key.setdefault(conn.key, [])
         if len(idle) >= self.max_idle:
             conn.ending = True
@@ -352,9 +351,6 @@ class ConnectionPool:
         idle = self._idle_by_key.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
-        busy = self._busy_by_key.get(conn.key)
-        if busy is not None:
-            busy.discard(conn)
 
     def _usable(self, conn: _Connection) -> bool:
         return not conn.ending and conn.transport is not None and conn.transport.connected
@@ -366,11 +362,9 @@ class ConnectionPool:
             conn = idle.pop()
             if self._usable(conn):
                 return conn, (depth if conn.proven else 1)
-        if depth > 1:
-            for conn in self._busy_by_key.get(key, ()):
-                room = depth - len(conn.exchanges)
-                if room > 0 and self._usable(conn):
-                    return conn, room
+        # (Never more on a connection with requests on their way: a receiver
+        # that drops what followed the request it read would answer a later
+        # one in the place of one it dropped.)
         return None
 
     def request(self, key: tuple, connect: Callable[[Factory], Deferred], data: bytes) -> Deferred:
@@ -397,8 +391,6 @@ class ConnectionPool:
             conn, room = found
             batch = requests[i : i + room]
             i += len(batch)
-            if conn.proven and depth > 1:
-                self._busy_by_key.setdefault(key, set()).add(conn)
             for d, data in zip(conn.send_many(batch), batch, strict=True):
                 d.addErrback(self._unanswered, key, connect, data)
                 results.append(d)
@@ -422,5 +414,4 @@ class ConnectionPool:
                 conn.ending = True
                 conn.transport.abortConnection()
         self._idle_by_key.clear()
-        self._busy_by_key.clear()
         self._open.clear()
