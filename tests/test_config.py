@@ -89,6 +89,16 @@ class SourcesTests(SynchronousTestCase):
             configure("/nonexistent/jsonsync.ini", {}, {}, self.discovered)
         self.assertIn("/nonexistent/jsonsync.ini", str(caught.exception))
 
+    def test_webhook_settings_out_of_range_stop_the_command_line(self):
+        # Checked with the settings (a value of the right type but out of
+        # range), not once the server has begun to start.
+        with self.assertRaises(config.ConfigurationError) as caught:
+            configure(None, {}, {"includes": "webhooks", "webhooks.pipeline_depth": "0",
+                                 "webhooks.timeout_seconds": "90"}, self.discovered)
+        text = str(caught.exception)
+        self.assertIn("webhooks.pipeline_depth: must be at least 1", text)
+        self.assertIn("webhooks.lease_seconds must exceed webhooks.timeout_seconds", text)
+
     def test_plugin_settings_accepted_only_when_included(self):
         with self.assertRaises(config.ConfigurationError):
             configure(None, {}, {"default_bucket_hmac_secret": "k"}, self.discovered)

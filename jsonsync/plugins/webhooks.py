@@ -1091,6 +1091,10 @@ class WebhooksPlugin:
         "webhooks.worker": True,
     }
 
+    def check_settings(self, settings):
+        # A bad value stops the command line, before the server starts.
+        Config.of(settings)
+
     async def install(self, registry, settings):
         # One plugin object serves every app of a process (tests build many):
         # the per-server state lives in an installation.
