@@ -899,6 +899,58 @@ class DeliveryTests(TestCase):
         self.assertEqual(len({e["id"] for e in server.answered}), 60)
 
 
+    async def test_a_slow_receiver_gets_few_connections_and_holds_up_no_other(self):
+        # Two webhooks hear every record: one's receiver answers after 0.2 s, the other's at
+        # once. With 4 requests in flight in all, at most 2 connections per receiver: the slow
+        # receiver never has more than 2 open, and the quick one's events do not queue behind
+        # the slow one's (they would with one queue for all: its slots all taken by the slow).
+        slow, quick = Factory.forProtocol(Delayed), Factory.forProtocol(Delayed)
+        for server, delay in ((slow, 0.2), (quick, 0.0)):
+            server.delay, server.open, server.most, server.ids, server.calls = delay, 0, 0, [], []
+            self.addCleanup(lambda server=server: [c.cancel() for c in server.calls if c.active()])
+        ports = [reactor.listenTCP(0, server, interface="127.0.0.1") for server in (slow, quick)]
+        for port in ports:
+            self.addCleanup(port.stopListening)
+        app, client = await self.app_with(webhooks__concurrency="4", webhooks__connections_per_receiver="2",
+                                          webhooks__lease_seconds="60")  # (claims of all 40 events at once)
+        for name, port in zip(("slow", "quick"), ports, strict=True):
+            url = f"http://127.0.0.1:{port.getHost().port}/hook"
+            await self._ok(client.put(f"/v1/buckets/b/webhooks/{name}", {"data": {"url": url}}))
+        batch = [{"method": "PUT", "path": f"/buckets/b/collections/c/records/r{n}", "body": {"data": {}}}
+                 for n in range(20)]
+        await self._ok(client.post("/v1/batch", {"requests": batch}))
+        await wait_for(lambda: len(quick.ids) >= 20)
+        self.assertLess(len(slow.ids), 8, slow.ids)  # (2 at a time, 0.2 s each: 20 take 2 s)
+        await wait_for(lambda: len(slow.ids) >= 20, timeout=20)
+        self.assertEqual(slow.most, 2)
+        for server in (slow, quick):
+            self.assertEqual(len(set(server.ids)), 20)
+            self.assertEqual(len(server.ids), 20)  # each once
+
+class Delayed(Protocol):
+    """A receiver that answers each request C{factory.delay} seconds after it came (one at a time per connection)."""
+
+    def connectionMade(self):
+        self.buffer = b""
+        self.factory.open += 1
+        self.factory.most = max(self.factory.most, self.factory.open)
+
+    def connectionLost(self, reason=None):
+        self.factory.open -= 1
+
+    def dataReceived(self, data):
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head, _, rest = self.buffer.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(rest) < length:
+                break
+            body, self.buffer = rest[:length], rest[length:]
+            self.factory.ids.append(jsonutil.loads(body)["id"])
+            self.factory.calls.append(
+                reactor.callLater(self.factory.delay, self.transport.write, b"HTTP/1.1 204 No Content\r\n\r\n"))
+
+
 class FirstOfEachRead(Protocol):
     """A receiver that answers the first request of each read and silently ignores the others."""
 

@@ -14,7 +14,12 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from jsonsync.plugins.webhook_http import ConnectionLostEarly, ConnectionPool, ResponseError
+from jsonsync.plugins.webhook_http import (
+    ConnectionLostEarly,
+    ConnectionPool,
+    NotSent,
+    ResponseError,
+)
 
 REQUEST = b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -432,3 +437,105 @@ class PipeliningTests(TestCase):
         with self.assertRaises(defer.CancelledError):
             await ds[0]
         self.assertEqual(await ds[1], 201)  # sent again, and answered there
+
+
+class Held(Protocol):
+    """Reads requests by Content-Length and keeps them unanswered: the test answers them (C{factory.held})."""
+
+    def connectionMade(self):
+        self.buffer = b""
+        self.factory.open += 1
+        self.factory.most = max(self.factory.most, self.factory.open)
+
+    def connectionLost(self, reason=None):
+        self.factory.open -= 1
+
+    def dataReceived(self, data):
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head, _, rest = self.buffer.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(rest) < length:
+                break
+            body, self.buffer = rest[:length], rest[length:]
+            self.factory.held.append((self.transport, body))
+
+
+class PerReceiverTests(TestCase):
+    """At most C{per_receiver} connections to one receiver; the requests beyond wait for one."""
+
+    def serve(self, per_receiver, **kwargs):
+        server = Factory.forProtocol(Held)
+        server.open = server.most = 0
+        server.held = []
+        port = reactor.listenTCP(0, server, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = ConnectionPool(depth=4, per_receiver=per_receiver, **kwargs)
+        self.addCleanup(pool.close)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        key = ("http", "127.0.0.1", port.getHost().port, "x")
+
+        def send(bodies):
+            return pool.request_many(key, endpoint.connect, [DirectWriteTests.request(b) for b in bodies])
+
+        return server, pool, send
+
+    async def settle(self, server, count):
+        """Waits until the receiver holds C{count} requests."""
+        for _ in range(200):
+            if len(server.held) >= count:
+                return
+            await deferLater(reactor, 0.01, lambda: None)
+        self.fail(f"the receiver holds {len(server.held)} requests, not {count}")
+
+    @staticmethod
+    def answer_all(server):
+        held, server.held[:] = list(server.held), []
+        for transport, _ in held:
+            transport.write(ok())
+        return [body for _, body in held]
+
+    async def test_a_burst_opens_no_more_connections_than_allowed(self):
+        server, pool, send = self.serve(per_receiver=3)
+        ds = send([b'{"n":%d}' % n for n in range(10)])
+        await self.settle(server, 3)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(server.held), 3)  # the other seven wait for a connection
+        answered = self.answer_all(server)
+        # Proven now, each free connection takes up to four of those waiting, written together.
+        await self.settle(server, 7)
+        answered += self.answer_all(server)
+        self.assertEqual(await defer.gatherResults(ds), [200] * 10)
+        self.assertEqual(sorted(answered), sorted(b'{"n":%d}' % n for n in range(10)))  # each once
+        self.assertEqual(server.most, 3)
+
+    async def test_a_request_cancelled_while_it_waits_never_reaches_the_receiver(self):
+        server, pool, send = self.serve(per_receiver=1)
+        first, second = send([b'{"n":1}', b'{"n":2}'])
+        await self.settle(server, 1)
+        second.cancel()
+        with self.assertRaises(NotSent):
+            await second
+        self.assertEqual(self.answer_all(server), [b'{"n":1}'])
+        self.assertEqual(await first, 200)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(server.held, [])  # the cancelled one was not sent
+        third = send([b'{"n":3}'])[0]  # and the pool goes on
+        await self.settle(server, 1)
+        self.assertEqual(self.answer_all(server), [b'{"n":3}'])
+        self.assertEqual(await third, 200)
+
+    async def test_answer_times_run_from_the_write_not_from_the_wait(self):
+        now = [0.0]
+        times = []
+        server, pool, send = self.serve(per_receiver=1, clock=lambda: now[0], on_answer=lambda key, s: times.append(s))
+        ds = send([b'{"n":1}', b'{"n":2}'])
+        await self.settle(server, 1)
+        now[0] = 5.0
+        self.answer_all(server)  # the first took 5 s; the second waited those 5 s, then went
+        self.assertEqual(await ds[0], 200)
+        await self.settle(server, 1)
+        now[0] = 6.0
+        self.answer_all(server)
+        self.assertEqual(await ds[1], 200)
+        self.assertEqual(times, [5.0, 1.0])

@@ -26,12 +26,13 @@ at-least-once delivery allows (the event id is there to deduplicate).
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Factory, Protocol
 
 MAX_HEAD = 64 * 1024
@@ -322,51 +323,96 @@ class _Factory(Factory):
         return _Connection(self.pool, self.key)
 
 
+class NotSent(CancelledError):
+    """The request was cancelled while it waited for a connection: it never reached the receiver."""
+
+
+class _Job:
+    """A request for a receiver, from the moment it is asked for to its answer (or failure)."""
+
+    __slots__ = ("key", "connect", "data", "d", "wire", "sent", "resent")
+
+    def __init__(self, pool: ConnectionPool, key: tuple, connect: Callable[[Factory], Deferred], data: bytes):
+        self.key = key
+        self.connect = connect
+        self.data = data
+        self.d: Deferred = Deferred(lambda _: pool._cancel_job(self))
+        self.wire: Deferred | None = None  # its exchange, once it is on a connection (or being connected)
+        self.sent = 0.0  # when it went on a connection
+        self.resent = False
+
+
 class ConnectionPool:
     """
-    Connections per receiver (C{key}: scheme, address, port, host), reused.
-    Requests go on an idle connection, up to C{depth} of them written
+    Connections per receiver (C{key}: scheme, address, port, host), reused,
+    at most C{per_receiver} of them open (or being made) at once: the
+    requests beyond wait for one to be free. A free connection takes the
+    requests waiting for its receiver, up to C{depth} of them written
     together when it proved it keeps HTTP/1.1 connections open (pipelined:
     fewer system calls and wake-ups on both ends when a receiver gets
-    many), or on a new connection.
+    many). C{on_answer(key, seconds)} hears how long each answer took from
+    the moment its request was written.
     """
 
-    def __init__(self, max_idle: int = 16, depth: int = 1):
+    def __init__(self, max_idle: int = 16, depth: int = 1, per_receiver: int = 8,
+                 on_answer: Callable[[tuple, float], None] | None = None, clock: Callable[[], float] = time.monotonic):
         self.max_idle = max_idle
         self.depth = max(1, depth)
+        self.per_receiver = max(1, per_receiver)
+        self.on_answer = on_answer
+        self.clock = clock
         self._idle_by_key: dict[tuple, list[_Connection]] = {}
         self._open: set[_Connection] = set()
+        self._count: dict[tuple, int] = {}  # connections open or being made, per receiver
+        self._waiting: dict[tuple, deque[_Job]] = {}
+        self._depth: dict[tuple, int] = {}
 
+    # -- connections -----------------------------------------------------------------------
     def _idle(self, conn: _Connection) -> None:
+        if self._waiting.get(conn.key):
+            self._dispatch(conn)
+            return
         idle = self._idle_by_key.setdefault(conn.key, [])
         if len(idle) >= self.max_idle:
             conn.ending = True
-            self._open.discard(conn)
+            self._gone(conn)
             conn.transport.loseConnection()
             return
         idle.append(conn)
 
     def _gone(self, conn: _Connection) -> None:
-        self._open.discard(conn)
         idle = self._idle_by_key.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
+        if conn in self._open:
+            self._open.discard(conn)
+            self._release(conn.key)
+
+    def _release(self, key: tuple) -> None:
+        left = self._count[key] - 1
+        if left:
+            self._count[key] = left
+        else:
+            del self._count[key]
+        if self._waiting.get(key):
+            self._pump(key)
 
     def _usable(self, conn: _Connection) -> bool:
         return not conn.ending and conn.transport is not None and conn.transport.connected
 
-    def _room(self, key: tuple, depth: int) -> tuple[_Connection, int] | None:
-        """A connection for more requests to C{key}, and how many it takes now."""
+    def _free(self, key: tuple) -> _Connection | None:
+        """An idle connection to C{key}."""
         idle = self._idle_by_key.get(key)
         while idle:
             conn = idle.pop()
             if self._usable(conn):
-                return conn, (depth if conn.proven else 1)
+                return conn
         # (Never more on a connection with requests on their way: a receiver
         # that drops what followed the request it read would answer a later
         # one in the place of one it dropped.)
         return None
 
+    # -- requests --------------------------------------------------------------------------
     def request(self, key: tuple, connect: Callable[[Factory], Deferred], data: bytes) -> Deferred:
         """
         Sends C{data} (a whole request) to the receiver C{key} on a
@@ -374,44 +420,111 @@ class ConnectionPool:
         fires with the response's status. A request that a reused
         connection ended without answering (the receiver closed it
         meanwhile, or before reaching it in a pipeline) is sent once more,
-        on a new connection. Cancelling the result aborts its connection.
+        on a new connection. Cancelling the result aborts its connection,
+        or, while it waits for one, fails it with L{NotSent}.
         """
         return self.request_many(key, connect, [data])[0]
 
     def request_many(self, key: tuple, connect: Callable[[Factory], Deferred], requests: list[bytes],
                      depth: int | None = None) -> list[Deferred]:
         """L{request} for several requests to one receiver, written together where they can be."""
-        depth = self.depth if depth is None else max(1, depth)
-        results: list[Deferred] = []
-        i = 0
-        while i < len(requests):
-            found = self._room(key, depth)
-            if found is None:
+        self._depth[key] = self.depth if depth is None else max(1, depth)
+        jobs = [_Job(self, key, connect, data) for data in requests]
+        self._waiting.setdefault(key, deque()).extend(jobs)
+        self._pump(key)
+        return [job.d for job in jobs]
+
+    def _pump(self, key: tuple) -> None:
+        """Puts what waits for C{key} on its idle connections, then on new ones while there is room."""
+        waiting = self._waiting.get(key)
+        while waiting:
+            conn = self._free(key)
+            if conn is None:
                 break
-            conn, room = found
-            batch = requests[i : i + room]
-            i += len(batch)
-            for d, data in zip(conn.send_many(batch), batch, strict=True):
-                d.addErrback(self._unanswered, key, connect, data)
-                results.append(d)
-        # The rest, each on a new connection (which proves itself before it carries more).
-        results += [Deferred.fromCoroutine(self._fresh(key, connect, data)) for data in requests[i:]]
-        return results
+            self._dispatch(conn)
+        while waiting and self._count.get(key, 0) < self.per_receiver:
+            self._fresh(waiting.popleft())
+        if waiting is not None and not waiting and self._waiting.get(key) is waiting:
+            del self._waiting[key]
 
-    def _unanswered(self, failure, key: tuple, connect, data: bytes):
-        if failure.check(Unanswered):
-            return Deferred.fromCoroutine(self._fresh(key, connect, data))  # once more, on a new connection
-        return failure
+    def _dispatch(self, conn: _Connection) -> None:
+        """Writes on C{conn} (idle) the requests waiting for its receiver that it may take at once."""
+        waiting = self._waiting[conn.key]
+        room = self._depth.get(conn.key, self.depth) if conn.proven else 1
+        jobs = [waiting.popleft() for _ in range(min(room, len(waiting)))]
+        now = self.clock()
+        for job, wire in zip(jobs, conn.send_many([job.data for job in jobs]), strict=True):
+            self._track(job, wire, now)
 
-    async def _fresh(self, key: tuple, connect: Callable[[Factory], Deferred], data: bytes) -> int:
-        conn = await connect(_Factory(self, key))
+    def _fresh(self, job: _Job) -> None:
+        """Sends C{job} on a new connection (counted from now: being made is being open)."""
+        key = job.key
+        self._count[key] = self._count.get(key, 0) + 1
+        job.wire = Deferred.fromCoroutine(self._connect_and_send(job))
+
+    async def _connect_and_send(self, job: _Job) -> None:
+        try:
+            conn = await job.connect(_Factory(self, job.key))
+        except BaseException as e:
+            self._release(job.key)
+            if not job.d.called:
+                job.d.errback(e)
+            return
+        if job.d.called:  # cancelled while it connected
+            self._open.add(conn)
+            conn.ending = True
+            self._gone(conn)
+            conn.transport.abortConnection()
+            return
         self._open.add(conn)
-        return await conn.send(data)
+        self._track(job, conn.send(job.data), self.clock())
+
+    def _track(self, job: _Job, wire: Deferred, sent: float) -> None:
+        job.wire = wire
+        job.sent = sent
+        wire.addCallbacks(self._answered, self._failed, callbackArgs=(job,), errbackArgs=(job,))
+
+    def _answered(self, status: int, job: _Job) -> None:
+        if job.d.called:
+            return
+        if self.on_answer is not None:
+            self.on_answer(job.key, self.clock() - job.sent)
+        job.d.callback(status)
+
+    def _failed(self, failure, job: _Job) -> None:
+        if job.d.called:
+            return None
+        if failure.check(Unanswered) and not job.resent:
+            # Once more, on a new connection: it may go past per_receiver
+            # for a moment (a receiver that closed a connection with
+            # pipelined requests on it has that many fewer).
+            job.resent = True
+            self._fresh(job)
+            return None
+        job.d.errback(failure)
+        return None
+
+    def _cancel_job(self, job: _Job) -> None:
+        if job.wire is not None:
+            job.wire.cancel()  # aborts its connection (or its connect)
+            return
+        waiting = self._waiting.get(job.key)
+        if waiting is not None and job in waiting:
+            waiting.remove(job)
+            if not waiting:
+                del self._waiting[job.key]
+        job.d.errback(NotSent("cancelled while it waited for a connection to the receiver"))
 
     def close(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for jobs in waiting.values():
+            for job in jobs:
+                if not job.d.called:
+                    job.d.errback(NotSent("the connection pool closed"))
         for conn in list(self._open):
             if conn.transport is not None:
                 conn.ending = True
                 conn.transport.abortConnection()
         self._idle_by_key.clear()
         self._open.clear()
+        self._count.clear()

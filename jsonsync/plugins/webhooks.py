@@ -69,7 +69,7 @@ from jsonsync.errors import (
 )
 from jsonsync.http import ApiRequest, ApiResponse
 from jsonsync.interfaces import IJsonSyncPlugin, IOutbox, IResourceListener
-from jsonsync.plugins.webhook_http import ConnectionPool
+from jsonsync.plugins.webhook_http import ConnectionPool, NotSent
 from jsonsync.query import Query, matches_all
 from jsonsync.registry import Route
 from jsonsync.resources.model import NAME_PATTERN, ResourceType
@@ -603,10 +603,18 @@ class Worker:
         self.name = f"{socket.gethostname()}:{id(self):x}:{uuid.uuid4().hex[:6]}"
         # Claimed messages, from their claim until their end is recorded.
         self.inflight: dict[str, dict] = {}
-        self.http_pool = ConnectionPool(max_idle=self.config.concurrency)
         self._kick_timer = None
         self.pipelining = Pipelining(self.config.pipeline_depth)
-        self._queue: collections.deque = collections.deque()  # (message, route, body) waiting for a slot
+        self.http_pool = ConnectionPool(
+            max_idle=self.config.concurrency,
+            per_receiver=self.config.connections_per_receiver,
+            on_answer=self.pipelining.answered,  # (timed from the write: not the wait for a connection)
+        )
+        # (message, route, body) waiting for a slot, per receiver; the
+        # receivers with some that may go now, in turn.
+        self._queues: dict[tuple, collections.deque] = {}
+        self._ready: collections.deque = collections.deque()
+        self._on_way: dict[tuple, int] = {}  # requests on their way, per receiver
         self._flights: dict[str, _Flight] = {}  # requests on their way, by message id
         self._ending: set[Deferred] = set()  # ends being recorded (retries, failures, flushes)
         self._ending_ids: set[str] = set()  # the messages they end, and those waiting for a flush
@@ -781,19 +789,45 @@ class Worker:
         if not isinstance(route, _Route):
             self._attempted(message, None, route or "no route", time.monotonic())
             return
-        self._queue.append((message, route, body))
+        queue = self._queues.get(route.key)
+        if queue is None:
+            queue = self._queues[route.key] = collections.deque()
+            self._ready.append(route.key)
+        queue.append((message, route, body))
         self._kick()
 
     def _kick(self) -> None:
         """Sends what waits, once this reactor turn's answers are in (written together, where they can be)."""
-        if self._kick_timer is None and self._queue and not self._stopped:
+        if self._kick_timer is None and self._ready and not self._stopped:
             self._kick_timer = self.reactor.callLater(0, self._start_next)
 
     def _start_next(self) -> None:
         self._kick_timer = None
-        batches: dict[tuple, tuple[_Route, list]] = {}
-        while self._queue and len(self._flights) < self.config.concurrency and not self._stopped:
-            message, route, body = self._queue.popleft()
+        room = self.config.concurrency - len(self._flights)
+        turns = len(self._ready)
+        while room > 0 and turns and not self._stopped:
+            turns -= 1
+            key = self._ready.popleft()
+            queue = self._queues[key]
+            # What the receiver's connections take at once: more would wait
+            # in the pool for a connection, their time out running.
+            depth = self.pipelining.depth(key)
+            on_way = self._on_way.get(key, 0)
+            take = min(room, len(queue), self.config.connections_per_receiver * depth - on_way)
+            if take > 0:
+                room -= take
+                self._on_way[key] = on_way + take
+                self._send(key, depth, [queue.popleft() for _ in range(take)])
+            if not queue:
+                del self._queues[key]
+            elif take > 0 or not on_way:
+                self._ready.append(key)
+            # (else it is full: it is ready again when one of its requests ends)
+
+    def _send(self, key: tuple, depth: int, items: list) -> None:
+        flights = []
+        requests = []
+        for message, route, body in items:
             timestamp = str(int(time.time()))
             data = b"".join((
                 route.head,
@@ -804,28 +838,38 @@ class Worker:
             ))
             flight = _Flight(message, time.monotonic())
             self._flights[message["id"]] = flight
-            batch = batches.get(route.key)
-            if batch is None:
-                batches[route.key] = (route, [(flight, data)])
-            else:
-                batch[1].append((flight, data))
-        for key, (route, items) in batches.items():
-            ds = self.http_pool.request_many(key, route.connect, [data for _, data in items], self.pipelining.depth(key))
-            for (flight, _), d in zip(items, ds, strict=True):
-                flight.d = d
-                d.addCallbacks(self._answered, self._unanswered, callbackArgs=(flight, key), errbackArgs=(flight, key))
+            flights.append(flight)
+            requests.append(data)
+        ds = self.http_pool.request_many(key, items[0][1].connect, requests, depth)  # (one address for all)
+        for flight, d in zip(flights, ds, strict=True):
+            flight.d = d
+            d.addCallbacks(self._answered, self._unanswered, callbackArgs=(flight, key), errbackArgs=(flight, key))
+
+    def _landed(self, key: tuple) -> None:
+        """One of C{key}'s requests ended: the receiver may take another of its queue."""
+        left = self._on_way.get(key, 0) - 1
+        if left > 0:
+            self._on_way[key] = left
+        else:
+            self._on_way.pop(key, None)
+        if key in self._queues and key not in self._ready:
+            self._ready.append(key)
 
     def _answered(self, status: int, flight: _Flight, key: tuple) -> None:
         self._flights.pop(flight.message["id"], None)
-        self.pipelining.answered(key, time.monotonic() - flight.started)
+        self._landed(key)
         self._attempted(flight.message, status, None, flight.started)
         self._kick()
 
     def _unanswered(self, failure, flight: _Flight, key: tuple) -> None:
         self._flights.pop(flight.message["id"], None)
+        self._landed(key)
         if flight.timed_out:
             error = f"timed out after {self.config.timeout:g} s"
-            self.pipelining.timed_out(key)
+            if failure.check(NotSent):
+                error += ", waiting for a connection to the receiver"  # (its others were all busy)
+            else:
+                self.pipelining.timed_out(key)
         elif failure.check(CancelledError):
             return None  # the worker is stopping: stop() gives the message back
         else:
@@ -949,7 +993,9 @@ class Worker:
         # Requests on their way are abandoned (their connections aborted).
         if self._kick_timer is not None and self._kick_timer.active():
             self._kick_timer.cancel()
-        self._queue.clear()
+        self._queues.clear()
+        self._ready.clear()
+        self._on_way.clear()
         for flight in list(self._flights.values()):
             if flight.d is not None:
                 flight.d.cancel()
@@ -1005,6 +1051,7 @@ class Config:
     batch_size: int
     poll_interval: float
     pipeline_depth: int
+    connections_per_receiver: int
     lease: float
     retention: float
     worker: bool
@@ -1049,6 +1096,7 @@ class Config:
             batch_size=int(number("batch_size", 1, "256")),
             poll_interval=number("poll_interval_seconds", 0.01, "0.5"),
             pipeline_depth=int(number("pipeline_depth", 1, "4")),
+            connections_per_receiver=int(number("connections_per_receiver", 1, "8")),
             lease=number("lease_seconds", 1, "60"),
             retention=number("log_retention_seconds", 0, "604800"),
             worker=bool(settings.get("webhooks.worker", True)),
@@ -1086,6 +1134,11 @@ class WebhooksPlugin:
         "webhooks.batch_size": 256,
         "webhooks.poll_interval_seconds": "0.5",
         "webhooks.pipeline_depth": 4,
+        # Connections open (or being made) at once to one receiver, per
+        # process: more requests wait for one of them. A burst of events no
+        # longer opens one connection each (a receiver's listen queue, 5 for
+        # Python's http.server, overflowed: its clients' SYNs go again 1 s later).
+        "webhooks.connections_per_receiver": 8,
         "webhooks.lease_seconds": "60",
         "webhooks.log_retention_seconds": "604800",
         "webhooks.worker": True,
