@@ -330,7 +330,7 @@ class NotSent(CancelledError):
 class _Job:
     """A request for a receiver, from the moment it is asked for to its answer (or failure)."""
 
-    __slots__ = ("key", "connect", "data", "d", "wire", "sent", "resent")
+    __slots__ = ("key", "connect", "data", "d", "wire", "sent", "resent", "opening")
 
     def __init__(self, pool: ConnectionPool, key: tuple, connect: Callable[[Factory], Deferred], data: bytes):
         self.key = key
@@ -340,9 +340,11 @@ class _Job:
         self.wire: Deferred | None = None  # its exchange, once it is on a connection (or being connected)
         self.sent = 0.0  # when it went on a connection
         self.resent = False
+        self.opening = False  # it is the first request of a new connection, not answered yet
 
 
 class ConnectionPool:
+    OPENING = 2  # new connections to one receiver not answered yet, at most
     """
     Connections per receiver (C{key}: scheme, address, port, host), reused,
     at most C{per_receiver} of them open (or being made) at once: the
@@ -350,7 +352,11 @@ class ConnectionPool:
     requests waiting for its receiver, up to C{depth} of them written
     together when it proved it keeps HTTP/1.1 connections open (pipelined:
     fewer system calls and wake-ups on both ends when a receiver gets
-    many). C{on_answer(key, seconds)} hears how long each answer took from
+    many). New connections open a few at a time (C{OPENING}): one more once
+    one of them answered, as a receiver that accepts connections slowly
+    (a listen queue of 5, Python's http.server) would drop the SYNs of a
+    burst of connections (retried by TCP a second later).
+    C{on_answer(key, seconds)} hears how long each answer took from
     the moment its request was written.
     """
 
@@ -364,6 +370,7 @@ class ConnectionPool:
         self._idle_by_key: dict[tuple, list[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._count: dict[tuple, int] = {}  # connections open or being made, per receiver
+        self._opening: dict[tuple, int] = {}  # of those, the new ones that have not answered yet
         self._waiting: dict[tuple, deque[_Job]] = {}
         self._depth: dict[tuple, int] = {}
 
@@ -442,7 +449,7 @@ class ConnectionPool:
             if conn is None:
                 break
             self._dispatch(conn)
-        while waiting and self._count.get(key, 0) < self.per_receiver:
+        while waiting and self._count.get(key, 0) < self.per_receiver and self._opening.get(key, 0) < self.OPENING:
             self._fresh(waiting.popleft())
         if waiting is not None and not waiting and self._waiting.get(key) is waiting:
             del self._waiting[key]
@@ -460,12 +467,15 @@ class ConnectionPool:
         """Sends C{job} on a new connection (counted from now: being made is being open)."""
         key = job.key
         self._count[key] = self._count.get(key, 0) + 1
+        self._opening[key] = self._opening.get(key, 0) + 1
+        job.opening = True
         job.wire = Deferred.fromCoroutine(self._connect_and_send(job))
 
     async def _connect_and_send(self, job: _Job) -> None:
         try:
             conn = await job.connect(_Factory(self, job.key))
         except BaseException as e:
+            self._opened(job)
             self._release(job.key)
             if not job.d.called:
                 job.d.errback(e)
@@ -484,7 +494,20 @@ class ConnectionPool:
         job.sent = sent
         wire.addCallbacks(self._answered, self._failed, callbackArgs=(job,), errbackArgs=(job,))
 
+    def _opened(self, job: _Job) -> None:
+        """C{job}'s new connection answered it, or failed: another may be opened."""
+        if job.opening:
+            job.opening = False
+            left = self._opening[job.key] - 1
+            if left:
+                self._opening[job.key] = left
+            else:
+                del self._opening[job.key]
+            if self._waiting.get(job.key):
+                self._pump(job.key)
+
     def _answered(self, status: int, job: _Job) -> None:
+        self._opened(job)
         if job.d.called:
             return
         if self.on_answer is not None:
@@ -492,6 +515,7 @@ class ConnectionPool:
         job.d.callback(status)
 
     def _failed(self, failure, job: _Job) -> None:
+        self._opened(job)
         if job.d.called:
             return None
         if failure.check(Unanswered) and not job.resent:
@@ -528,3 +552,4 @@ class ConnectionPool:
         self._idle_by_key.clear()
         self._open.clear()
         self._count.clear()
+        self._opening.clear()
