@@ -434,8 +434,10 @@ class IOutbox(Interface):
         The newest messages of C{target} (created before message C{before}
         when given), newest first, each a mapping with C{id}, C{status},
         C{attempts}, C{created} (epoch ms), C{next_attempt} (epoch ms or
-        C{None}), C{body} and C{log} (its attempts, oldest first).
-        @rtype: C{Awaitable[list[dict]]}
+        C{None}), C{body} and C{log} (its attempts, oldest first); C{None} when
+        C{before} is not a message of C{target} (nor, for a backend whose ids
+        order its messages, the id of one that was pruned).
+        @rtype: C{Awaitable[list[dict] | None]}
         """
 
     def redeliver(target, message_id):

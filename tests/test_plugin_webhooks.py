@@ -420,6 +420,34 @@ class DeliveryTests(TestCase):
         r = await self._ok(client.get(f"/v1/buckets/b/webhooks/{wid}/deliveries?_limit=500&{qs}"))
         return r.json["data"]
 
+    async def test_the_delivery_log_pages_with_before(self):
+        receiver = Receiver()
+        app, client = await self.app_with()
+        await self._ok(client.put("/v1/buckets/b/webhooks/w1", {"data": {"url": listen(self, receiver)}}))
+        for n in range(5):
+            await self._ok(client.put(f"/v1/buckets/b/collections/c/records/r{n}", {"data": {}}))
+
+        async def five():
+            rows = await self.deliveries(client)
+            return len(rows) == 5 and rows
+
+        newest_first = [row["id"] for row in await wait_for(five)]
+        pages, before = [], None
+        while True:
+            query = "_limit=2" + (f"&_before={before}" if before else "")
+            r = await self._ok(client.get(f"/v1/buckets/b/webhooks/w1/deliveries?{query}"))
+            if not r.json["data"]:
+                break
+            pages.append([row["id"] for row in r.json["data"]])
+            before = pages[-1][-1]
+        self.assertEqual([len(p) for p in pages], [2, 2, 1])
+        self.assertEqual(sum(pages, []), newest_first)
+        # An id that is no event of this webhook is an error, not an empty (last) page.
+        await self._ok(client.put("/v1/buckets/b/webhooks/w2", {"data": {"url": listen(self, Receiver())}}))
+        for before in ("nope", newest_first[0] + "x"):
+            r = await client.get(f"/v1/buckets/b/webhooks/w2/deliveries?_before={before}")
+            self.assertEqual((r.status, r.json["errno"], r.json["details"][0]["name"]), (400, 107, "_before"), r)
+
     async def test_fails_first_attempts_then_accepts(self):
         receiver = Receiver(fail_first=3)
         url = listen(self, receiver)
@@ -756,7 +784,7 @@ class DeliveryTests(TestCase):
         self.assertGreaterEqual(len(receiver.calls), 2)
         self.assertEqual({c["id"] for c in receiver.calls}, {receiver.calls[0]["id"]})
         warnings = [e for e in events if e["log_level"] == LogLevel.warn]
-        self.assertEqual(len(warnings), 2, [e.get("log_format") for e in events])
+        self.assertEqual(len(warnings), 2, [(e.get("log_format"), e.get("error")) for e in events])
         self.assertIn("polling the outbox", warnings[0]["log_format"])
         self.assertIn("recording", warnings[1]["log_format"])
         self.assertFalse([e for e in events if "log_failure" in e], events)

@@ -1314,6 +1314,8 @@ class Installation:
             else:
                 raise InvalidParameters("querystring", name, f"Unknown parameter {name!r} (use _limit, _before)")
         rows = await self.outbox.deliveries(uri, limit, before)
+        if rows is None:
+            raise InvalidParameters("querystring", "_before", "_before should be the id of an event of this webhook")
         data = []
         for row in rows:
             try:

@@ -179,7 +179,7 @@ class MemoryOutbox(CloseHooks):
         if before is not None:
             anchor = self._rows.get(before)
             if anchor is None or anchor["target"] != target:
-                return []
+                return None
             rows = [r for r in rows if r["seq"] < anchor["seq"]]
         return [
             {

@@ -592,7 +592,7 @@ class PostgresOutbox(CloseHooks):
         if before is not None:
             key = await self._key_of(target, before)
             if key is None:
-                return []
+                return None
             before_xid, before_seq = key
         rows, _ = await self.pool.run(
             _DELIVERIES, {"target": target, "before_xid": before_xid, "before_seq": before_seq, "limit": int(limit)}
