@@ -553,3 +553,32 @@ class PerReceiverTests(TestCase):
         self.answer_all(server)
         self.assertEqual(await ds[1], 200)
         self.assertEqual(times, [5.0, 1.0])
+
+
+class FailureReasonTests(TestCase):
+    async def test_a_failed_tls_handshake_says_why(self):
+        # An https webhook whose receiver speaks plain HTTP: the delivery log says what ended the
+        # connection (the TLS error), not only that it ended unanswered.
+        from twisted.internet import ssl
+        from twisted.internet.endpoints import wrapClientTLS
+
+        server = Server([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"] * 4)
+        server.protocol = PlainTalker
+        port = reactor.listenTCP(0, server, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = ConnectionPool()
+        self.addCleanup(pool.close)
+        endpoint = wrapClientTLS(ssl.optionsForClientTLS("localhost"),
+                                 TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port))
+        key = ("https", "127.0.0.1", port.getHost().port, "localhost")
+        with self.assertRaises(ConnectionLostEarly) as caught:
+            await pool.request(key, endpoint.connect, REQUEST)
+        self.assertRegex(str(caught.exception).lower(), "ssl|tls|handshake|record|version|wrong")
+
+
+class PlainTalker(Protocol):
+    """Answers whatever comes with a plain HTTP response (to a TLS client: not a TLS record)."""
+
+    def dataReceived(self, data):
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        self.transport.loseConnection()

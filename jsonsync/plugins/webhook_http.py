@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import error, tcp
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Factory, Protocol
 
@@ -303,15 +303,25 @@ class _Connection(Protocol):
         if not exchanges:
             return
         first = exchanges.popleft()
+        why = _why(reason)
         if self.state == "close" and self.status:
             first.d.callback(self.status)
         elif not first.received:
-            first.d.errback(Unanswered("the receiver closed the connection without answering"))
+            first.d.errback(Unanswered(f"the connection ended without an answer{why}"))
         else:
-            first.d.errback(ConnectionLostEarly("the connection was lost before the whole response"))
+            first.d.errback(ConnectionLostEarly(f"the connection was lost before the whole response{why}"))
         for exchange in exchanges:
             if not exchange.d.called:
-                exchange.d.errback(Unanswered("the connection ended before this request was answered"))
+                exchange.d.errback(Unanswered(f"the connection ended before this request was answered{why}"))
+
+
+def _why(reason) -> str:
+    """What ended a connection, for the delivery log (a TLS failure, a reset), or nothing for a plain close."""
+    value = getattr(reason, "value", None)
+    if value is None or isinstance(value, error.ConnectionDone):
+        return ""
+    text = str(value).strip() or type(value).__name__
+    return f" ({text[:300]})"
 
 
 class _Factory(Factory):
