@@ -39,7 +39,7 @@ from jsonsync.testclient import (
 )
 from tests.pg import SKIP, scratch_url
 from tests.test_postgresql_processes import ServerProcesses, _Client
-from tests.test_webhook_http import Pipelined
+from tests.test_webhook_http import Counted, Pipelined
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "webhooks.md")
 
@@ -955,28 +955,13 @@ class DeliveryTests(TestCase):
             self.assertEqual(len(set(server.ids)), 20)
             self.assertEqual(len(server.ids), 20)  # each once
 
-class Delayed(Protocol):
-    """A receiver that answers each request C{factory.delay} seconds after it came (one at a time per connection)."""
+class Delayed(Counted):
+    """A receiver that answers each request C{factory.delay} seconds after it came."""
 
-    def connectionMade(self):
-        self.buffer = b""
-        self.factory.open += 1
-        self.factory.most = max(self.factory.most, self.factory.open)
-
-    def connectionLost(self, reason=None):
-        self.factory.open -= 1
-
-    def dataReceived(self, data):
-        self.buffer += data
-        while b"\r\n\r\n" in self.buffer:
-            head, _, rest = self.buffer.partition(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            if len(rest) < length:
-                break
-            body, self.buffer = rest[:length], rest[length:]
-            self.factory.ids.append(jsonutil.loads(body)["id"])
-            self.factory.calls.append(
-                reactor.callLater(self.factory.delay, self.transport.write, b"HTTP/1.1 204 No Content\r\n\r\n"))
+    def received(self, body):
+        self.factory.ids.append(jsonutil.loads(body)["id"])
+        self.factory.calls.append(
+            reactor.callLater(self.factory.delay, self.transport.write, b"HTTP/1.1 204 No Content\r\n\r\n"))
 
 
 class FirstOfEachRead(Protocol):

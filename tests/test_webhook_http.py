@@ -132,14 +132,9 @@ class Counting(Protocol):
             reactor.callLater(self.factory.pause, self.transport.resumeProducing)
 
     def dataReceived(self, data):
-        self.buffer += data
-        while b"\r\n\r\n" in self.buffer:
-            head, _, rest = self.buffer.partition(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            if len(rest) < length:
-                return
-            self.factory.bodies.append(rest[:length])
-            self.buffer = rest[length:]
+        bodies, self.buffer = split_requests(self.buffer + data)
+        for body in bodies:
+            self.factory.bodies.append(body)
             self.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
 
 
@@ -441,8 +436,22 @@ class PipeliningTests(TestCase):
         self.assertEqual(await ds[1], 201)  # sent again, and answered there
 
 
-class Held(Protocol):
-    """Reads requests by Content-Length and keeps them unanswered: the test answers them (C{factory.held})."""
+def split_requests(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """The bodies of the whole requests at the start of C{buffer} (read by Content-Length), and the rest."""
+    bodies = []
+    while b"\r\n\r\n" in buffer:
+        head, _, rest = buffer.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        if len(rest) < length:
+            break
+        bodies.append(rest[:length])
+        buffer = rest[length:]
+    return bodies, buffer
+
+
+class Counted(Protocol):
+    """A receiver that counts its open connections (C{factory.open}, the most at once C{factory.most})
+    and hands each request's body to C{received}."""
 
     def connectionMade(self):
         self.buffer = b""
@@ -453,14 +462,19 @@ class Held(Protocol):
         self.factory.open -= 1
 
     def dataReceived(self, data):
-        self.buffer += data
-        while b"\r\n\r\n" in self.buffer:
-            head, _, rest = self.buffer.partition(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            if len(rest) < length:
-                break
-            body, self.buffer = rest[:length], rest[length:]
-            self.factory.held.append((self.transport, body))
+        bodies, self.buffer = split_requests(self.buffer + data)
+        for body in bodies:
+            self.received(body)
+
+    def received(self, body: bytes) -> None:
+        raise NotImplementedError
+
+
+class Held(Counted):
+    """Keeps every request unanswered: the test answers them (C{factory.held})."""
+
+    def received(self, body):
+        self.factory.held.append((self.transport, body))
 
 
 class PerReceiverTests(TestCase):
