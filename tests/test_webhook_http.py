@@ -314,11 +314,10 @@ class PipeliningTests(TestCase):
         server, pool, send = self.serve(lambda body: ok(), depth=2)
         await send([b'{"n":0}'])
         self.assertEqual(await send([b'{"n":%d}' % n for n in range(1, 6)]), [200] * 5)
-        # Two on the proven connection; new connections for the others (two at a time), the
-        # last request going on the first of them to be free.
-        self.assertEqual(len(server.connections), 3)
-        self.assertEqual(max(server.reads), 2)
-        self.assertEqual(sum(server.reads), 6)
+        # Two on the proven connection, each of the other three on a new one (the receiver
+        # answered a new connection already: up to four may open at once now).
+        self.assertEqual(len(server.connections), 4)
+        self.assertEqual(sorted(server.reads), [1, 1, 1, 1, 2])
 
     async def test_depth_one_sends_one_at_a_time(self):
         server, pool, send = self.serve(lambda body: ok())
@@ -536,6 +535,27 @@ class PerReceiverTests(TestCase):
         transport, body = server.held.pop(0)
         transport.write(ok())
         return [body]
+
+    async def test_a_receiver_that_closes_each_connection_still_gets_them_side_by_side(self):
+        # Each answer says "Connection: close" (Python's http.server, HTTP/1.0): every request
+        # takes a new connection, never answered before its only request is. The first two
+        # answers open the way to all eight connections at once.
+        server, pool, send = self.serve(per_receiver=8)
+        ds = send([b'{"n":%d}' % n for n in range(20)])
+        held_at_once = []
+        answered = 0
+        while answered < 20:
+            await self.settle(server, 1)
+            await deferLater(reactor, 0.05, lambda: None)
+            held_at_once.append(len(server.held))
+            for transport, _ in server.held:
+                transport.write(ok(extra=b"Connection: close\r\n"))
+                transport.loseConnection()
+            answered += len(server.held)
+            server.held[:] = []
+        self.assertEqual(await defer.gatherResults(ds), [200] * 20)
+        self.assertEqual(held_at_once[0], 2)
+        self.assertEqual(max(held_at_once), 8, held_at_once)
 
     async def test_a_request_cancelled_while_it_waits_never_reaches_the_receiver(self):
         server, pool, send = self.serve(per_receiver=1)

@@ -354,7 +354,6 @@ class _Job:
 
 
 class ConnectionPool:
-    OPENING = 2  # new connections to one receiver not answered yet, at most
     """
     Connections per receiver (C{key}: scheme, address, port, host), reused,
     at most C{per_receiver} of them open (or being made) at once: the
@@ -362,13 +361,17 @@ class ConnectionPool:
     requests waiting for its receiver, up to C{depth} of them written
     together when it proved it keeps HTTP/1.1 connections open (pipelined:
     fewer system calls and wake-ups on both ends when a receiver gets
-    many). New connections open a few at a time (C{OPENING}): one more once
-    one of them answered, as a receiver that accepts connections slowly
-    (a listen queue of 5, Python's http.server) would drop the SYNs of a
-    burst of connections (retried by TCP a second later).
+    many). New connections not answered yet are few at first (C{OPENING}),
+    their number doubling with each answer a new connection brings, up to
+    C{per_receiver}: a receiver that accepts connections slowly (a listen
+    queue of 5, Python's http.server) would drop the SYNs of a burst of
+    connections (retried by TCP a second later), while one that closes
+    each connection after its answer still gets C{per_receiver} at once.
     C{on_answer(key, seconds)} hears how long each answer took from
     the moment its request was written.
     """
+
+    OPENING = 2  # new connections to a receiver not heard from, not answered yet, at most
 
     def __init__(self, max_idle: int = 16, depth: int = 1, per_receiver: int = 8,
                  on_answer: Callable[[tuple, float], None] | None = None, clock: Callable[[], float] = time.monotonic):
@@ -381,6 +384,7 @@ class ConnectionPool:
         self._open: set[_Connection] = set()
         self._count: dict[tuple, int] = {}  # connections open or being made, per receiver
         self._opening: dict[tuple, int] = {}  # of those, the new ones that have not answered yet
+        self._ramp: dict[tuple, int] = {}  # how many of those there may be, per receiver
         self._waiting: dict[tuple, deque[_Job]] = {}
         self._depth: dict[tuple, int] = {}
 
@@ -459,7 +463,8 @@ class ConnectionPool:
             if conn is None:
                 break
             self._dispatch(conn)
-        while waiting and self._count.get(key, 0) < self.per_receiver and self._opening.get(key, 0) < self.OPENING:
+        opening = self._ramp.get(key, self.OPENING)
+        while waiting and self._count.get(key, 0) < self.per_receiver and self._opening.get(key, 0) < opening:
             self._fresh(waiting.popleft())
         if waiting is not None and not waiting and self._waiting.get(key) is waiting:
             del self._waiting[key]
@@ -491,6 +496,7 @@ class ConnectionPool:
                 job.d.errback(e)
             return
         if job.d.called:  # cancelled while it connected
+            self._opened(job)
             self._open.add(conn)
             conn.ending = True
             self._gone(conn)
@@ -504,8 +510,10 @@ class ConnectionPool:
         job.sent = sent
         wire.addCallbacks(self._answered, self._failed, callbackArgs=(job,), errbackArgs=(job,))
 
-    def _opened(self, job: _Job) -> None:
-        """C{job}'s new connection answered it, or failed: another may be opened."""
+    def _opened(self, job: _Job, answered: bool = False) -> None:
+        """C{job}'s new connection answered it, or failed: another may be opened (two more, if it answered)."""
+        if job.opening and answered:
+            self._ramp[job.key] = min(self.per_receiver, 2 * self._ramp.get(job.key, self.OPENING))
         if job.opening:
             job.opening = False
             left = self._opening[job.key] - 1
@@ -517,7 +525,7 @@ class ConnectionPool:
                 self._pump(job.key)
 
     def _answered(self, status: int, job: _Job) -> None:
-        self._opened(job)
+        self._opened(job, answered=True)
         if job.d.called:
             return
         if self.on_answer is not None:
@@ -563,3 +571,4 @@ class ConnectionPool:
         self._open.clear()
         self._count.clear()
         self._opening.clear()
+        self._ramp.clear()
