@@ -616,3 +616,31 @@ class PlainTalker(Protocol):
     def dataReceived(self, data):
         self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
         self.transport.loseConnection()
+
+
+class SynchronousConnectTests(TestCase):
+    def test_cancelling_after_a_connect_that_fired_at_once_aborts_the_connection(self):
+        # A connect whose Deferred has already fired (a test double, a cached connection): the
+        # request's exchange is what a cancel reaches, and its connection is aborted and freed.
+        from twisted.internet.testing import StringTransport
+
+        transports = []
+
+        def connect(factory):
+            protocol = factory.buildProtocol(None)
+            transport = StringTransport()
+            transport.connected = True
+            transports.append(transport)
+            protocol.makeConnection(transport)
+            return defer.succeed(protocol)
+
+        pool = ConnectionPool(per_receiver=1)
+        key = ("http", "127.0.0.1", 1, "x")
+        first = pool.request(key, connect, REQUEST)
+        self.assertEqual(transports[0].value(), REQUEST)
+        first.cancel()
+        self.failureResultOf(first, defer.CancelledError)
+        self.assertTrue(transports[0].disconnecting)
+        # Its place is free: the next request gets a connection of its own.
+        pool.request(key, connect, REQUEST)
+        self.assertEqual(len(transports), 2)

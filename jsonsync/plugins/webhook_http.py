@@ -484,7 +484,10 @@ class ConnectionPool:
         self._count[key] = self._count.get(key, 0) + 1
         self._opening[key] = self._opening.get(key, 0) + 1
         job.opening = True
-        job.wire = Deferred.fromCoroutine(self._connect_and_send(job))
+        job.wire = None
+        connecting = Deferred.fromCoroutine(self._connect_and_send(job))
+        if job.wire is None:  # (a connect that fired at once has put the request's exchange there)
+            job.wire = connecting
 
     async def _connect_and_send(self, job: _Job) -> None:
         try:
