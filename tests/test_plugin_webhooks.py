@@ -955,6 +955,57 @@ class DeliveryTests(TestCase):
             self.assertEqual(len(set(server.ids)), 20)
             self.assertEqual(len(server.ids), 20)  # each once
 
+    async def test_requests_that_waited_for_a_connection_time_out_as_such(self):
+        # A quick receiver (so its requests go four at a time, pipelined) closes its idle
+        # connection, then stops answering. With one connection allowed, of four events the
+        # first goes on a new connection and three wait for it; all time out together. The
+        # sweep cancels them all at once: the three never reached the receiver (no connection
+        # is opened for one of them, only to be cancelled a moment later) and say so.
+        server = Factory.forProtocol(Moody)
+        server.open, server.most, server.hang, server.received, server.transports = 0, 0, False, [], []
+        port = reactor.listenTCP(0, server, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        app, client = await self.app_with(webhooks__connections_per_receiver="1", webhooks__timeout_seconds="0.5",
+                                          webhooks__retry_base_seconds="30")
+        url = f"http://127.0.0.1:{port.getHost().port}/hook"
+        await self._ok(client.put("/v1/buckets/b/webhooks/w1", {"data": {"url": url}}))
+        for n in range(8):
+            await self._ok(client.put(f"/v1/buckets/b/collections/c/records/q{n}", {"data": {}}))
+        await wait_for(lambda: len(server.received) >= 8)
+        policy = webhooks.worker_of(app.registry).pipelining
+        await wait_for(lambda: any(policy.depth(key) > 1 for key in list(policy._latency)))  # (quick: piped)
+        server.hang = True
+        for transport in server.transports:
+            transport.loseConnection()
+        await wait_for(lambda: server.open == 0)
+        batch = [{"method": "PUT", "path": f"/buckets/b/collections/c/records/h{n}", "body": {"data": {}}}
+                 for n in range(4)]
+        await self._ok(client.post("/v1/batch", {"requests": batch}))
+
+        async def four_timed_out():
+            rows = [r for r in await self.deliveries(client) if r["log"] and r["log"][0]["error"]]
+            return len(rows) == 4 and rows
+
+        rows = await wait_for(four_timed_out)
+        errors = sorted(r["log"][0]["error"] for r in rows)
+        self.assertEqual(errors, ["timed out after 0.5 s"] + ["timed out after 0.5 s, waiting for a connection to the receiver"] * 3)
+        self.assertEqual(len(server.received), 9)  # (the eight quick ones and the first of the four)
+        self.assertEqual(server.most, 1)
+
+
+class Moody(Counted):
+    """Answers at once until C{factory.hang}, then never; keeps its connections in C{factory.transports}."""
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.factory.transports.append(self.transport)
+
+    def received(self, body):
+        self.factory.received.append(body)
+        if not self.factory.hang:
+            self.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+
 class Delayed(Counted):
     """A receiver that answers each request C{factory.delay} seconds after it came."""
 

@@ -644,3 +644,59 @@ class SynchronousConnectTests(TestCase):
         # Its place is free: the next request gets a connection of its own.
         pool.request(key, connect, REQUEST)
         self.assertEqual(len(transports), 2)
+
+
+class HoldingTests(TestCase):
+    """Cancels under the pool's hold (the worker's sweep, its stop) start no connection for what they cancel next."""
+
+    def setUp(self):
+        from twisted.internet.testing import StringTransport
+
+        self.transports = []
+
+        def connect(factory):
+            protocol = factory.buildProtocol(None)
+            transport = StringTransport()
+            transport.connected = True
+            self.transports.append(transport)
+            protocol.makeConnection(transport)
+            return defer.succeed(protocol)
+
+        self.connect = connect
+        self.pool = ConnectionPool(per_receiver=1)
+        self.key = ("http", "127.0.0.1", 1, "x")
+
+    def test_a_place_freed_by_a_cancel_goes_to_no_request_cancelled_next(self):
+        first, second = self.pool.request_many(self.key, self.connect, [REQUEST, REQUEST])
+        self.assertEqual(len(self.transports), 1)  # the second waits for the only connection
+        with self.pool.holding():
+            first.cancel()
+            second.cancel()
+        self.failureResultOf(first, defer.CancelledError)
+        # It never left: it failed as a request that waited, not as one on a connection.
+        self.failureResultOf(second, NotSent)
+        self.assertEqual(len(self.transports), 1)
+        self.pool.request(self.key, self.connect, REQUEST)  # the place is free for what comes next
+        self.assertEqual(len(self.transports), 2)
+
+    def test_the_places_freed_are_filled_when_the_hold_ends(self):
+        first, second, third = self.pool.request_many(self.key, self.connect, [REQUEST] * 3)
+        with self.pool.holding():
+            first.cancel()
+            self.assertEqual(len(self.transports), 1)
+        self.failureResultOf(first, defer.CancelledError)
+        self.assertEqual(len(self.transports), 2)  # the second goes out, the third waits
+        self.assertEqual(self.transports[1].value(), REQUEST)
+        self.assertNoResult(second)
+        self.assertNoResult(third)
+
+    def test_closing_cancels_the_connects_in_progress(self):
+        cancelled = []
+
+        def connect(factory):
+            return defer.Deferred(lambda d: cancelled.append(d))
+
+        d = self.pool.request(self.key, connect, REQUEST)
+        self.pool.close()
+        self.assertEqual(len(cancelled), 1)
+        self.failureResultOf(d, defer.CancelledError)

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from twisted.internet import error, tcp
@@ -387,10 +388,32 @@ class ConnectionPool:
         self._ramp: dict[tuple, int] = {}  # how many of those there may be, per receiver
         self._waiting: dict[tuple, deque[_Job]] = {}
         self._depth: dict[tuple, int] = {}
+        self._connecting: set[_Job] = set()  # requests whose new connection is being made
+        self._held: set[tuple] | None = None  # receivers whose freed places wait for the hold's end
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """
+        Within it, places freed (a request cancelled, its connection
+        aborted) are not filled: a sweep cancelling many late requests does
+        not open a connection for one it is about to cancel. They are
+        filled at its end.
+        """
+        if self._held is not None:
+            yield
+            return
+        self._held = set()
+        try:
+            yield
+        finally:
+            keys, self._held = self._held, None
+            for key in keys:
+                if self._waiting.get(key):
+                    self._pump(key)
 
     # -- connections -----------------------------------------------------------------------
     def _idle(self, conn: _Connection) -> None:
-        if self._waiting.get(conn.key):
+        if self._waiting.get(conn.key) and self._held is None:
             self._dispatch(conn)
             return
         idle = self._idle_by_key.setdefault(conn.key, [])
@@ -457,6 +480,9 @@ class ConnectionPool:
 
     def _pump(self, key: tuple) -> None:
         """Puts what waits for C{key} on its idle connections, then on new ones while there is room."""
+        if self._held is not None:
+            self._held.add(key)
+            return
         waiting = self._waiting.get(key)
         while waiting:
             conn = self._free(key)
@@ -490,14 +516,17 @@ class ConnectionPool:
             job.wire = connecting
 
     async def _connect_and_send(self, job: _Job) -> None:
+        self._connecting.add(job)
         try:
             conn = await job.connect(_Factory(self, job.key))
         except BaseException as e:
+            self._connecting.discard(job)
             self._opened(job)
             self._release(job.key)
             if not job.d.called:
                 job.d.errback(e)
             return
+        self._connecting.discard(job)
         if job.d.called:  # cancelled while it connected
             self._opened(job)
             self._open.add(conn)
@@ -561,11 +590,15 @@ class ConnectionPool:
         job.d.errback(NotSent("cancelled while it waited for a connection to the receiver"))
 
     def close(self) -> None:
+        """Fails what waits with L{NotSent}, cancels the connects in progress, aborts every connection."""
         waiting, self._waiting = self._waiting, {}
         for jobs in waiting.values():
             for job in jobs:
                 if not job.d.called:
                     job.d.errback(NotSent("the connection pool closed"))
+        for job in list(self._connecting):
+            if not job.d.called:
+                job.d.cancel()
         for conn in list(self._open):
             if conn.transport is not None:
                 conn.ending = True
@@ -575,3 +608,4 @@ class ConnectionPool:
         self._count.clear()
         self._opening.clear()
         self._ramp.clear()
+        self._connecting.clear()

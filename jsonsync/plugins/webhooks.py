@@ -883,10 +883,12 @@ class Worker:
         if not self._flights:
             return
         late = time.monotonic() - self.config.timeout
-        for flight in [f for f in self._flights.values() if f.started <= late]:
-            flight.timed_out = True
-            if flight.d is not None:
-                flight.d.cancel()
+        # (Held: a place freed by one cancel goes to no request cancelled next.)
+        with self.http_pool.holding():
+            for flight in [f for f in self._flights.values() if f.started <= late]:
+                flight.timed_out = True
+                if flight.d is not None:
+                    flight.d.cancel()
 
     def _attempted(self, message: dict, status: int | None, error: str | None, started: float) -> None:
         """An attempt ended: recorded as delivered (with the turn's others), to be retried, or failed."""
@@ -996,9 +998,10 @@ class Worker:
         self._queues.clear()
         self._ready.clear()
         self._on_way.clear()
-        for flight in list(self._flights.values()):
-            if flight.d is not None:
-                flight.d.cancel()
+        with self.http_pool.holding():
+            for flight in list(self._flights.values()):
+                if flight.d is not None:
+                    flight.d.cancel()
         self._flights.clear()
         if self._flush_timer is not None and self._flush_timer.active():
             self._flush_timer.cancel()
