@@ -697,9 +697,9 @@ class Worker:
         except (BackendUnavailable, WriteConflict) as exc:
             # The database restarting, or a deadlock it broke (with a flush's
             # TRUNCATE, say): nothing was claimed; the next poll tries again.
-            _log.warn("webhooks: polling the outbox: {error}", error=exc.message)
+            _log.warn("webhooks: polling the outbox: {error}", error=exc.message, worker=self.name)
         except Exception:
-            _log.failure("webhooks: polling the outbox failed")
+            _log.failure("webhooks: polling the outbox failed", worker=self.name)
         finally:
             self._polling = None
 
@@ -927,9 +927,10 @@ class Worker:
             self._ending.discard(d)
             if isinstance(result, Failure) and result.check(BackendUnavailable, WriteConflict):
                 # Its lease ends and it is tried again (at least once).
-                _log.warn("webhooks: ending {id}: {error}", id=message["id"], error=getattr(result.value, "message", result.value))
+                _log.warn("webhooks: ending {id}: {error}", id=message["id"],
+                          error=getattr(result.value, "message", result.value), worker=self.name)
             elif isinstance(result, Failure) and not result.check(CancelledError):
-                _log.failure("webhooks: ending {id} failed", result, id=message["id"])
+                _log.failure("webhooks: ending {id} failed", result, id=message["id"], worker=self.name)
             self._settled(message["id"])
 
         d.addBoth(done)
@@ -943,9 +944,9 @@ class Worker:
                 await self.outbox.complete_many(batch)
             except (BackendUnavailable, WriteConflict) as exc:
                 # The leases end and the events are delivered again (at least once).
-                _log.warn("webhooks: recording {n} deliveries: {error}", n=len(batch), error=exc.message)
+                _log.warn("webhooks: recording {n} deliveries: {error}", n=len(batch), error=exc.message, worker=self.name)
             except Exception:
-                _log.failure("webhooks: recording {n} deliveries failed", n=len(batch))
+                _log.failure("webhooks: recording {n} deliveries failed", n=len(batch), worker=self.name)
             for message_id, _, _ in batch:
                 self._settled(message_id)
 
