@@ -58,7 +58,8 @@ async def run_treq(reactor, url: str, count: int, in_flight: int) -> None:
     async def one(n):
         response = await client.post(url, data=BODY, headers=headers_of(n))
         await response.content()
-        assert response.code < 300, response.code
+        if response.code >= 300:
+            raise SystemExit(f"the receiver answered {response.code}")
 
     await defer.gatherResults([sem.run(lambda n=n: defer.ensureDeferred(one(n))) for n in range(count)])
     await pool.closeCachedConnections()
@@ -81,13 +82,14 @@ async def run_pool(reactor, url: str, count: int, in_flight: int, depth: int) ->
     sent = 0
     done = defer.Deferred()
     on_way = 0
+    failed = []
 
-    def more(_=None):
+    def more(result=None, answered=False):
         nonlocal sent, on_way
-        if _ is not None:
+        if answered:
             on_way -= 1
-            if isinstance(_, int):
-                assert _ < 300, _
+            if not (isinstance(result, int) and result < 300):
+                failed.append(result)  # (a failure, or a status that is no success)
         if sent >= count and on_way == 0 and not done.called:
             done.callback(None)
             return
@@ -98,11 +100,13 @@ async def run_pool(reactor, url: str, count: int, in_flight: int, depth: int) ->
         sent += take
         on_way += take
         for d in ds:
-            d.addBoth(more)
+            d.addBoth(more, answered=True)
 
     more()
     await done
     pool.close()
+    if failed:
+        raise SystemExit(f"{len(failed)} of {count} requests failed, the first: {failed[0]}")
 
 
 def main() -> None:

@@ -700,3 +700,49 @@ class HoldingTests(TestCase):
         self.pool.close()
         self.assertEqual(len(cancelled), 1)
         self.failureResultOf(d, defer.CancelledError)
+
+    def test_a_connection_free_again_within_a_hold_takes_what_waits_when_it_ends(self):
+        protocols = []
+
+        def connect(factory):
+            d = self.connect(factory)
+            d.addCallback(lambda protocol: protocols.append(protocol) or protocol)
+            return d
+
+        answer = b"HTTP/1.1 204 No Content\r\n\r\n"
+        opening = self.pool.request(self.key, connect, REQUEST)
+        protocols[0].dataReceived(answer)  # (a connection answered before: reused, not a new one)
+        self.assertEqual(self.successResultOf(opening), 204)
+        first, second = self.pool.request_many(self.key, connect, [b"FIRST", b"SECOND"], depth=1)
+        with self.pool.holding():
+            protocols[0].dataReceived(answer)  # the first answered: its connection is free
+            self.assertEqual(self.successResultOf(first), 204)
+            self.assertEqual(self.transports[0].value(), REQUEST + b"FIRST")
+        # The second goes on that connection once the hold ends (no new one).
+        self.assertEqual(self.transports[0].value(), REQUEST + b"FIRST" + b"SECOND")
+        self.assertEqual(len(self.transports), 1)
+        self.assertNoResult(second)
+
+
+class ClosedPoolTests(TestCase):
+    """After close(), nothing is sent and every request ends."""
+
+    async def test_requests_on_connections_fail_and_none_go_again(self):
+        server = Factory.forProtocol(Held)
+        server.open = server.most = 0
+        server.held = []
+        port = reactor.listenTCP(0, server, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = ConnectionPool(per_receiver=2)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        key = ("http", "127.0.0.1", port.getHost().port, "x")
+        ds = pool.request_many(key, endpoint.connect, [DirectWriteTests.request(b"{}")] * 3)
+        await PerReceiverTests.settle(self, server, 2)
+        pool.close()
+        results = await defer.DeferredList(ds, consumeErrors=True)
+        # Two were on connections (unanswered when these were aborted), one waited: all failed, none sent again.
+        self.assertEqual([ok for ok, _ in results], [False, False, False])
+        self.assertTrue(results[2][1].check(NotSent))
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual((server.open, len(server.held)), (0, 2))
+        self.failureResultOf(pool.request(key, endpoint.connect, DirectWriteTests.request(b"{}")), NotSent)

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from twisted.internet import error, tcp
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.protocol import Factory, Protocol
 
 MAX_HEAD = 64 * 1024
@@ -390,6 +390,7 @@ class ConnectionPool:
         self._depth: dict[tuple, int] = {}
         self._connecting: set[_Job] = set()  # requests whose new connection is being made
         self._held: set[tuple] | None = None  # receivers whose freed places wait for the hold's end
+        self._closed = False
 
     @contextmanager
     def holding(self) -> Iterator[None]:
@@ -413,11 +414,15 @@ class ConnectionPool:
 
     # -- connections -----------------------------------------------------------------------
     def _idle(self, conn: _Connection) -> None:
-        if self._waiting.get(conn.key) and self._held is None:
-            self._dispatch(conn)
+        if self._waiting.get(conn.key) and not self._closed:
+            if self._held is None:
+                self._dispatch(conn)
+                return
+            self._held.add(conn.key)  # (it takes them when the hold ends)
+            self._idle_by_key.setdefault(conn.key, []).append(conn)
             return
         idle = self._idle_by_key.setdefault(conn.key, [])
-        if len(idle) >= self.max_idle:
+        if len(idle) >= self.max_idle or self._closed:
             conn.ending = True
             self._gone(conn)
             conn.transport.loseConnection()
@@ -433,11 +438,11 @@ class ConnectionPool:
             self._release(conn.key)
 
     def _release(self, key: tuple) -> None:
-        left = self._count[key] - 1
-        if left:
+        left = self._count.get(key, 0) - 1
+        if left > 0:
             self._count[key] = left
         else:
-            del self._count[key]
+            self._count.pop(key, None)
         if self._waiting.get(key):
             self._pump(key)
 
@@ -472,6 +477,8 @@ class ConnectionPool:
     def request_many(self, key: tuple, connect: Callable[[Factory], Deferred], requests: list[bytes],
                      depth: int | None = None) -> list[Deferred]:
         """L{request} for several requests to one receiver, written together where they can be."""
+        if self._closed:
+            return [fail(NotSent("the connection pool is closed")) for _ in requests]
         self._depth[key] = self.depth if depth is None else max(1, depth)
         jobs = [_Job(self, key, connect, data) for data in requests]
         self._waiting.setdefault(key, deque()).extend(jobs)
@@ -482,6 +489,8 @@ class ConnectionPool:
         """Puts what waits for C{key} on its idle connections, then on new ones while there is room."""
         if self._held is not None:
             self._held.add(key)
+            return
+        if self._closed:
             return
         waiting = self._waiting.get(key)
         while waiting:
@@ -548,11 +557,11 @@ class ConnectionPool:
             self._ramp[job.key] = min(self.per_receiver, 2 * self._ramp.get(job.key, self.OPENING))
         if job.opening:
             job.opening = False
-            left = self._opening[job.key] - 1
-            if left:
+            left = self._opening.get(job.key, 0) - 1
+            if left > 0:
                 self._opening[job.key] = left
             else:
-                del self._opening[job.key]
+                self._opening.pop(job.key, None)
             if self._waiting.get(job.key):
                 self._pump(job.key)
 
@@ -568,7 +577,7 @@ class ConnectionPool:
         self._opened(job)
         if job.d.called:
             return None
-        if failure.check(Unanswered) and not job.resent:
+        if failure.check(Unanswered) and not job.resent and not self._closed:
             # Once more, on a new connection: it may go past per_receiver
             # for a moment (a receiver that closed a connection with
             # pipelined requests on it has that many fewer).
@@ -590,7 +599,12 @@ class ConnectionPool:
         job.d.errback(NotSent("cancelled while it waited for a connection to the receiver"))
 
     def close(self) -> None:
-        """Fails what waits with L{NotSent}, cancels the connects in progress, aborts every connection."""
+        """
+        Fails what waits with L{NotSent}, cancels the connects in progress,
+        aborts every connection (its requests fail as their connections
+        go); requests made afterwards fail with L{NotSent}.
+        """
+        self._closed = True
         waiting, self._waiting = self._waiting, {}
         for jobs in waiting.values():
             for job in jobs:
