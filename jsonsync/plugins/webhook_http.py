@@ -9,7 +9,11 @@ several deliveries, instead of one each); the responses come back in order.
 Twisted's C{Agent} (and treq on top of it) is general: body producers,
 response objects, redirects, a connection pool keyed by URI. A delivery needs
 none of that and happens once per change: profiled under write load, the
-C{Agent} path cost as much server CPU as the write it reported. This client
+C{Agent} path cost as much server CPU as the write it reported, and
+C{bench/webhook_client_cost.py} (20,000 signed POSTs to a C receiver, 16 at
+once, one process) measures 251-293 us of CPU per request through treq with
+one client and a persistent pool, against 38-39 us through this client one
+request at a time per connection and 21 us pipelined. This client
 keeps to what a delivery needs and is driven by the delivery worker
 (L{jsonsync.plugins.webhooks.Worker}), which bounds the requests in flight,
 chooses how deep to pipeline for each receiver, checks the address it
