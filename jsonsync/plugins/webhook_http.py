@@ -329,6 +329,15 @@ def _why(reason) -> str:
     return f" ({text[:300]})"
 
 
+def decrement(counts: dict, key) -> None:
+    """One fewer C{key} in C{counts} (a count that reaches zero leaves the mapping)."""
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
 class _Factory(Factory):
     def __init__(self, pool: ConnectionPool, key: tuple):
         self.pool = pool
@@ -442,11 +451,7 @@ class ConnectionPool:
             self._release(conn.key)
 
     def _release(self, key: tuple) -> None:
-        left = self._count.get(key, 0) - 1
-        if left > 0:
-            self._count[key] = left
-        else:
-            self._count.pop(key, None)
+        decrement(self._count, key)
         if self._waiting.get(key):
             self._pump(key)
 
@@ -561,11 +566,7 @@ class ConnectionPool:
             self._ramp[job.key] = min(self.per_receiver, 2 * self._ramp.get(job.key, self.OPENING))
         if job.opening:
             job.opening = False
-            left = self._opening.get(job.key, 0) - 1
-            if left > 0:
-                self._opening[job.key] = left
-            else:
-                self._opening.pop(job.key, None)
+            decrement(self._opening, job.key)
             if self._waiting.get(job.key):
                 self._pump(job.key)
 

@@ -69,7 +69,7 @@ from jsonsync.errors import (
 )
 from jsonsync.http import ApiRequest, ApiResponse
 from jsonsync.interfaces import IJsonSyncPlugin, IOutbox, IResourceListener
-from jsonsync.plugins.webhook_http import ConnectionPool, NotSent
+from jsonsync.plugins.webhook_http import ConnectionPool, NotSent, decrement
 from jsonsync.query import Query, matches_all
 from jsonsync.registry import Route
 from jsonsync.resources.model import NAME_PATTERN, ResourceType
@@ -847,11 +847,7 @@ class Worker:
 
     def _landed(self, key: tuple) -> None:
         """One of C{key}'s requests ended: the receiver may take another of its queue."""
-        left = self._on_way.get(key, 0) - 1
-        if left > 0:
-            self._on_way[key] = left
-        else:
-            self._on_way.pop(key, None)
+        decrement(self._on_way, key)
         if key in self._queues and key not in self._ready:
             self._ready.append(key)
 
